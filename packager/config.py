@@ -1,0 +1,317 @@
+"""``packager.yaml``: one typed schema, a section per stage, defaults in one place.
+
+Parsed once at the edge by :func:`load_config`; each stage receives only its own
+sub-model. Unknown keys are errors, and every problem is reported at once as
+``path.to.field: message``. Relative paths are resolved against the config
+file's directory.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+
+from packager.errors import ConfigError, MissingPathError
+from packager.names import check_name
+
+CONFIG_VERSION = 1
+
+
+def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    base = (info.context or {}).get("config_dir")
+    if value is None or value.is_absolute() or base is None:
+        return value
+    return (Path(base) / value).resolve()
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+SafeName = Annotated[str, AfterValidator(check_name)]
+
+
+class Section(BaseModel):
+    # Sections default to {} and defaults are validated, so a default path is
+    # resolved against the config file exactly like a path the user wrote.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+
+
+class RunConfig(Section):
+    name: SafeName = "example"
+    """Run name; outputs go to <root>/<name>/."""
+    root: ConfigPath = Path("runs")
+    """Directory holding the runs."""
+
+
+class BaseModelConfig(Section):
+    model: str
+    """A local Hugging Face checkpoint directory, or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."""
+    revision: str | None = None
+    """Hub branch, tag or commit to pin (Hub ids only). The resolved commit is recorded in the manifest."""
+    hub_id: str | None = None
+    """The Hub id to name in model cards when `model` is a local directory."""
+    chat_template: ConfigPath | None = None
+    """A Jinja file to use as the chat template when the tokenizer has none (or to override it)."""
+    allow_pickle: bool = False
+    """Allow pickle-only checkpoints (*.bin without safetensors). Pickle can run arbitrary code."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code. Never enabled implicitly."""
+
+
+class DataConfig(Section):
+    train: ConfigPath
+    """Training data: JSONL in chat form (messages) or instruction form, or a `datasets` directory."""
+    eval: ConfigPath | None = None
+    """Held-out data. When absent, `eval_fraction` of `train` is split off deterministically."""
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    """Share of rows held out for evaluation when `eval` is not given."""
+    seed: int = 42
+    """Seed of the train/eval split."""
+    max_seq_length: int = Field(1024, ge=16)
+    """Longest tokenized row accepted; longer rows are reported, never silently truncated."""
+    system_prompt: str | None = None
+    """A system message added to rows that have none."""
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    """LoRA rank."""
+    alpha: int | None = None
+    """LoRA alpha; defaults to r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    """Modules to adapt: "all-linear" or a list of module names."""
+    use_rslora: bool = False
+    """Scale by alpha/sqrt(r) instead of alpha/r."""
+    use_dora: bool = False
+
+
+class TrainConfig(Section):
+    method: Literal["lora", "qlora", "full"] = "lora"
+    backend: Literal["auto", "trl", "unsloth"] = "auto"
+    """auto picks unsloth on CUDA when installed, else plain TRL."""
+    lora: LoraConfig = {}
+    learning_rate: float | None = Field(None, gt=0)
+    """Defaults to 2e-4 for lora/qlora and 1e-5 for full."""
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    eval_steps: int = Field(50, ge=1)
+    """Evaluate (and maybe checkpoint) every N steps."""
+    save_total_limit: int = Field(2, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many evaluations without improvement."""
+    assistant_only_loss: bool = True
+    """Compute the loss on assistant turns only."""
+    packing: bool = False
+    """Pack rows into full sequences (padding-free)."""
+    sample_every: int = Field(50, ge=1)
+    """Generate from fixed eval prompts every N steps, saved into the run."""
+    seed: int = 42
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-5 if self.method == "full" else 2e-4
+
+
+class GateConfig(Section):
+    min_format_adherence: float | None = Field(None, ge=0, le=1)
+    """Refuse to deploy when format adherence on the eval split is below this."""
+    must_beat_base: bool = False
+    """Refuse to deploy unless the fine-tune beats the base model on the task metric."""
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(128, ge=1)
+    limit: int | None = Field(None, ge=1)
+    """Evaluate at most this many held-out rows."""
+    format_regex: str | None = None
+    """An answer adheres to the format when this regex matches it fully."""
+    json_schema: ConfigPath | None = None
+    """An answer adheres to the format when it is JSON valid against this schema."""
+    gate: GateConfig = {}
+
+    @field_validator("format_regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class MergeConfig(Section):
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    shard_size: str = "2GB"
+    """Largest output shard, e.g. 500MB or 5GB."""
+    verify_prompts: int = Field(4, ge=1)
+    """Fixed prompts on which merged and unmerged logits are compared."""
+
+    @field_validator("shard_size")
+    @classmethod
+    def _size_parses(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+
+class ExportConfig(Section):
+    formats: list[Literal["safetensors", "gguf"]] = ["safetensors", "gguf"]
+    gguf_quants: list[str] = ["q8_0"]
+    """GGUF types to produce: f16, bf16, q8_0 (converter) and Q4_K_M, Q5_K_M, Q6_K (llama.cpp quantize)."""
+    license: str = "apache-2.0"
+    """License for model cards; "other" needs license_name and license_link."""
+    license_name: str | None = None
+    license_link: str | None = None
+
+    @model_validator(mode="after")
+    def _other_license_is_named(self) -> "ExportConfig":
+        if self.license == "other" and not (self.license_name and self.license_link):
+            raise ValueError("license 'other' needs license_name and license_link")
+        return self
+
+
+class VllmConfig(Section):
+    image: str = "vllm/vllm-openai:v0.33.0"
+    """Base image, by pinned tag; add @sha256:... to pin by digest."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    serve_mode: Literal["merged", "lora"] = "merged"
+    """Serve the merged checkpoint, or the base plus the adapter."""
+
+    @field_validator("image")
+    @classmethod
+    def _image_is_pinned(cls, value: str) -> str:
+        return _pinned_image(value)
+
+
+class OllamaConfig(Section):
+    image: str = "ollama/ollama:0.13.0"
+    """Base image, by pinned tag; add @sha256:... to pin by digest."""
+    quant: str = "q8_0"
+    """Which exported GGUF to serve."""
+    system: str | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image_is_pinned(cls, value: str) -> str:
+        return _pinned_image(value)
+
+
+class ContainersConfig(Section):
+    targets: list[Literal["vllm", "ollama"]] = ["vllm", "ollama"]
+    engine: Literal["auto", "docker", "podman"] = "auto"
+    tag: str | None = None
+    """Image tag; defaults to packager/<run name>-<target>:<manifest digest prefix>."""
+    port: int | None = Field(None, ge=1, le=65535)
+    vllm: VllmConfig = {}
+    ollama: OllamaConfig = {}
+
+
+class SmokeConfig(Section):
+    ready_timeout_s: int = Field(600, ge=1)
+    concurrency: int = Field(8, ge=1)
+    min_token_agreement: float = Field(1.0, ge=0, le=1)
+    """Share of golden greedy tokens the endpoint must reproduce."""
+
+
+class PublishConfig(Section):
+    hub_repo: str | None = None
+    """Hub repo id for the merged model; adapter and GGUF repos get -adapter and -GGUF suffixes."""
+    private: bool = True
+    oci_ref: str | None = None
+    """OCI reference such as registry.example.com/team/model:tag."""
+
+
+class PackagerConfig(Section):
+    """The whole of packager.yaml."""
+
+    version: Literal[1] = CONFIG_VERSION
+    """Config schema version."""
+    run: RunConfig = {}
+    base: BaseModelConfig
+    data: DataConfig
+    train: TrainConfig = {}
+    eval: EvalConfig = {}
+    merge: MergeConfig = {}
+    export: ExportConfig = {}
+    containers: ContainersConfig = {}
+    smoke: SmokeConfig = {}
+    publish: PublishConfig = {}
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.root / self.run.name
+
+
+def _pinned_image(value: str) -> str:
+    name = value.split("@", 1)[0]
+    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else None
+    if "@sha256:" not in value and (tag is None or tag == "latest"):
+        raise ValueError(f"{value!r} is not pinned: give an explicit tag other than 'latest' (or a digest)")
+    return value
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: str) -> int:
+    """'2GB' -> 2_000_000_000; '512MiB' -> 536_870_912."""
+    m = _SIZE.fullmatch(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a size such as 500MB or 2GB")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+
+
+def format_validation_errors(exc: ValidationError) -> list[str]:
+    """Every pydantic error as ``path.to.field: message``."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `packager init` writes every key with a comment)"
+        elif err["type"] not in {"missing", "value_error", "literal_error"} and not isinstance(
+                err.get("input"), (dict, list)):
+            msg += f" (got {err['input']!r})"
+        problems.append(f"{loc}: {msg}")
+    return problems
+
+
+def parse_config(data: Any, *, source: Path | str = "<config>", config_dir: Path | None = None) -> PackagerConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of sections such as base:, data:, train:"])
+    try:
+        return PackagerConfig.model_validate(data, context={"config_dir": config_dir})
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_errors(exc)) from None
+
+
+def load_config(path: Path | str) -> PackagerConfig:
+    """Read and validate ``packager.yaml``; raises ConfigError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingPathError(path, "config file not found", hint="create one with: packager init DIR")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(path, [f"(yaml) {where}{getattr(exc, 'problem', None) or exc}"]) from None
+    return parse_config(data, source=path, config_dir=path.parent.resolve())

