@@ -221,16 +221,33 @@ def data() -> None:
 
 @data.command("check")
 @click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--eval", "eval_path", type=click.Path(path_type=Path), help="A separate held-out file.")
 @click.option("--model", help="Base model whose tokenizer and chat template to check against.")
+@click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path),
+              help="A Jinja chat template file, for tokenizers without one.")
+@click.option("--max-seq-length", type=int, default=1024, show_default=True)
+@click.option("--eval-fraction", type=float, default=0.1, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def data_check(dataset: Path, model: str | None, as_json: bool) -> None:
+def data_check(dataset: Path, eval_path: Path | None, model: str | None, chat_template: Path | None,
+               max_seq_length: int, eval_fraction: float, seed: int, as_json: bool) -> None:
     """Validate rows, render a sample through the chat template, report token lengths.
+
+    Every problem is reported at once with its file, line and field; exit 2 if any.
 
     \b
     Example:
       packager data check data/train.jsonl --model ./base
     """
-    not_yet("data check")
+    from packager.data import check_dataset, format_report, tokenizer_for_model
+
+    tokenizer, notes, model_max = tokenizer_for_model(model, chat_template) if model else (None, [], None)
+    report = check_dataset(dataset, eval_path=eval_path, eval_fraction=eval_fraction, seed=seed,
+                           max_seq_length=max_seq_length, tokenizer=tokenizer, model_max=model_max)
+    report.notes.extend(notes)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
+    if report.errors:
+        click.get_current_context().exit(2)
 
 
 @cli.command()

@@ -121,3 +121,14 @@ class StageError(PackagerError, RuntimeError):
     def __init__(self, stage: str, message: str, *, hint: str | None = None):
         self.stage = stage
         super().__init__(f"{stage}: {message}", hint=hint)
+
+
+class DatasetError(BadInputError, ValueError):
+    """A dataset has problems; ``problems`` lists each with its file, line and field."""
+
+    def __init__(self, problems: list, *, hint: str | None = None):
+        self.problems = list(problems)
+        body = "\n".join(f"  {p}" for p in problems[:200])
+        more = f"\n  ... and {len(problems) - 200} more" if len(problems) > 200 else ""
+        super().__init__(f"{len(problems)} problem(s) in the data:\n{body}{more}",
+                         hint=hint or "fix the rows named above; `packager data check` re-checks in seconds")

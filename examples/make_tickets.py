@@ -1,0 +1,124 @@
+"""Generate the bundled example task: support tickets -> a JSON triage object.
+
+Reproducible (fixed seed), with varied wording, so that evaluation measures
+whether the model learned the task rather than memorized strings:
+
+    python examples/make_tickets.py --rows 600 --out examples/data/tickets.jsonl
+
+Each row is a chat: a system prompt, the ticket as the user turn, and the
+answer as one line of JSON: {"category": ..., "priority": ..., "summary": ...}.
+The category follows from what the ticket is about; the priority from its
+urgency cues; the summary is one short line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+SYSTEM = ('You triage customer support tickets. Reply with one line of JSON only: '
+          '{"category": "billing|account|bug|feature_request", "priority": "low|medium|high", '
+          '"summary": "<one short line>"}')
+
+PRODUCTS = ["the mobile app", "the web dashboard", "the desktop client", "the API", "the reports page",
+            "the checkout page", "the admin console", "the calendar view", "the search bar", "the export tool"]
+PLATFORMS = ["Android", "iOS", "Windows", "macOS", "Linux", "Chrome", "Firefox", "Safari"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+FEATURES = ["dark mode", "keyboard shortcuts", "a CSV import", "two-factor login with a hardware key",
+            "Slack notifications", "a German translation", "bulk editing", "custom fields", "SSO with Okta",
+            "an offline mode", "recurring invoices", "a public status page"]
+
+# (category, summary template, ticket templates); {x} slots are filled from the lists above.
+TOPICS = [
+    ("billing", "Charged twice for the {month} invoice",
+     ["I was charged twice for my {month} invoice.", "My card shows two payments for {month}.",
+      "Looks like you billed me two times this {month}."]),
+    ("billing", "Asks for a refund of {amount} dollars",
+     ["I'd like a refund of ${amount} for the unused part of my plan.",
+      "Please refund the ${amount} you took after I cancelled.",
+      "Can I get my ${amount} back? I downgraded last week."]),
+    ("billing", "Needs to update an expired card",
+     ["My credit card expired, where do I put the new one?", "How do I change the card you charge each month?",
+      "The payment failed because my card is out of date."]),
+    ("account", "Cannot log in, reset email not arriving",
+     ["I can't log in and the password reset email never arrives.",
+      "Locked out of my account, no reset mail in my inbox or spam.",
+      "Password reset link doesn't come through, I can't sign in."]),
+    ("account", "Wants to change the account email",
+     ["How do I change the email address on my account?", "I need my login email switched to a new address.",
+      "Please move my account to my work email."]),
+    ("account", "Requests account deletion",
+     ["Please delete my account and all my data.", "I want my account closed and my data removed.",
+      "How do I permanently remove my profile?"]),
+    ("bug", "{product} crashes on {platform}",
+     ["{product_cap} crashes every time I open it on {platform}.",
+      "On {platform}, {product} closes by itself right after start.",
+      "{product_cap} keeps crashing on my {platform} machine."]),
+    ("bug", "{product} is very slow",
+     ["{product_cap} takes forever to load, like a minute per page.",
+      "Everything in {product} became extremely slow since yesterday.",
+      "{product_cap} is so slow it is barely usable."]),
+    ("bug", "Export drops the last row",
+     ["When I export to CSV the last row of the table is missing.",
+      "The CSV export always leaves out the final line.", "Exported files are missing the bottom row of data."]),
+    ("feature_request", "Asks for {feature}",
+     ["Could you add {feature}?", "It would be great to have {feature}.", "Any plans to support {feature}?",
+      "Our team would really like {feature}."]),
+]
+HIGH = ["This is urgent, our whole team is blocked.", "We can't work at all right now!",
+        "Production is affected, please help asap.", "This is critical for us today."]
+MEDIUM = ["Please look into it this week.", "It's annoying but we have a workaround.",
+          "Would appreciate a fix soon.", ""]
+LOW = ["No rush, whenever you get a chance.", "Just curious, not urgent at all.",
+       "Low priority, only a small thing.", "Not a big deal, just wanted to mention it."]
+OPENERS = ["", "Hi, ", "Hello team, ", "Hey there. ", "Good morning, ", "Dear support, "]
+CLOSERS = ["", " Thanks.", " Thank you!", " Regards, Sam", " Cheers"]
+
+
+def make_row(rng: random.Random) -> dict:
+    category, summary_tpl, tickets = rng.choice(TOPICS)
+    priority, cues = rng.choice([("high", HIGH), ("medium", MEDIUM), ("low", LOW)])
+    slots = {"month": rng.choice(MONTHS), "amount": rng.choice([12, 19, 29, 49, 99, 120, 240]),
+             "product": rng.choice(PRODUCTS), "platform": rng.choice(PLATFORMS), "feature": rng.choice(FEATURES)}
+    slots["product_cap"] = slots["product"][0].upper() + slots["product"][1:]
+    body = rng.choice(tickets).format(**slots)
+    cue = rng.choice(cues)
+    opener = rng.choice(OPENERS)
+    if opener.endswith(", "):
+        body = body[0].lower() + body[1:]
+    ticket = f"{opener}{body} {cue}".strip() + rng.choice(CLOSERS)
+    summary = summary_tpl.format(**slots)
+    summary = summary[0].upper() + summary[1:]
+    answer = json.dumps({"category": category, "priority": priority, "summary": summary})
+    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket},
+                         {"role": "assistant", "content": answer}]}
+
+
+def make_rows(n: int, *, seed: int = 7) -> list[dict]:
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < n:
+        row = make_row(rng)
+        key = json.dumps(row, sort_keys=True)
+        if key not in seen:  # exact duplicates would be reported by `packager data check`
+            seen.add(key)
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "tickets.jsonl")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("".join(json.dumps(r) + "\n" for r in make_rows(args.rows, seed=args.seed)))
+    print(f"wrote {args.rows} rows to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from packager.data import check_dataset, read_rows, split_rows, tokenize_with_assistant_mask
+from packager.tokenizer import load_tokenizer
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "data" / "tickets.jsonl"
+
+
+def chat(user="hi", assistant="hello", system=None):
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return {"messages": msgs}
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def problems_by_line(report):
+    return {(p.line, p.field): p.message for p in report.problems}
+
+
+def test_every_listed_problem_is_reported_at_once_with_line_and_field(tmp_path, tiny_llama_dir):
+    rows = [
+        chat("q1", "a1"),                                                              # 1 ok
+        '{"messages": [{"role": "user", "content": "x"}',                             # 2 invalid JSON
+        {"messages": [{"role": "human", "content": "x"}, {"role": "assistant", "content": "y"}]},   # 3 unknown role
+        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                      {"role": "assistant", "content": "c"}]},                         # 4 two user turns
+        {"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},
+                      {"role": "assistant", "content": "c"}]},                         # 5 system not first
+        {"messages": [{"role": "user", "content": "   "}, {"role": "assistant", "content": "c"}]},  # 6 empty
+        {"messages": [{"role": "user", "content": "only a question"}]},                # 7 no assistant turn
+        {"instruction": "do it", "output": "done"},                                    # 8 mixed formats
+        chat("q1", "a1"),                                                              # 9 duplicate of 1
+        chat("long " * 400, "a"),                                                      # 10 too long
+        {"prompt": "x", "completion": "y"},                                            # 11 unknown format
+    ]
+    report = check_dataset(write_jsonl(tmp_path / "train.jsonl", rows), max_seq_length=128,
+                           tokenizer=load_tokenizer(tiny_llama_dir).tokenizer)
+    found = problems_by_line(report)
+    assert "invalid JSON" in found[(2, None)]
+    assert "unknown role 'human'" in found[(3, "messages[0].role")]
+    assert "two user turns in a row" in found[(4, "messages[1].role")]
+    assert "system message must come first" in found[(5, "messages[1].role")]
+    assert found[(6, "messages[0].content")] == "empty content"
+    assert "no assistant turn" in found[(7, "messages")]
+    assert "one format per file" in found[(8, None)]
+    assert found[(9, None)] == "exact duplicate of line 1"
+    assert "longer than max_seq_length 128" in found[(10, "messages")]
+    assert "unknown row format" in found[(11, None)]
+    assert all(p.path == str(tmp_path / "train.jsonl") for p in report.problems)
+    assert any("fewer than 200" in str(w) for w in report.warnings)
+
+
+def test_eval_rows_that_appear_in_train_are_leakage(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [chat(f"q{i}", f"a{i}") for i in range(5)])
+    eval_ = write_jsonl(tmp_path / "eval.jsonl", [chat("new", "x"), chat("q3", "a3")])
+    report = check_dataset(train, eval_path=eval_)
+    (leak,) = [p for p in report.errors]
+    assert leak.path.endswith("eval.jsonl") and leak.line == 2 and "train.jsonl:4" in leak.message
+
+
+def test_instruction_form_and_system_become_one_chat_form(tmp_path):
+    path = write_jsonl(tmp_path / "inst.jsonl", [
+        {"instruction": "Summarize", "input": "long text", "output": "short", "system": "Be brief."},
+        {"instruction": "Translate hi", "output": "salut"},
+    ])
+    rows, problems = read_rows(path, system_prompt="Default system.")
+    assert not problems
+    assert rows[0].messages == [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "Summarize\n\nlong text"},
+                                {"role": "assistant", "content": "short"}]
+    assert rows[1].messages[0] == {"role": "system", "content": "Default system."}
+
+
+def test_a_datasets_directory_is_accepted(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list([chat("q", "a"), chat("q2", "a2")]).save_to_disk(str(tmp_path / "ds"))
+    rows, problems = read_rows(tmp_path / "ds")
+    assert not problems and [r.line for r in rows] == [1, 2]
+
+
+def test_split_is_deterministic_disjoint_and_independent_of_file_order():
+    from packager.data import Row
+
+    rows = [Row("f", i, [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}], "chat")
+            for i in range(1, 101)]
+    train, eval_ = split_rows(rows, eval_fraction=0.1, seed=42)
+    assert len(eval_) == 10 and len(train) == 90
+    assert not {r.key for r in train} & {r.key for r in eval_}
+    train2, eval2 = split_rows(list(reversed(rows)), eval_fraction=0.1, seed=42)
+    assert {r.key for r in eval2} == {r.key for r in eval_}
+    _, eval3 = split_rows(rows, eval_fraction=0.1, seed=43)
+    assert {r.key for r in eval3} != {r.key for r in eval_}
+
+
+def test_tokenizer_without_chat_template_fails_with_how_to_fix(tiny_llama_copy):
+    config = json.loads((tiny_llama_copy / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (tiny_llama_copy / "tokenizer_config.json").write_text(json.dumps(config))
+    (tiny_llama_copy / "chat_template.jinja").unlink(missing_ok=True)
+    from packager.errors import InputFileError
+
+    with pytest.raises(InputFileError) as info:
+        load_tokenizer(tiny_llama_copy)
+    assert "base.chat_template" in info.value.hint
+    template = tiny_llama_copy / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    assert load_tokenizer(tiny_llama_copy, chat_template=template).tokenizer.chat_template.startswith("{% for")
+
+
+def test_missing_pad_token_becomes_eos_and_is_said(tiny_llama_copy):
+    config = json.loads((tiny_llama_copy / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (tiny_llama_copy / "tokenizer_config.json").write_text(json.dumps(config))
+    prepared = load_tokenizer(tiny_llama_copy)
+    assert prepared.tokenizer.pad_token == prepared.tokenizer.eos_token
+    assert any("pad" in n for n in prepared.notes)
+
+
+def test_assistant_mask_covers_answers_and_their_stop_token_only(tiny_llama_dir):
+    tok = load_tokenizer(tiny_llama_dir).tokenizer
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "question one"},
+                {"role": "assistant", "content": "answer one"}, {"role": "user", "content": "question two"},
+                {"role": "assistant", "content": "answer two"}]
+    enc = tokenize_with_assistant_mask(tok, messages)
+    learned = tok.decode([i for i, m in zip(enc["input_ids"], enc["assistant_masks"]) if m])
+    assert learned.replace("\n", "") == "answer one<|im_end|>answer two<|im_end|>"
+
+
+def test_example_dataset_is_clean_and_large_enough(tiny_llama_dir):
+    report = check_dataset(EXAMPLE, max_seq_length=512, tokenizer=load_tokenizer(tiny_llama_dir).tokenizer)
+    assert not report.problems
+    assert len(report.train_rows) >= 300 and report.token_stats["max"] <= 512
+
+
+def test_data_check_cli(runner, tmp_path, tiny_llama_dir):
+    from packager.cli import cli
+
+    good = write_jsonl(tmp_path / "good.jsonl", [chat(f"q{i}", f"a{i}") for i in range(20)])
+    result = runner.invoke(cli, ["data", "check", str(good), "--model", str(tiny_llama_dir)])
+    assert result.exit_code == 0, result.output
+    assert "18 train rows, 2 eval rows" in result.output and "suggested max_seq_length" in result.output
+    assert "<|im_start|>user" in result.output
+    bad = write_jsonl(tmp_path / "bad.jsonl", [chat("q", "a"), {"messages": []}])
+    result = runner.invoke(cli, ["data", "check", str(bad), "--json"])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["errors"][0]["line"] == 2 and "no assistant turn" in report["errors"][0]["message"]
