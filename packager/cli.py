@@ -259,27 +259,47 @@ def data_check(dataset: Path, eval_path: Path | None, model: str | None, chat_te
 def train(config_path: Path, dry_run: bool, resume: bool, max_steps: int | None) -> None:
     """Train a LoRA / QLoRA / full fine-tune into the run directory.
 
+    Checks and splits the data into the run first. Several processes or GPUs:
+    accelerate launch --num_processes 2 -m packager train -c packager.yaml
+
     \b
     Example:
       packager train -c packager.yaml --dry-run
     """
     from packager.config import load_config
+    from packager.train import train_model
 
-    load_config(config_path)
-    not_yet("train")
+    result = train_model(load_config(config_path), dry_run=dry_run, resume=resume, max_steps=max_steps)
+    m = result.metrics
+    click.echo(f"trained {m['global_step']} steps on {m['device']} ({m['backend']}: {m['backend_reason']}); "
+               f"best eval loss {m['eval_loss_best']:.4f} at {m['best_checkpoint']}; "
+               f"{m['tokens_per_second']} tokens/s, {m['seconds_per_step']} s/step")
+    click.echo(f"run: {result.run_dir} (report: {result.run_dir / 'train' / 'report.html'})")
 
 
 @cli.command("eval")
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--against-base", is_flag=True, help="Evaluate the base model too, side by side.")
-def eval_(run_dir: Path, against_base: bool) -> None:
-    """Task metrics of the fine-tune on the held-out split.
+@click.option("--limit", type=int, help="Evaluate at most this many held-out rows.")
+def eval_(run_dir: Path, against_base: bool, limit: int | None) -> None:
+    """Task metrics of the fine-tune on the held-out split (greedy), optionally vs the base.
+
+    Exit status 1 when the release gate in eval.gate fails (metrics are still recorded).
 
     \b
     Example:
       packager eval runs/example --against-base
     """
-    not_yet("eval")
+    from packager.errors import StageError
+    from packager.evaluate import evaluate_run, format_table
+
+    result = evaluate_run(run_dir, against_base=against_base, limit=limit)
+    click.echo(format_table(result))
+    click.echo(f"report: {result.run_dir / 'eval' / 'report.html'}")
+    if not result.gate["passed"]:
+        raise StageError("eval gate", "; ".join(result.gate["failures"]),
+                         hint=f"see {result.run_dir / 'eval' / 'report.html'}; deploy will refuse this run")
+    click.echo("release gate: passed")
 
 
 @cli.command()

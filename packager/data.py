@@ -313,6 +313,7 @@ def check_dataset(train_path: Path, *, eval_path: Path | None = None, eval_fract
         report.problems.extend(length_problems)
         if lengths:
             report.token_stats = length_stats(lengths, model_max=model_max)
+        report.problems.sort(key=lambda p: (p.severity != "error", p.path, p.line or 0))
         sample_row = (train_rows or eval_rows)[0]
         try:
             report.sample = tokenizer.apply_chat_template(sample_row.messages, tokenize=False)
