@@ -18,9 +18,7 @@ import json
 import random
 from pathlib import Path
 
-SYSTEM = ('You triage customer support tickets. Reply with one line of JSON only: '
-          '{"category": "billing|account|bug|feature_request", "priority": "low|medium|high", '
-          '"summary": "<one short line>"}')
+SYSTEM = "Triage the support ticket. Reply with JSON: category, priority, summary."
 
 PRODUCTS = ["the mobile app", "the web dashboard", "the desktop client", "the API", "the reports page",
             "the checkout page", "the admin console", "the calendar view", "the search bar", "the export tool"]

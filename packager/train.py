@@ -65,6 +65,12 @@ def working_dir(run_dir: Path) -> Path:
     return Path(run_dir) / STATE_DIR / "train-work"
 
 
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint a kill did not cut short (the trainer writes trainer_state.json last)."""
+    complete = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 # ---------------------------------------------------------------- model
 
 def load_model(ckpt: Checkpoint, cfg: PackagerConfig, backend: Backend, tokenizer):
@@ -185,6 +191,8 @@ def sft_config(cfg: PackagerConfig, *, output_dir: Path, backend: Backend, max_s
         bf16=bf16,
         use_cpu=backend.device == "cpu",
         include_num_input_tokens_seen="non_padding",
+        gradient_checkpointing=backend.device == "cuda",  # TRL turns it on by default; on CPU it only costs time
+        ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
@@ -267,8 +275,7 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     if state.is_main_process:
         model_max = json.loads((ckpt.path / "config.json").read_text()).get("max_position_embeddings")
         prepare_data(run, cfg.data, tokenizer=tokenizer, model_max=model_max)
-        checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"))
-        if resume and not checkpoints:
+        if resume and last_complete_checkpoint(work / "checkpoints") is None:
             raise StageError("train", f"--resume: no checkpoint in {work / 'checkpoints'} to resume from",
                              hint="run without --resume to start from step 0")
         if not resume:
@@ -291,11 +298,11 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
                          peft_config=peft_config,
                          callbacks=make_callbacks(cfg, tokenizer=tokenizer, eval_conversations=eval_rows,
                                                   samples_file=work / "samples.jsonl", dry_run=dry_run))
-    checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    start_step = int(checkpoints[-1].name.split("-")[1]) if resume and checkpoints else 0
+    last = last_complete_checkpoint(work / "checkpoints") if resume else None
+    start_step = int(last.name.split("-")[1]) if last else 0
     started = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=True if resume else None)
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
     except RuntimeError as exc:  # torch.OutOfMemoryError subclasses RuntimeError
         if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
             raise StageError("train", f"out of memory on {backend.device} ({str(exc).splitlines()[0]})",

@@ -51,14 +51,15 @@ def build_tokenizer(directory: Path, *, chat_template: str | None = CHATML_TEMPL
     return fast
 
 
-def build_tiny_llama(directory: Path, *, seed: int = 0, tie_word_embeddings: bool = True) -> Path:
+def build_tiny_llama(directory: Path, *, seed: int = 0, tie_word_embeddings: bool = True,
+                     hidden_size: int = 32) -> Path:
     """A 2-layer, hidden-32 Llama with random weights, saved as safetensors with its tokenizer."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(directory)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=tie_word_embeddings, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -74,6 +75,12 @@ def build_tiny_llama(directory: Path, *, seed: int = 0, tie_word_embeddings: boo
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """Session-wide tiny checkpoint. Read-only: copy it with `tiny_llama_copy` to change it."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_64_dir(tmp_path_factory) -> Path:
+    """Hidden size 64: bitsandbytes' 4-bit CPU kernels need in_features >= their block size (64)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny64") / "tiny-llama-64", hidden_size=64)
 
 
 @pytest.fixture
