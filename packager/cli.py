@@ -304,17 +304,31 @@ def eval_(run_dir: Path, against_base: bool, limit: int | None) -> None:
 
 @cli.command()
 @click.argument("run_dir", metavar="RUN", required=False, type=click.Path(path_type=Path))
-@click.option("--adapter", type=click.Path(path_type=Path), help="An adapter trained elsewhere.")
-@click.option("--base", "base_model", help="Base model of --adapter.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory for --adapter merges.")
-def merge(run_dir: Path | None, adapter: Path | None, base_model: str | None, out: Path | None) -> None:
+@click.option("--adapter", type=click.Path(file_okay=False, path_type=Path), help="An adapter trained elsewhere.")
+@click.option("--base", "base_model", help="Base model of --adapter (directory or Hub id).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory for --adapter merges.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16"]), help="Output dtype (default: merge.dtype).")
+def merge(run_dir: Path | None, adapter: Path | None, base_model: str | None, out: Path | None,
+          dtype: str | None) -> None:
     """Merge the adapter into the base, shard by shard, verified against the unmerged model.
 
     \b
     Example:
       packager merge runs/example
+      packager merge --adapter ./my-lora --base ./base --out runs/imported
     """
-    not_yet("merge")
+    from packager.merge import merge_external, merge_run
+
+    if (run_dir is None) == (adapter is None) or (adapter is not None and not (base_model and out)):
+        raise click.UsageError("give RUN, or --adapter DIR --base MODEL --out RUN")
+    result = (merge_run(run_dir, dtype=dtype) if run_dir is not None
+              else merge_external(adapter, base_model, out, dtype=dtype or "bfloat16"))
+    v = result.verification
+    click.echo(f"merged -> {result.merged_dir}")
+    click.echo(f"verified on {v['prompts']} prompts ({v['positions']} positions): greedy agreement "
+               f"{v['greedy_agreement']:.4f}, logits max |diff| {v['max_abs']:.4g}, mean {v['mean_abs']:.4g} "
+               f"vs base+adapter; mean {v['mean_abs_vs_base']:.4g} vs the base (adapter effect "
+               f"{v['adapter_effect_mean_abs']:.4g})")
 
 
 @cli.command()

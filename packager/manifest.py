@@ -179,10 +179,40 @@ class Run:
                 yield writer
             record = writer._finish()
             stages = {k: v for k, v in self.manifest.stages.items() if k != name}
+            stale = stale_stages(stages, record)
+            stages = {k: v for k, v in stages.items() if k not in stale}
             stages[name] = record
             self.manifest = self.manifest.model_copy(update={"stages": stages})
             self._write_manifest()
             self.hash_cache.save()
+            self._remove_outputs_of(stale, keep={o.path for o in record.outputs})
+            writer.invalidated = sorted(stale)
+
+    def _remove_outputs_of(self, stale: dict[str, "StageRecord"], *, keep: set[str]) -> None:
+        """Delete files of stages that no longer describe this run; nothing unrecorded is left behind."""
+        for stage in stale.values():
+            for rec in stage.outputs:
+                file = self.resolve(rec.path)
+                if rec.path not in keep and not Path(rec.path).is_absolute():
+                    file.unlink(missing_ok=True)
+                    for parent in file.parents:
+                        if parent == self.path or any(parent.iterdir()):
+                            break
+                        parent.rmdir()
+
+
+def stale_stages(stages: dict[str, StageRecord], new: StageRecord) -> dict[str, StageRecord]:
+    """Stages that consumed a run file the new record changed, and, transitively, stages that consumed theirs."""
+    changed = {o.path: o.sha256 for o in new.outputs}
+    stale: dict[str, StageRecord] = {}
+    while True:
+        found = {k: v for k, v in stages.items() if k not in stale and any(
+            i.path in changed and changed[i.path] != i.sha256 for i in v.inputs)}
+        if not found:
+            return stale
+        stale.update(found)
+        for stage in found.values():
+            changed.update({o.path: "" for o in stage.outputs})  # everything they made is gone too
 
 
 class StageWriter:
@@ -197,6 +227,8 @@ class StageWriter:
         self._inputs: dict[str, FileRecord] = {}
         self._dirs: dict[Path, Path] = {}  # final -> temporary
         self._files: dict[str, FileRecord] = {}
+        self.invalidated: list[str] = []  # stages dropped because this one changed their inputs
+        self._known: dict[Path, FileDigest] = {}
 
     def add_input(self, file: Path | str, *, parents: tuple[str, ...] = ()) -> FileRecord:
         """Record a file this stage consumed (hashed once, via the run's cache)."""
@@ -208,6 +240,10 @@ class StageWriter:
                          parents=parents)
         self._inputs[rec.path] = rec
         return rec
+
+    def known_digest(self, file: Path, digest: FileDigest) -> None:
+        """A digest computed while writing ``file`` (inside an output_dir), so commit need not re-read it."""
+        self._known[Path(file)] = digest
 
     def add_input_dir(self, directory: Path, *, patterns: tuple[str, ...] = ("*",)) -> list[FileRecord]:
         files = sorted({p for pat in patterns for p in Path(directory).glob(pat) if p.is_file()})
@@ -258,7 +294,7 @@ class StageWriter:
         parents = self._default_parents()
         outputs = dict(self._files)
         for final, tmp in self._dirs.items():
-            digests = {p: sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            digests = {p: self._known.get(p) or sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             replace_directory(tmp, final)
             for p, d in digests.items():
                 dest = final / p.relative_to(tmp)

@@ -304,7 +304,9 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     try:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     except RuntimeError as exc:  # torch.OutOfMemoryError subclasses RuntimeError
-        if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
+        message = str(exc).lower()
+        if "out of memory" in message or "can't allocate memory" in message or \
+                type(exc).__name__ == "OutOfMemoryError":
             raise StageError("train", f"out of memory on {backend.device} ({str(exc).splitlines()[0]})",
                              hint="lower train.batch_size (raise gradient_accumulation to compensate), lower "
                                   "data.max_seq_length, or use train.method: qlora") from None

@@ -226,3 +226,33 @@ def test_two_processes_cannot_record_into_one_run_at_once(tmp_path):
         with pytest.raises(RunConflictError, match="another packager process"):
             with Run.open(run.path).stage("two"):
                 pass
+
+
+def test_rerunning_a_stage_drops_the_stages_built_on_its_old_outputs(tmp_path):
+    run, _ = make_run(tmp_path)
+    with run.stage("merge") as st:
+        st.add_input(run.path / "adapter" / "adapter_model.safetensors")
+        (st.output_dir("merged") / "model.safetensors").write_bytes(b"merged-v1")
+    with run.stage("export") as st:
+        st.add_input(run.path / "merged" / "model.safetensors")
+        (st.output_dir("export") / "model.gguf").write_bytes(b"GGUF-v1")
+    with run.stage("notes") as st:  # independent of train: must survive
+        st.write_output_text("notes.txt", "hello")
+    with run.stage("train") as st:  # retrained: different adapter bytes
+        (st.output_dir("adapter") / "adapter_model.safetensors").write_bytes(b"different weights")
+    assert st.invalidated == ["export", "merge"]
+    stages = read_manifest(run.path).stages
+    assert set(stages) == {"train", "notes"}
+    assert not (run.path / "merged").exists() and not (run.path / "export").exists()
+    assert verify_run(run.path).ok
+
+
+def test_rerunning_a_stage_with_identical_outputs_keeps_downstream_stages(tmp_path):
+    run, _ = make_run(tmp_path)
+    with run.stage("merge") as st:
+        st.add_input(run.path / "adapter" / "adapter_model.safetensors")
+        (st.output_dir("merged") / "model.safetensors").write_bytes(b"merged")
+    with run.stage("train") as st:
+        out = st.output_dir("adapter")
+        (out / "adapter_model.safetensors").write_bytes(b"\x00" * 1000 + b"weights")
+    assert st.invalidated == [] and "merge" in read_manifest(run.path).stages

@@ -240,3 +240,15 @@ def test_lora_on_smollm2_beats_the_base_on_the_example_task(runner, tmp_path, sm
     assert ft["eval_loss"] < base["eval_loss"]
     assert m["gate"] == {"passed": True, "failures": []}
     assert verify_run(run_dir).ok
+
+
+def test_an_unknown_architecture_gets_a_clear_message(runner, tmp_path, tiny_llama_copy):
+    config_json = tiny_llama_copy / "config.json"
+    cfg = json.loads(config_json.read_text())
+    cfg.update(model_type="mysterynet", architectures=["MysteryNetForCausalLM"])
+    config_json.write_text(json.dumps(cfg))
+    config = write_config(tmp_path, tiny_llama_copy)
+    result = runner.invoke(cli, ["train", "-c", str(config), "--dry-run"])
+    assert result.exit_code == 1, result.output
+    assert "MysteryNetForCausalLM" in result.output and "Traceback" not in result.output
+    assert "internal error" not in result.output

@@ -1,0 +1,521 @@
+"""Merge a LoRA adapter into its base, shard by shard, and prove the result.
+
+The merge streams: base tensors are read one at a time with ``safe_open``;
+for each targeted weight ``scale * B @ A`` (DoRA: rescaled by its magnitude
+vector) is computed in float32 and cast back; output shards are written
+tensor by tensor and hashed while writing. Peak memory is about one tensor
+plus the adapter, whatever the model size. QLoRA adapters are merged onto
+the original 16-bit base weights, never onto dequantized 4-bit ones.
+
+Verification is always on: logits of base+adapter (PEFT, unmerged) and of the
+merged checkpoint are compared on fixed prompts, and the merged model must
+differ from the base by more than rounding noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packager.base import Checkpoint, inspect_checkpoint
+from packager.errors import InputFileError, MissingPathError, StageError
+from packager.safetensors_stream import (TensorSpec, plan_shards, read_header, shard_names, torch_dtype_name,
+                                         write_safetensors)
+
+PEFT_PREFIX = "base_model.model."
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+# Greedy-token agreement and logit tolerances, per output dtype: bf16 keeps 8 mantissa bits, fp16 11.
+TOLERANCE = {"bfloat16": {"min_agreement": 0.95, "max_mean_abs": 0.05},
+             "float16": {"min_agreement": 0.99, "max_mean_abs": 0.01}}
+
+
+@dataclass
+class LoraModule:
+    """One adapted base weight: its A/B (and DoRA magnitude) tensors and scale."""
+
+    base_key: str
+    a_key: str
+    b_key: str
+    kind: str  # "linear" or "embedding"
+    scale: float
+    rank: int
+    magnitude_key: str | None = None
+
+
+@dataclass
+class Adapter:
+    path: Path
+    config: dict
+    modules: dict[str, LoraModule]  # by base weight key
+    replacements: dict[str, str]  # base tensor key -> adapter tensor key (modules_to_save, resized embeddings)
+    header: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return self.path / "adapter_model.safetensors"
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.header[key]["shape"])
+
+
+def _matches(pattern_key: str, module: str) -> bool:
+    return module == pattern_key or module.endswith("." + pattern_key) or re.fullmatch(pattern_key, module) is not None
+
+
+def read_adapter(adapter_dir: Path | str) -> Adapter:
+    """Read a PEFT LoRA adapter directory and map every tensor to the base weight it changes.
+
+    Raises:
+        MissingPathError / InputFileError: files missing, corrupt, or of an unsupported PEFT type.
+    """
+    adapter_dir = Path(adapter_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise MissingPathError(adapter_dir, "not a PEFT adapter directory (no adapter_config.json)")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise MissingPathError(adapter_dir, "no adapter_model.safetensors (pickle adapter_model.bin is not accepted)")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise InputFileError(config_file, f"invalid JSON: {exc}") from None
+    if config.get("peft_type", "LORA") != "LORA":
+        raise InputFileError(config_file, f"peft_type {config.get('peft_type')!r} cannot be merged; only LoRA can",
+                             field="peft_type")
+    header = {k: v for k, v in read_header(weights).items() if k != "__metadata__"}
+    modules, replacements = {}, {}
+    for key in header:
+        if not key.startswith(PEFT_PREFIX):
+            raise InputFileError(weights, f"unexpected tensor name {key!r} (expected the {PEFT_PREFIX!r} prefix)",
+                                 field=key)
+        name = key[len(PEFT_PREFIX):]
+        if "trainable_tokens" in name or "token_adapter" in name:
+            raise InputFileError(weights, "trainable-token adapters cannot be merged by packager yet", field=key)
+        lora = re.fullmatch(r"(.+)\.(lora_A|lora_embedding_A)(?:\.weight)?", name)
+        if lora:
+            module, kind = lora.group(1), "embedding" if "embedding" in lora.group(2) else "linear"
+            b_key = key.replace("lora_embedding_A", "lora_embedding_B").replace("lora_A", "lora_B")
+            if b_key not in header:
+                raise InputFileError(weights, f"{key} has no matching {b_key}", field=key)
+            magnitude = next((PEFT_PREFIX + f"{module}.lora_magnitude_vector{s}" for s in ("", ".weight")
+                              if PEFT_PREFIX + f"{module}.lora_magnitude_vector{s}" in header), None)
+            rank = header[key]["shape"][0]
+            modules[f"{module}.weight"] = LoraModule(f"{module}.weight", key, b_key, kind,
+                                                     _scale(config, module, rank), rank, magnitude)
+        elif re.search(r"\.(lora_B|lora_embedding_B|lora_magnitude_vector)(\.weight)?$", name):
+            continue
+        else:
+            replacements[name] = key
+    if not modules and not replacements:
+        raise InputFileError(weights, "holds no LoRA tensors")
+    return Adapter(adapter_dir, config, modules, replacements, header)
+
+
+def _scale(config: dict, module: str, rank: int) -> float:
+    """alpha / r (or alpha / sqrt(r) with rslora), honouring rank_pattern and alpha_pattern."""
+    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    expected_rank = next((r for k, r in rank_pattern.items() if _matches(k, module)), config.get("r", rank))
+    if expected_rank != rank:
+        raise InputFileError(Path("adapter_config.json"), f"module {module} has rank {rank} in the weights but "
+                                                          f"{expected_rank} in adapter_config.json: the adapter "
+                                                          "and its config do not belong together", field="r")
+    alpha = next((a for k, a in alpha_pattern.items() if _matches(k, module)), config.get("lora_alpha", rank))
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+# ---------------------------------------------------------------- planning
+
+@dataclass
+class BaseLayout:
+    """Where each base tensor lives, read from the safetensors headers only."""
+
+    files: dict[str, Path]  # tensor key -> shard file
+    specs: dict[str, TensorSpec]  # tensor key -> dtype and shape, in the base's own order
+
+
+def read_base_layout(ckpt: Checkpoint) -> BaseLayout:
+    files, specs = {}, {}
+    shards = [p for p in ckpt.weights if p.name.endswith(".safetensors")]
+    if not shards:
+        raise InputFileError(ckpt.path, "the base has no safetensors weights to merge into")
+    for shard in shards:
+        header = read_header(shard)
+        ordered = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+        for key in ordered:
+            files[key] = shard
+            specs[key] = TensorSpec(key, header[key]["dtype"], tuple(header[key]["shape"]))
+    return BaseLayout(files, specs)
+
+
+def check_adapter_fits_base(adapter: Adapter, layout: BaseLayout, *, base_name: str) -> None:
+    """Refuse an adapter trained on another base: every module must exist with matching shapes."""
+    trained_on = adapter.config.get("base_model_name_or_path") or "an unnamed base"
+    mismatch = []
+    for key, mod in adapter.modules.items():
+        base = layout.specs.get(key) or (layout.specs.get(embedding_key(layout)) if key == "lm_head.weight" else None)
+        if base is None:
+            mismatch.append(f"{key} does not exist in the base")
+            continue
+        a, b = adapter.shape(mod.a_key), adapter.shape(mod.b_key)
+        out_features, in_features = base.shape if mod.kind == "linear" else (base.shape[1], base.shape[0])
+        if a[1] != in_features or b[0] != out_features:
+            mismatch.append(f"{key}: adapter A{list(a)} B{list(b)} vs base weight {list(base.shape)}")
+    if mismatch:
+        raise StageError("merge", f"the adapter at {adapter.path} (trained on {trained_on}) does not fit the base "
+                                  f"{base_name}: " + "; ".join(mismatch[:3]) +
+                         (f" (and {len(mismatch) - 3} more)" if len(mismatch) > 3 else ""),
+                         hint="merge onto the base model the adapter was trained on")
+
+
+def plan_output(adapter: Adapter, layout: BaseLayout, *, dtype: str, tied: bool) -> tuple[list[TensorSpec], bool]:
+    """Output tensors in the base's order (replacements may change shapes). Returns (specs, untie_lm_head)."""
+    out_dtype = {"bfloat16": "BF16", "float16": "F16"}[dtype]
+    specs = []
+    for key, spec in layout.specs.items():
+        shape = adapter.shape(adapter.replacements[key]) if key in adapter.replacements else spec.shape
+        float_dtype = spec.dtype in ("F32", "F16", "BF16", "F64")
+        specs.append(TensorSpec(key, out_dtype if float_dtype else spec.dtype, shape))
+    # With tied embeddings the base stores no lm_head. PEFT trains an adapted embedding (LoRA or
+    # modules_to_save) while lm_head keeps the original tied weight, so the merge must untie them.
+    embed = embedding_key(layout)
+    untie = tied and "lm_head.weight" not in layout.specs and any(
+        k in adapter.modules or k in adapter.replacements for k in (embed, "lm_head.weight"))
+    if untie:
+        shape = (adapter.shape(adapter.replacements["lm_head.weight"]) if "lm_head.weight" in adapter.replacements
+                 else layout.specs[embed].shape)
+        specs.append(TensorSpec("lm_head.weight", out_dtype, shape))
+    return specs, untie
+
+
+def embedding_key(layout: BaseLayout) -> str | None:
+    return next((k for k in layout.specs if k.endswith(("embed_tokens.weight", "wte.weight",
+                                                        "word_embeddings.weight"))), None)
+
+
+# ---------------------------------------------------------------- merging
+
+class _TensorSource:
+    """Reads base and adapter tensors lazily, keeping one shard open at a time."""
+
+    def __init__(self, layout: BaseLayout, adapter: Adapter):
+        from safetensors import safe_open
+
+        self._open = safe_open
+        self.layout = layout
+        self._handles: dict[Path, object] = {}
+        self.adapter = safe_open(str(adapter.file), framework="pt")
+
+    def base(self, key: str):
+        file = self.layout.files[key]
+        if file not in self._handles:
+            self._handles.clear()  # one base shard mapped at a time
+            self._handles[file] = self._open(str(file), framework="pt")
+        return self._handles[file].get_tensor(key)
+
+
+def merged_tensor(spec: TensorSpec, *, adapter: Adapter, source: _TensorSource, untie: bool):
+    """The output tensor for ``spec``: base (or replacement) plus the LoRA delta, computed in float32."""
+    import torch
+
+    key = spec.name
+    if key in adapter.replacements:
+        weight = source.adapter.get_tensor(adapter.replacements[key])
+    elif untie and key == "lm_head.weight":
+        weight = source.base(embedding_key(source.layout))  # the original tied weight, plus its own delta below
+    else:
+        weight = source.base(key)
+    module = adapter.modules.get(key)
+    if module is not None:
+        weight = weight.to(torch.float32)
+        a = source.adapter.get_tensor(module.a_key).to(torch.float32)
+        b = source.adapter.get_tensor(module.b_key).to(torch.float32)
+        delta = b @ a
+        if module.kind == "embedding":
+            delta = delta.T
+        elif adapter.config.get("fan_in_fan_out"):
+            delta = delta.T
+        weight = weight + module.scale * delta
+        if module.magnitude_key is not None:  # DoRA: W' = m * (W + sBA) / ||W + sBA|| per output row
+            magnitude = source.adapter.get_tensor(module.magnitude_key).to(torch.float32)
+            weight = (magnitude / weight.norm(p=2, dim=1)).unsqueeze(1) * weight
+    if weight.is_floating_point():
+        weight = weight.to(getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[spec.dtype]))
+    return weight
+
+
+@dataclass
+class MergeOutput:
+    directory: Path
+    digests: dict[str, object]  # file name -> FileDigest, computed while writing
+    untied_lm_head: bool
+    vocab_size: int | None
+
+
+def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: str,
+                 shard_bytes: int) -> MergeOutput:
+    """Write the merged weights, config, generation config and tokenizer into ``out_dir``."""
+    layout = read_base_layout(ckpt)
+    check_adapter_fits_base(adapter, layout, base_name=ckpt.hub_id or str(ckpt.path))
+    config = json.loads((ckpt.path / "config.json").read_text())
+    tied = bool(config.get("tie_word_embeddings", False))
+    specs, untie = plan_output(adapter, layout, dtype=dtype, tied=tied)
+    source = _TensorSource(layout, adapter)
+    shards = plan_shards(specs, max_bytes=shard_bytes)
+    names = shard_names(len(shards))
+    digests = {}
+    for name, shard in zip(names, shards):
+        digests[name] = write_safetensors(out_dir / name, shard, lambda s: merged_tensor(
+            s, adapter=adapter, source=source, untie=untie))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
+                 "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    vocab = next((s.shape[0] for s in specs if s.name == embedding_key(layout)), None)
+    config.pop("quantization_config", None)
+    config["dtype"] = dtype
+    if "torch_dtype" in config:
+        config["torch_dtype"] = dtype
+    if untie:
+        config["tie_word_embeddings"] = False
+    if vocab is not None:
+        config["vocab_size"] = vocab
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    copy_tokenizer(adapter.path if has_tokenizer(adapter.path) else ckpt.path, out_dir)
+    write_generation_config(ckpt.path, out_dir)
+    return MergeOutput(out_dir, digests, untie, vocab)
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
+
+
+def copy_tokenizer(source: Path, out_dir: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, out_dir / name)
+
+
+def chat_stop_token_ids(tokenizer) -> list[int]:
+    """Every token that ends an assistant turn in the chat template, plus eos.
+
+    Found by rendering a conversation and reading the special tokens that
+    follow the assistant's text, so it works for ChatML (<|im_end|>), Llama 3
+    (<|eot_id|>), Gemma (<end_of_turn>) and others alike.
+    """
+    marker = "PACKAGER_ANSWER_MARKER"
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False)
+    after = rendered.split(marker, 1)[1] if marker in rendered else ""
+    specials = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
+                                                   if t.special}
+    stops = []
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    for token_id in ids:
+        if tokenizer.convert_ids_to_tokens(token_id) in specials:
+            stops.append(token_id)
+            break
+    if tokenizer.eos_token_id is not None:
+        stops.append(tokenizer.eos_token_id)
+    return sorted(set(stops))
+
+
+def write_generation_config(base_dir: Path, out_dir: Path) -> list[int]:
+    """generation_config.json whose eos_token_id lists every stop token of the chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    base_file = base_dir / "generation_config.json"
+    gen = json.loads(base_file.read_text()) if base_file.is_file() else {}
+    existing = gen.get("eos_token_id")
+    existing = [existing] if isinstance(existing, int) else list(existing or [])
+    stops = sorted(set(existing) | set(chat_stop_token_ids(tokenizer)))
+    gen["eos_token_id"] = stops if len(stops) > 1 else stops[0]
+    if tokenizer.pad_token_id is not None:
+        gen["pad_token_id"] = tokenizer.pad_token_id
+    gen.pop("transformers_version", None)
+    gen.pop("_from_model_config", None)
+    (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    return stops
+
+
+# ---------------------------------------------------------------- verification
+
+FALLBACK_PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Write one sentence about the sea."}],
+    [{"role": "user", "content": "List three prime numbers."}],
+    [{"role": "user", "content": "Translate 'good morning' into German."}],
+]
+
+
+def _logits(model, batches):
+    import torch
+
+    with torch.inference_mode():
+        return [model(input_ids=ids).logits[0].float() for ids in batches]
+
+
+def compare_logits(reference, candidate) -> dict:
+    """Max and mean absolute logit difference and greedy (argmax) agreement over every position."""
+    import torch
+
+    diffs = [(r - c).abs() for r, c in zip(reference, candidate)]
+    agree = sum(int((r.argmax(-1) == c.argmax(-1)).sum()) for r, c in zip(reference, candidate))
+    positions = sum(r.shape[0] for r in reference)
+    return {"max_abs": float(max(d.max() for d in diffs)), "mean_abs": float(torch.cat([d.flatten() for d in diffs]).mean()),
+            "greedy_agreement": agree / positions, "positions": positions}
+
+
+def verify_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, conversations: list[list[dict]],
+                 dtype: str) -> dict:
+    """Compare the merged checkpoint with base+adapter (unmerged) and with the base alone.
+
+    Raises:
+        StageError: logits differ beyond the dtype's tolerance, or the merged model behaves like the base.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    batches = [torch.tensor([tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]])
+               for c in conversations]
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        base.resize_token_embeddings(len(tokenizer))
+    reference_model = PeftModel.from_pretrained(base, adapter_dir)
+    reference = _logits(reference_model, batches)
+    with reference_model.disable_adapter():
+        base_logits = _logits(reference_model, batches)
+    del reference_model, base
+    merged_model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    merged = _logits(merged_model, batches)
+    del merged_model
+
+    result = compare_logits(reference, merged)
+    vs_base = compare_logits(base_logits, merged)
+    adapter_effect = compare_logits(base_logits, reference)["mean_abs"]
+    result.update({"prompts": len(batches), "dtype": dtype, "mean_abs_vs_base": vs_base["mean_abs"],
+                   "adapter_effect_mean_abs": adapter_effect, "tolerance": TOLERANCE[dtype]})
+    tol = TOLERANCE[dtype]
+    if adapter_effect == 0.0:
+        raise StageError("merge verification", "the adapter changes nothing: base and base+adapter give identical "
+                                               "logits (untrained adapter, or B matrices all zero)")
+    if vs_base["mean_abs"] <= 2 * result["mean_abs"]:
+        raise StageError("merge verification", f"the merged model behaves like the base: mean logit difference "
+                                               f"to the base {vs_base['mean_abs']:.4g} vs {result['mean_abs']:.4g} "
+                                               "to base+adapter")
+    if result["greedy_agreement"] < tol["min_agreement"] or result["mean_abs"] > tol["max_mean_abs"]:
+        raise StageError("merge verification",
+                         f"merged logits differ from base+adapter beyond {dtype} tolerance: greedy agreement "
+                         f"{result['greedy_agreement']:.3f} (min {tol['min_agreement']}), mean |diff| "
+                         f"{result['mean_abs']:.4g} (max {tol['max_mean_abs']})")
+    return result
+
+
+# ---------------------------------------------------------------- the stage
+
+@dataclass
+class MergeResult:
+    run_dir: Path
+    merged_dir: Path
+    verification: dict
+    already_done: bool = False
+
+
+def _base_matches_recorded(run, ckpt: Checkpoint) -> None:
+    """The base we merge onto must be byte-identical to the one the adapter was trained on."""
+    train = run.manifest.stages.get("train")
+    if train is None:
+        return
+    recorded = {Path(i.path).name: i.sha256 for i in train.inputs if Path(i.path).is_absolute()}
+    for file in ckpt.weights + ckpt.config:
+        if file.name in recorded and run.digest(file).sha256 != recorded[file.name]:
+            raise StageError("merge", f"the base at {ckpt.path} is not the one this adapter was trained on: "
+                                      f"{file.name} has sha256 {run.digest(file).sha256[:12]}…, the run recorded "
+                                      f"{recorded[file.name][:12]}…",
+                             hint="point base.model at the original base checkpoint")
+
+
+def merge_into_run(run, *, ckpt: Checkpoint, adapter_dir: Path, dtype: str, shard_bytes: int,
+                   conversations: list[list[dict]], method: str, base_cfg) -> MergeResult:
+    """Stage ``merge``: stream-merge into RUN/merged, verify, record digests (hashed while writing)."""
+    from packager.base import record_base
+
+    adapter = read_adapter(adapter_dir)
+    with run.stage("merge", parameters={"dtype": dtype, "shard_bytes": shard_bytes, "method": method}) as st:
+        record_base(st, ckpt, base_cfg)
+        for name in ADAPTER_FILES + TOKENIZER_FILES:
+            if (adapter_dir / name).is_file():
+                st.add_input(adapter_dir / name)
+        out = st.output_dir("merged")
+        merged = stream_merge(ckpt, adapter, out, dtype=dtype, shard_bytes=shard_bytes)
+        for name, digest in merged.digests.items():
+            st.known_digest(out / name, digest)
+        verification = verify_merge(ckpt.path, adapter_dir, out, conversations=conversations, dtype=dtype)
+        scales = sorted({round(m.scale, 6) for m in adapter.modules.values()})
+        st.parameters.update({
+            "base_weights": "original 16-bit safetensors of the base (never dequantized 4-bit)",
+            "qlora": method == "qlora", "scales": scales, "rslora": bool(adapter.config.get("use_rslora")),
+            "dora": any(m.magnitude_key for m in adapter.modules.values()),
+            "lora_modules": len(adapter.modules), "replaced_tensors": sorted(adapter.replacements),
+            "untied_lm_head": merged.untied_lm_head, "vocab_size": merged.vocab_size,
+            "adapter_base": adapter.config.get("base_model_name_or_path")})
+        st.metrics["verification"] = verification
+    return MergeResult(run.path, run.path / "merged", verification)
+
+
+def merge_run(run_dir: Path | str, *, dtype: str | None = None) -> MergeResult:
+    """``packager merge RUN``: merge the run's adapter onto the base it was trained on."""
+    from packager.base import resolve_base
+    from packager.config import parse_size
+    from packager.data import read_split
+    from packager.evaluate import run_config
+    from packager.manifest import Run
+
+    run = Run.open(run_dir)
+    cfg = run_config(run)
+    adapter_dir = run.path / "train" / "adapter"
+    if not adapter_dir.is_dir():
+        raise StageError("merge", f"{run.path} has no adapter to merge (a full fine-tune is already merged: "
+                                  f"{run.path / 'train' / 'model'})")
+    ckpt = resolve_base(cfg.base)
+    _base_matches_recorded(run, ckpt)
+    eval_file = run.path / "data" / "eval.jsonl"
+    conversations = read_split(eval_file)[: cfg.merge.verify_prompts] if eval_file.is_file() else []
+    return merge_into_run(run, ckpt=ckpt, adapter_dir=adapter_dir, dtype=dtype or cfg.merge.dtype,
+                          shard_bytes=parse_size(cfg.merge.shard_size), method=cfg.train.method,
+                          conversations=conversations or FALLBACK_PROMPTS, base_cfg=cfg.base)
+
+
+def merge_external(adapter_dir: Path | str, base_model: str, out_dir: Path | str, *, dtype: str = "bfloat16",
+                   shard_size: str = "2GB") -> MergeResult:
+    """``packager merge --adapter DIR --base MODEL --out RUN``: an adapter trained elsewhere."""
+    from packager.base import resolve_base
+    from packager.config import BaseModelConfig, parse_size
+    from packager.manifest import Run
+
+    base_cfg = BaseModelConfig(model=base_model)
+    ckpt = resolve_base(base_cfg)
+    adapter_dir = Path(adapter_dir)
+    _refuse_named_mismatch(read_adapter(adapter_dir), ckpt)
+    run = Run.create(out_dir)
+    return merge_into_run(run, ckpt=ckpt, adapter_dir=adapter_dir, dtype=dtype, shard_bytes=parse_size(shard_size),
+                          method="lora", conversations=FALLBACK_PROMPTS, base_cfg=base_cfg)
+
+
+def _refuse_named_mismatch(adapter: Adapter, ckpt: Checkpoint) -> None:
+    """When both the adapter's recorded base and ours are Hub ids, they must be the same model."""
+    from packager.base import HUB_ID
+
+    named = adapter.config.get("base_model_name_or_path") or ""
+    ours = ckpt.hub_id or ""
+    if HUB_ID.fullmatch(named) and HUB_ID.fullmatch(ours) and named.lower() != ours.lower():
+        raise StageError("merge", f"the adapter at {adapter.path} was trained on {named}, not on {ours}",
+                         hint="merge onto the base model the adapter was trained on")

@@ -1,0 +1,123 @@
+"""Read and write safetensors one tensor at a time.
+
+The writer lays out a shard's header from names, dtypes and shapes known in
+advance, then streams each tensor's bytes to disk as it is produced, hashing
+while writing: peak memory is one tensor, whatever the model size, and every
+output byte is read zero extra times for its digest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from packager.errors import InputFileError
+from packager.hashing import FileDigest, HashingWriter
+
+DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
+               "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+               "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # safetensors name: "BF16", "F32", ...
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return DTYPE_SIZES[self.dtype] * math.prod(self.shape)
+
+
+def torch_dtype_name(dtype) -> str:
+    return DTYPE_NAMES[str(dtype).removeprefix("torch.")]
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, checked against the file's real size.
+
+    Raises:
+        InputFileError: truncated file, unreadable header, or offsets that lie about sizes.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise InputFileError(path, "truncated safetensors file (shorter than its 8-byte header length)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > min(size - 8, 100 << 20):
+            raise InputFileError(path, f"corrupt safetensors header (claims {length} bytes; file has {size})")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as exc:
+            raise InputFileError(path, f"corrupt safetensors header: {exc}") from None
+    data_size = size - 8 - length
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        expected = DTYPE_SIZES.get(info["dtype"], 0) * math.prod(info["shape"])
+        if end - start != expected or end > data_size:
+            problem = "truncated" if end > data_size else "lies about sizes"
+            raise InputFileError(path, f"safetensors file {problem}: tensor {name!r} {info['dtype']}"
+                                       f"{info['shape']} needs {expected} bytes at [{start}, {end}), data section "
+                                       f"has {data_size}", field=name)
+    return header
+
+
+def write_safetensors(path: Path, specs: list[TensorSpec], produce: Callable[[TensorSpec], object],
+                      *, metadata: dict[str, str] | None = None) -> FileDigest:
+    """Write tensors in ``specs`` order; ``produce(spec)`` returns each torch tensor just in time."""
+    header: dict = {"__metadata__": {"format": "pt", **(metadata or {})}}
+    offset = 0
+    for spec in specs:
+        header[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape),
+                             "data_offsets": [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        out = HashingWriter(f)
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        for spec in specs:
+            tensor = produce(spec)
+            if tuple(tensor.shape) != spec.shape or torch_dtype_name(tensor.dtype) != spec.dtype:
+                raise ValueError(f"{spec.name}: produced {tensor.dtype}{tuple(tensor.shape)}, planned "
+                                 f"{spec.dtype}{spec.shape}")
+            out.write(_tensor_bytes(tensor))
+        f.flush()
+    return out.digest()
+
+
+def _tensor_bytes(tensor) -> memoryview:
+    import torch
+
+    flat = tensor.detach().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def plan_shards(specs: Iterable[TensorSpec], *, max_bytes: int) -> list[list[TensorSpec]]:
+    """Split tensors, in order, into shards of at most ``max_bytes`` (a larger tensor gets a shard of its own)."""
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if shards[-1] and size + spec.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += spec.nbytes
+    return [s for s in shards if s]
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
