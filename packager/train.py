@@ -263,9 +263,10 @@ class TrainResult:
 def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = False,
                 max_steps: int | None = None) -> TrainResult:
     """Run the data and train stages for ``cfg`` into ``cfg.run_dir``."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # else CPU ranks each think they are alone
     ckpt = resolve_base(cfg.base)
     prepared = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
                               trust_remote_code=cfg.base.trust_remote_code)

@@ -213,6 +213,9 @@ def test_two_process_distributed_run_through_accelerate(tmp_path, tiny_llama_dir
     run_dir = load_config(config).run_dir
     metrics = read_manifest(run_dir).stages["train"].metrics
     assert metrics["world_size"] == 2 and metrics["global_step"] == 3
+    assert "another packager process" not in proc.stderr, "only the main process records"
+    # each rank saw half the batches: 2 processes x batch 2 per step
+    assert metrics["tokens_seen"] > 0
     assert verify_run(run_dir).ok
 
 
