@@ -334,15 +334,33 @@ def merge(run_dir: Path | None, adapter: Path | None, base_model: str | None, ou
 @cli.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "gguf"]), required=True)
-@click.option("--quant", multiple=True, help="GGUF type(s): f16, bf16, q8_0, Q4_K_M, Q5_K_M, Q6_K.")
-def export(run_dir: Path, fmt: str, quant: tuple[str, ...]) -> None:
-    """Export the merged model as safetensors or GGUF, with a parity check.
+@click.option("--quant", multiple=True, help="GGUF type(s): f16, bf16, q8_0, Q4_K_M, Q5_K_M, Q6_K "
+                                            "(default: export.gguf_quants).")
+@click.option("--shard-size", help="Re-shard safetensors at this size, e.g. 500MB.")
+def export(run_dir: Path, fmt: str, quant: tuple[str, ...], shard_size: str | None) -> None:
+    """Export the merged model as safetensors (with a model card) or GGUF, with a parity check.
+
+    A GGUF that fails parity against the merged model is moved to RUN/export/rejected/,
+    recorded as failed, and the command exits 1.
 
     \b
     Example:
-      packager export runs/example --format gguf --quant q8_0
+      packager export runs/example --format gguf --quant q8_0 --quant Q4_K_M
     """
-    not_yet("export")
+    from packager.errors import StageError
+    from packager.export import export_run
+
+    result = export_run(run_dir, fmt=fmt, quants=quant, shard_size=shard_size)
+    for file in result.files:
+        click.echo(f"exported {file}")
+    for q, p in result.parity.items():
+        verdict = "passed" if p["passed"] else "FAILED: " + "; ".join(p["failures"])
+        click.echo(f"parity {q}: top-1 {p['top1_agreement']:.3f}, KL {p['mean_kl']:.4f}, perplexity x"
+                   f"{p['perplexity_ratio']:.3f}, greedy {p['greedy_agreement']:.2f} -> {verdict}")
+    if result.rejected:
+        raise StageError("export", f"{len(result.rejected)} GGUF file(s) failed parity and were moved to "
+                                   f"{result.run_dir / 'export' / 'rejected'}: {', '.join(result.rejected)}",
+                         hint="use a higher-precision type (q8_0, Q6_K); small models quantize badly")
 
 
 @cli.command()

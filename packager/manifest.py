@@ -178,6 +178,7 @@ class Run:
             with writer._staging():
                 yield writer
             record = writer._finish()
+            previous = self.manifest.stages.get(name)
             stages = {k: v for k, v in self.manifest.stages.items() if k != name}
             stale = stale_stages(stages, record)
             stages = {k: v for k, v in stages.items() if k not in stale}
@@ -185,7 +186,8 @@ class Run:
             self.manifest = self.manifest.model_copy(update={"stages": stages})
             self._write_manifest()
             self.hash_cache.save()
-            self._remove_outputs_of(stale, keep={o.path for o in record.outputs})
+            self._remove_outputs_of({**stale, **({name: previous} if previous else {})},
+                                    keep={o.path for o in record.outputs})
             writer.invalidated = sorted(stale)
 
     def _remove_outputs_of(self, stale: dict[str, "StageRecord"], *, keep: set[str]) -> None:

@@ -103,3 +103,40 @@ def runner():
     from click.testing import CliRunner
 
     return CliRunner()
+
+
+EXAMPLE_DATA = Path(__file__).parent.parent / "examples" / "data" / "tickets.jsonl"
+TICKET_FORMAT = ('\\{"category": "(billing|account|bug|feature_request)", "priority": "(low|medium|high)", '
+                 '"summary": "[^"]+"\\}')
+
+
+@pytest.fixture(scope="session")
+def smollm2_trained_run(tmp_path_factory, smollm2_dir) -> Path:
+    """SmolLM2-135M with a 30-step CPU LoRA on the example ticket task: trained once, shared by slow tests.
+
+    Tests that change the run copy it first (`copy_run`)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from packager.cli import cli
+    from packager.config import load_config
+
+    directory = tmp_path_factory.mktemp("smol-run")
+    cfg = {"run": {"name": "smol", "root": "runs"},
+           "base": {"model": str(smollm2_dir), "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+           "data": {"train": str(EXAMPLE_DATA), "max_seq_length": 256},
+           "train": {"max_steps": 30, "eval_steps": 10, "batch_size": 8, "sample_every": 10,
+                     "learning_rate": 5e-4},
+           "eval": {"max_new_tokens": 48, "limit": 40, "format_regex": TICKET_FORMAT,
+                    "gate": {"must_beat_base": True, "min_format_adherence": 0.8}},
+           "export": {"gguf_quants": ["q8_0", "Q4_K_M"]}}
+    config = directory / "packager.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(cli, ["train", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    return load_config(config).run_dir
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("lock"))
+    return dest

