@@ -15,6 +15,7 @@ help:
 	@echo "make demo       the whole job on the embedded default model (SmolLM2-135M), on CPU"
 	@echo "make test       set up .venv and run every test (slow ones included)"
 	@echo "make test-fast  skip the tests marked slow"
+	@echo "make bench      benchmarks against the tools a user would otherwise pick (bench/README.md)"
 
 setup: $(STAMP)
 
@@ -35,6 +36,9 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/packager demo --workdir demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/merge.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
