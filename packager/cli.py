@@ -333,7 +333,8 @@ def merge(run_dir: Path | None, adapter: Path | None, base_model: str | None, ou
 
 @cli.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["safetensors", "gguf"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "gguf", "adapter-gguf"]), required=True,
+              help="adapter-gguf: the LoRA itself as a GGUF adapter plus the base as f16 GGUF (Ollama ADAPTER).")
 @click.option("--quant", multiple=True, help="GGUF type(s): f16, bf16, q8_0, Q4_K_M, Q5_K_M, Q6_K "
                                             "(default: export.gguf_quants).")
 @click.option("--shard-size", help="Re-shard safetensors at this size, e.g. 500MB.")

@@ -221,13 +221,14 @@ def reference_outputs(merged_dir: Path, conversations: list[list[dict]], *, stop
     return Reference(sequences, logprobs, prompts, greedy, stop_ids, _perplexity(logprobs, sequences))
 
 
-def gguf_parity(gguf_path: Path, ref: Reference) -> dict:
+def gguf_parity(gguf_path: Path, ref: Reference, *, lora_path: Path | None = None) -> dict:
     """Teacher-forced top-1 agreement and KL, perplexity, and greedy agreement of a GGUF vs the reference."""
     import numpy as np
     from llama_cpp import Llama
 
     n_ctx = max(max(map(len, ref.sequences)), max(map(len, ref.prompts)) + GREEDY_TOKENS) + 8
-    llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False)
+    llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False,
+                lora_path=str(lora_path) if lora_path else None)
     agree, positions, kl_sum, logprobs = 0, 0, 0.0, []
     for ids, ref_lp in zip(ref.sequences, ref.logprobs):
         llm.reset()
@@ -437,4 +438,97 @@ def export_run(run_dir: Path | str, *, fmt: str, quants: tuple[str, ...] = (),
     conversations = read_split(eval_file)[: cfg.merge.verify_prompts] if eval_file.is_file() else []
     if not conversations:
         conversations = [c + [{"role": "assistant", "content": "OK."}] for c in FALLBACK_PROMPTS]
+    if fmt == "adapter-gguf":
+        return export_adapter_gguf(run, cfg, conversations=conversations)
     return export_gguf(run, cfg, quants=list(quants or cfg.export.gguf_quants), conversations=conversations)
+
+
+# ---------------------------------------------------------------- the adapter itself as GGUF (Ollama ADAPTER)
+
+def llama_rope_permute(weights, n_head: int, n_head_kv: int | None):
+    """The row permutation llama.cpp's converter applies to Llama q/k projections (for its RoPE layout)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def write_lora_gguf(adapter, base_config: dict, out_file: Path) -> dict:
+    """Write a PEFT LoRA as a llama.cpp LoRA GGUF, with each module's scale folded into its B matrix.
+
+    llama.cpp scales every module by alpha / rank; writing alpha = 1 and B * (scale * rank) reproduces
+    any mix of alpha/r, rsLoRA and rank/alpha patterns exactly.
+    """
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    if base_config.get("model_type") != "llama":
+        raise StageError("export", f"LoRA GGUF export supports Llama-architecture models, not "
+                                   f"{base_config.get('model_type')!r}; export the merged model instead")
+    unsupported = [k for k, m in adapter.modules.items() if m.kind != "linear" or m.magnitude_key]
+    if adapter.replacements or unsupported:
+        raise StageError("export", "this adapter cannot be a llama.cpp LoRA GGUF: it carries "
+                         + ", ".join(sorted(adapter.replacements) + unsupported)
+                         + " (modules_to_save, embedding LoRA or DoRA)", hint="export the merged model instead")
+    n_layers = base_config["num_hidden_layers"]
+    n_head, n_kv = base_config["num_attention_heads"], base_config.get("num_key_value_heads")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    writer = gguf.GGUFWriter(str(out_file), arch="llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 1.0)
+    tensors = safe_open(str(adapter.file), framework="pt")
+    for key, module in sorted(adapter.modules.items()):
+        gguf_name = names.get_name(key.removesuffix(".weight"))
+        if gguf_name is None:
+            raise StageError("export", f"no llama.cpp tensor name for {key}")
+        a = tensors.get_tensor(module.a_key).to(torch.float32)
+        b = tensors.get_tensor(module.b_key).to(torch.float32) * (module.scale * module.rank)
+        if key.endswith("q_proj.weight"):
+            b = llama_rope_permute(b, n_head, n_head)
+        elif key.endswith("k_proj.weight"):
+            b = llama_rope_permute(b, n_head, n_kv)
+        writer.add_tensor(f"{gguf_name}.weight.lora_a", a.contiguous().numpy())
+        writer.add_tensor(f"{gguf_name}.weight.lora_b", b.contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"modules": len(adapter.modules), "ranks": sorted({m.rank for m in adapter.modules.values()})}
+
+
+def export_adapter_gguf(run, cfg, *, conversations: list[list[dict]]) -> ExportResult:
+    """Stage ``export-adapter-gguf``: the base as f16 GGUF plus the LoRA as a GGUF adapter (Ollama ADAPTER),
+    checked by loading both in llama.cpp and comparing with the merged model."""
+    from packager.base import resolve_base
+    from packager.merge import read_adapter
+
+    require_gguf_tools()
+    adapter_dir = run.path / "train" / "adapter"
+    if not adapter_dir.is_dir():
+        raise MissingPathError(run.path, "has no LoRA adapter (train/adapter) to export as GGUF")
+    merged = _merged_dir(run)
+    ckpt = resolve_base(cfg.base)
+    name = run.manifest.run
+    with run.stage("export-adapter-gguf", parameters={"tools": tool_versions(),
+                                                      "thresholds": PARITY_THRESHOLDS["q8_0"]}) as st:
+        for file in sorted(p for p in adapter_dir.iterdir() if p.is_file()):
+            st.add_input(file)
+        for file in ckpt.files:
+            st.add_input(file)
+        out = st.output_dir("export/adapter-gguf")
+        base_gguf, adapter_gguf = out / f"{name}-base-f16.gguf", out / f"{name}-lora.gguf"
+        convert_to_gguf(ckpt.path, base_gguf, outtype="f16", metadata=_gguf_metadata(run, cfg))
+        info = write_lora_gguf(read_adapter(adapter_dir), json.loads((ckpt.path / "config.json").read_text()),
+                               adapter_gguf)
+        ref = reference_outputs(merged, conversations, stop_ids=_stop_ids(merged))
+        parity = gguf_parity(base_gguf, ref, lora_path=adapter_gguf)
+        parity["failures"] = parity_failures("q8_0", parity)
+        parity["passed"] = not parity["failures"]
+        parity.update(info)
+        if not parity["passed"]:
+            raise StageError("export", "the LoRA GGUF on the base GGUF does not reproduce the merged model: "
+                             + "; ".join(parity["failures"]))
+        st.metrics["parity"] = parity
+    return ExportResult(run.path, sorted((run.path / "export" / "adapter-gguf").iterdir()), {"adapter": parity}, {})

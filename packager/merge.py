@@ -138,20 +138,26 @@ class BaseLayout:
 
     files: dict[str, Path]  # tensor key -> shard file
     specs: dict[str, TensorSpec]  # tensor key -> dtype and shape, in the base's own order
+    offsets: dict[str, int] = field(default_factory=dict)  # tensor key -> byte offset in its file
 
 
 def read_base_layout(ckpt: Checkpoint) -> BaseLayout:
-    files, specs = {}, {}
+    import struct
+
+    files, specs, offsets = {}, {}, {}
     shards = [p for p in ckpt.weights if p.name.endswith(".safetensors")]
     if not shards:
         raise InputFileError(ckpt.path, "the base has no safetensors weights to merge into")
     for shard in shards:
         header = read_header(shard)
+        with open(shard, "rb") as f:
+            data_start = 8 + struct.unpack("<Q", f.read(8))[0]
         ordered = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
         for key in ordered:
             files[key] = shard
             specs[key] = TensorSpec(key, header[key]["dtype"], tuple(header[key]["shape"]))
-    return BaseLayout(files, specs)
+            offsets[key] = data_start + header[key]["data_offsets"][0]
+    return BaseLayout(files, specs, offsets)
 
 
 def check_adapter_fits_base(adapter: Adapter, layout: BaseLayout, *, base_name: str) -> None:
@@ -202,22 +208,28 @@ def embedding_key(layout: BaseLayout) -> str | None:
 # ---------------------------------------------------------------- merging
 
 class _TensorSource:
-    """Reads base and adapter tensors lazily, keeping one shard open at a time."""
+    """Reads base tensors one at a time with plain reads (no mmap, so pages read do not stay resident)."""
 
     def __init__(self, layout: BaseLayout, adapter: Adapter):
         from safetensors import safe_open
 
-        self._open = safe_open
         self.layout = layout
-        self._handles: dict[Path, object] = {}
-        self.adapter = safe_open(str(adapter.file), framework="pt")
+        self.adapter = safe_open(str(adapter.file), framework="pt")  # small: a mapping is fine
 
     def base(self, key: str):
-        file = self.layout.files[key]
-        if file not in self._handles:
-            self._handles.clear()  # one base shard mapped at a time
-            self._handles[file] = self._open(str(file), framework="pt")
-        return self._handles[file].get_tensor(key)
+        import torch
+
+        from packager.safetensors_stream import TORCH_DTYPES
+
+        spec = self.layout.specs[key]
+        buffer = bytearray(spec.nbytes)
+        with open(self.layout.files[key], "rb", buffering=0) as f:
+            f.seek(self.layout.offsets[key])
+            if f.readinto(buffer) != spec.nbytes:
+                raise InputFileError(self.layout.files[key], f"truncated while reading tensor {key}", field=key)
+        if not buffer:
+            return torch.empty(spec.shape, dtype=getattr(torch, TORCH_DTYPES[spec.dtype]))
+        return torch.frombuffer(buffer, dtype=getattr(torch, TORCH_DTYPES[spec.dtype])).reshape(spec.shape)
 
 
 def merged_tensor(spec: TensorSpec, *, adapter: Adapter, source: _TensorSource, untie: bool):
@@ -236,12 +248,10 @@ def merged_tensor(spec: TensorSpec, *, adapter: Adapter, source: _TensorSource, 
         weight = weight.to(torch.float32)
         a = source.adapter.get_tensor(module.a_key).to(torch.float32)
         b = source.adapter.get_tensor(module.b_key).to(torch.float32)
-        delta = b @ a
-        if module.kind == "embedding":
-            delta = delta.T
-        elif adapter.config.get("fan_in_fan_out"):
-            delta = delta.T
-        weight = weight + module.scale * delta
+        if module.kind == "embedding" or adapter.config.get("fan_in_fan_out"):
+            weight.add_((b @ a).T, alpha=module.scale)
+        else:
+            weight.addmm_(b, a, alpha=module.scale)  # in place, one kernel: W += scale * B @ A
         if module.magnitude_key is not None:  # DoRA: W' = m * (W + sBA) / ||W + sBA|| per output row
             magnitude = source.adapter.get_tensor(module.magnitude_key).to(torch.float32)
             weight = (magnitude / weight.norm(p=2, dim=1)).unsqueeze(1) * weight
@@ -302,43 +312,17 @@ def copy_tokenizer(source: Path, out_dir: Path) -> None:
             shutil.copy(source / name, out_dir / name)
 
 
-def chat_stop_token_ids(tokenizer) -> list[int]:
-    """Every token that ends an assistant turn in the chat template, plus eos.
-
-    Found by rendering a conversation and reading the special tokens that
-    follow the assistant's text, so it works for ChatML (<|im_end|>), Llama 3
-    (<|eot_id|>), Gemma (<end_of_turn>) and others alike.
-    """
-    marker = "PACKAGER_ANSWER_MARKER"
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False)
-    after = rendered.split(marker, 1)[1] if marker in rendered else ""
-    specials = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
-                                                   if t.special}
-    stops = []
-    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
-    for token_id in ids:
-        if tokenizer.convert_ids_to_tokens(token_id) in specials:
-            stops.append(token_id)
-            break
-    if tokenizer.eos_token_id is not None:
-        stops.append(tokenizer.eos_token_id)
-    return sorted(set(stops))
-
-
 def write_generation_config(base_dir: Path, out_dir: Path) -> list[int]:
     """generation_config.json whose eos_token_id lists every stop token of the chat template."""
-    from packager.tokenizer import load_tokenizer
+    from packager.tokenizer import chat_stop_token_ids
 
-    tokenizer = load_tokenizer(out_dir).tokenizer  # refuses a tokenizer without a chat template
+    chat_stops = chat_stop_token_ids(out_dir)  # refuses a tokenizer without a chat template
     base_file = base_dir / "generation_config.json"
     gen = json.loads(base_file.read_text()) if base_file.is_file() else {}
     existing = gen.get("eos_token_id")
     existing = [existing] if isinstance(existing, int) else list(existing or [])
-    stops = sorted(set(existing) | set(chat_stop_token_ids(tokenizer)))
+    stops = sorted(set(existing) | set(chat_stops))
     gen["eos_token_id"] = stops if len(stops) > 1 else stops[0]
-    if tokenizer.pad_token_id is not None:
-        gen["pad_token_id"] = tokenizer.pad_token_id
     gen.pop("transformers_version", None)
     gen.pop("_from_model_config", None)
     (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

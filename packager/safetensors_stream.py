@@ -21,6 +21,7 @@ from packager.hashing import FileDigest, HashingWriter
 DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
                "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
                "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -83,16 +84,23 @@ def write_safetensors(path: Path, specs: list[TensorSpec], produce: Callable[[Te
         offset += spec.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as pool:
         out = HashingWriter(f)
         out.write(struct.pack("<Q", len(blob)))
         out.write(blob)
+        pending = None
         for spec in specs:
-            tensor = produce(spec)
+            tensor = produce(spec)  # computed while the previous tensor is hashed and written
             if tuple(tensor.shape) != spec.shape or torch_dtype_name(tensor.dtype) != spec.dtype:
                 raise ValueError(f"{spec.name}: produced {tensor.dtype}{tuple(tensor.shape)}, planned "
                                  f"{spec.dtype}{spec.shape}")
-            out.write(_tensor_bytes(tensor))
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(out.write, _tensor_bytes(tensor))
+        if pending is not None:
+            pending.result()
         f.flush()
     return out.digest()
 

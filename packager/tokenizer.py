@@ -37,11 +37,69 @@ def load_tokenizer(model_dir: Path | str, *, chat_template: Path | None = None,
         prepared.chat_template_source = str(chat_template)
         prepared.notes.append(f"chat template from {chat_template}")
     if not tokenizer.chat_template:
-        raise InputFileError(model_dir, "the tokenizer has no chat template, so conversations cannot be rendered",
-                             field="chat_template",
-                             hint="write the model's template as a Jinja file and set base.chat_template: "
-                                  "path/to/template.jinja in packager.yaml (or --chat-template FILE)")
+        raise no_chat_template_error(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         prepared.notes.append(f"no pad token: using eos {tokenizer.eos_token!r} as pad")
     return prepared
+
+
+def no_chat_template_error(model_dir: Path) -> InputFileError:
+    return InputFileError(model_dir, "the tokenizer has no chat template, so conversations cannot be rendered",
+                          field="chat_template",
+                          hint="write the model's template as a Jinja file and set base.chat_template: "
+                               "path/to/template.jinja in packager.yaml (or --chat-template FILE)")
+
+
+def read_chat_template(model_dir: Path) -> str | None:
+    """The chat template saved with a tokenizer (chat_template.jinja or tokenizer_config.json), no transformers."""
+    import json
+
+    model_dir = Path(model_dir)
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text()
+    config_file = model_dir / "tokenizer_config.json"
+    template = json.loads(config_file.read_text()).get("chat_template") if config_file.is_file() else None
+    if isinstance(template, list):  # named templates: use the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return template
+
+
+def chat_stop_token_ids(model_dir: Path) -> list[int]:
+    """Every token that ends an assistant turn in the chat template, plus eos, read from the saved files.
+
+    Renders a conversation with Jinja (sandboxed, as transformers does) and reads the special token that
+    follows the assistant's text, so it works for ChatML (<|im_end|>), Llama 3 (<|eot_id|>), Gemma
+    (<end_of_turn>) and others, without importing transformers.
+    """
+    import json
+    import re
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    model_dir = Path(model_dir)
+    template = read_chat_template(model_dir)
+    if not template:
+        raise no_chat_template_error(model_dir)
+    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
+    specials = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", []) if t.get("special")}
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    token = lambda v: v.get("content") if isinstance(v, dict) else v  # noqa: E731
+    eos, bos = token(config.get("eos_token")), token(config.get("bos_token"))
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, **{k: v for k, v in kw.items() if k != "indent"})
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
+    template = re.sub(r"{%-?\s*(end)?generation\s*-?%}", "", template)
+    marker = "PACKAGER_ANSWER_MARKER"
+    rendered = env.from_string(template).render(
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+        add_generation_prompt=False, bos_token=bos or "", eos_token=eos or "")
+    after = rendered.split(marker, 1)[1].lstrip(" ") if marker in rendered else ""
+    stops = [next((i for text, i in specials.items() if after.startswith(text)), None)]
+    stops.append(specials.get(eos) if eos in specials else None)
+    return sorted({i for i in stops if i is not None})

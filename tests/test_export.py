@@ -141,6 +141,13 @@ def test_smollm2_merge_and_gguf_export_catch_the_broken_quant(runner, tmp_path, 
     del llm
     assert verify_run(run_dir).ok
 
+    # The LoRA itself as a GGUF adapter on the base GGUF (Ollama ADAPTER mode) reproduces the merged model.
+    adapter = runner.invoke(cli, ["export", str(run_dir), "--format", "adapter-gguf"])
+    assert adapter.exit_code == 0, adapter.output
+    parity = read_manifest(run_dir).stages["export-adapter-gguf"].metrics["parity"]
+    assert parity["passed"] and parity["top1_agreement"] >= 0.95 and parity["modules"] == 7 * 30
+    assert (run_dir / "export" / "adapter-gguf" / "smol-lora.gguf").is_file()
+
     # Killed mid-export: the earlier record and files stay intact, nothing half-written is recorded.
     before = read_manifest(run_dir).stages["export-gguf"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

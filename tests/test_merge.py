@@ -8,7 +8,8 @@ import pytest
 
 from packager.base import inspect_checkpoint
 from packager.errors import InputFileError, StageError
-from packager.merge import chat_stop_token_ids, read_adapter, stream_merge
+from packager.merge import read_adapter, stream_merge
+from packager.tokenizer import chat_stop_token_ids
 
 from conftest import build_tiny_llama
 
@@ -180,11 +181,19 @@ def tiny_llama_dir_of(copy: Path) -> Path:
     return intact
 
 
-def test_stop_tokens_come_from_the_chat_template(tiny_llama_dir):
+def test_stop_tokens_come_from_the_chat_template(tiny_llama_copy):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    assert chat_stop_token_ids(tok) == [tok.convert_tokens_to_ids("<|im_end|>")]
+    tok = AutoTokenizer.from_pretrained(tiny_llama_copy)
+    assert chat_stop_token_ids(tiny_llama_copy) == [tok.convert_tokens_to_ids("<|im_end|>")]
+    # A Llama-3-style template ends turns with <|eot_id|>, distinct from eos: both are stop tokens.
+    config = json.loads((tiny_llama_copy / "tokenizer_config.json").read_text())
+    config["eos_token"] = "<|endoftext|>"
+    (tiny_llama_copy / "tokenizer_config.json").write_text(json.dumps(config))
+    (tiny_llama_copy / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>{% endfor %}")
+    assert chat_stop_token_ids(tiny_llama_copy) == sorted(
+        [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")])
 
 
 def trained_run(tmp_path, base_dir, runner):
