@@ -113,12 +113,13 @@ def test_smollm2_merge_and_gguf_export_catch_the_broken_quant(runner, tmp_path, 
     v = read_manifest(run_dir).stages["merge"].metrics["verification"]
     assert v["greedy_agreement"] >= 0.95 and v["mean_abs_vs_base"] > 2 * v["mean_abs"]
 
-    exported = runner.invoke(cli, ["export", str(run_dir), "--format", "gguf", "--quant", "q8_0",
-                                   "--quant", "Q4_K_M"])
+    exported = runner.invoke(cli, ["export", str(run_dir), "--format", "gguf", "--quant", "f16",
+                                   "--quant", "q8_0", "--quant", "Q4_K_M"])
     assert exported.exit_code == 1, exported.output
     assert "failed parity" in exported.output and "Q4_K_M" in exported.output
     stage = read_manifest(run_dir).stages["export-gguf"]
     parity = stage.metrics["parity"]
+    assert parity["f16"]["passed"] and parity["f16"]["top1_agreement"] >= 0.98
     assert parity["q8_0"]["passed"] and parity["q8_0"]["top1_agreement"] >= 0.95
     assert not parity["Q4_K_M"]["passed"]
     assert any("fell back" in f for f in parity["Q4_K_M"]["failures"]), "the message explains why"
@@ -161,6 +162,6 @@ def test_smollm2_merge_and_gguf_export_catch_the_broken_quant(runner, tmp_path, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert read_manifest(run_dir).stages["export-gguf"] == before
-    assert q8.is_file() and not list((run_dir / "export" / "gguf").glob("*f16*"))
+    assert q8.is_file() and (run_dir / "export" / "gguf" / "smol-f16.gguf").is_file()
     report = verify_run(run_dir)
     assert report.ok and any("leftover" in w for w in report.warnings)

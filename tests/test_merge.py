@@ -279,3 +279,55 @@ def test_merge_usage_errors(runner, tmp_path):
 
     assert runner.invoke(cli, ["merge"]).exit_code == 2
     assert runner.invoke(cli, ["merge", "--adapter", str(tmp_path)]).exit_code == 2
+
+
+def test_qlora_adapters_merge_onto_the_original_16_bit_weights(runner, tmp_path, tiny_llama_64_dir):
+    import bitsandbytes  # noqa: F401
+
+    from packager.cli import cli
+    from packager.config import load_config
+    from packager.manifest import read_manifest, verify_run
+    from test_train import write_config
+
+    config = write_config(tmp_path, tiny_llama_64_dir, method="qlora", learning_rate=0.05)
+    assert runner.invoke(cli, ["train", "-c", str(config), "--dry-run"]).exit_code == 0
+    run_dir = load_config(config).run_dir
+    result = runner.invoke(cli, ["merge", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    stage = read_manifest(run_dir).stages["merge"]
+    assert stage.parameters["qlora"] is True
+    assert stage.parameters["base_weights"] == "original 16-bit safetensors of the base (never dequantized 4-bit)"
+    base_weights = {i.path for i in stage.inputs if i.path.endswith("/model.safetensors")}
+    assert base_weights == {str((tiny_llama_64_dir / "model.safetensors").resolve())}
+    assert verify_run(run_dir).ok
+
+
+def test_added_tokens_travel_with_the_tokenizer_and_resized_embeddings(tmp_path, untied_llama_dir):
+    """An adapter trained after adding tokens: PEFT saves the resized embed_tokens and lm_head in full."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(untied_llama_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<tool>", "</tool>"]})
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(untied_llama_dir, dtype=torch.float32)
+    model.resize_token_embeddings(len(tok))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  modules_to_save=["embed_tokens", "lm_head"],
+                                                  init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    info = read_adapter(adapter)
+    assert info.shape(info.replacements["model.embed_tokens.weight"])[0] == len(tok)
+
+    ours = our_merged_state(untied_llama_dir, adapter, tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(untied_llama_dir, dtype=torch.float32)
+    base.resize_token_embeddings(len(tok))
+    theirs = PeftModel.from_pretrained(base, adapter).merge_and_unload().state_dict()
+    assert_equal_within_bf16(ours, theirs)
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert config["vocab_size"] == len(tok)
+    merged_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert merged_tok.convert_tokens_to_ids("<tool>") == len(tok) - 2
