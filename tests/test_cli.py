@@ -97,7 +97,7 @@ def test_usage_errors_exit_2(runner):
 
 
 def test_unfinished_stages_say_so_with_exit_1(runner, tmp_path):
-    result = runner.invoke(cli, ["merge", str(tmp_path)])
+    result = runner.invoke(cli, ["containerize", str(tmp_path), "--target", "vllm"])
     assert result.exit_code == 1 and "not implemented yet" in result.output
 
 
