@@ -198,9 +198,10 @@ class Run:
                 if rec.path not in keep and not Path(rec.path).is_absolute():
                     file.unlink(missing_ok=True)
                     for parent in file.parents:
-                        if parent == self.path or any(parent.iterdir()):
+                        if parent == self.path:
                             break
-                        parent.rmdir()
+                        if parent.is_dir() and not any(parent.iterdir()):
+                            parent.rmdir()  # empty once its files went; climb on
 
 
 def stale_stages(stages: dict[str, StageRecord], new: StageRecord) -> dict[str, StageRecord]:
