@@ -323,8 +323,8 @@ def export_safetensors(run, cfg, *, shard_size: str | None = None) -> ExportResu
                 writer = HashingWriter(dst)
                 shutil.copyfileobj(src, writer, 4 << 20)  # hashed while copying: read once
             st.known_digest(out / file.name, writer.digest())
-        listed = [{"path": p.name, "size": p.stat().st_size, "sha256": st._known[p].sha256 if p in st._known
-                   else run.digest(p).sha256} for p in sorted(out.iterdir())]
+        listed = [{"path": p.name, "size": p.stat().st_size, "sha256": st.digest_of(p).sha256}
+                  for p in sorted(out.iterdir())]
         card = render_model_card(run, kind="merged", files=listed, license_cfg=cfg.export,
                                  stop_ids=_stop_ids(merged))
         (out / "README.md").write_text(card)

@@ -248,6 +248,10 @@ class StageWriter:
         """A digest computed while writing ``file`` (inside an output_dir), so commit need not re-read it."""
         self._known[Path(file)] = digest
 
+    def digest_of(self, file: Path) -> FileDigest:
+        """A file's digest: the one computed while writing it, else hashed now (cached)."""
+        return self._known.get(Path(file)) or self.run.digest(Path(file))
+
     def add_input_dir(self, directory: Path, *, patterns: tuple[str, ...] = ("*",)) -> list[FileRecord]:
         files = sorted({p for pat in patterns for p in Path(directory).glob(pat) if p.is_file()})
         return [self.add_input(p) for p in files]
