@@ -271,8 +271,9 @@ def train(config_path: Path, dry_run: bool, resume: bool, max_steps: int | None)
 
     result = train_model(load_config(config_path), dry_run=dry_run, resume=resume, max_steps=max_steps)
     m = result.metrics
-    click.echo(f"trained {m['global_step']} steps on {m['device']} ({m['backend']}: {m['backend_reason']}); "
-               f"best eval loss {m['eval_loss_best']:.4f} at {m['best_checkpoint']}; "
+    best = "no evaluation ran" if m["eval_loss_best"] is None else \
+        f"best eval loss {m['eval_loss_best']:.4f} at {m['best_checkpoint']}"
+    click.echo(f"trained {m['global_step']} steps on {m['device']} ({m['backend']}: {m['backend_reason']}); {best}; "
                f"{m['tokens_per_second']} tokens/s, {m['seconds_per_step']} s/step")
     click.echo(f"run: {result.run_dir} (report: {result.run_dir / 'train' / 'report.html'})")
 

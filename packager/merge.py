@@ -397,7 +397,9 @@ def verify_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, convers
     if vs_base["mean_abs"] <= 2 * result["mean_abs"]:
         raise StageError("merge verification", f"the merged model behaves like the base: mean logit difference "
                                                f"to the base {vs_base['mean_abs']:.4g} vs {result['mean_abs']:.4g} "
-                                               "to base+adapter")
+                                               f"to base+adapter (the adapter's own effect is {adapter_effect:.4g})",
+                         hint="the adapter's effect is within this dtype's rounding: merge with --dtype float16, "
+                              "or train longer" if dtype == "bfloat16" else "train longer or with a higher rate")
     if result["greedy_agreement"] < tol["min_agreement"] or \
             result["relative_mean_abs"] > tol["max_relative_mean_abs"]:
         raise StageError("merge verification",

@@ -155,13 +155,15 @@ def tokenized_dataset(conversations: list[list[dict]], tokenizer):
 # ---------------------------------------------------------------- trainer
 
 def sft_config(cfg: PackagerConfig, *, output_dir: Path, backend: Backend, max_steps: int | None,
-               dry_run: bool):
+               dry_run: bool, train_rows: int, world_size: int = 1):
     import torch
     from trl import SFTConfig
 
     t = cfg.train
     steps = DRY_RUN_STEPS if dry_run else (max_steps or t.max_steps or -1)
-    eval_steps = min(t.eval_steps, steps) if steps > 0 else t.eval_steps
+    planned = steps if steps > 0 else math.ceil(
+        t.epochs * math.ceil(train_rows / (t.batch_size * t.gradient_accumulation * world_size)))
+    eval_steps = max(1, min(t.eval_steps, planned))  # short runs still evaluate (and keep a best checkpoint)
     bf16 = backend.device == "cuda" and torch.cuda.is_bf16_supported()
     return SFTConfig(
         output_dir=str(output_dir),
@@ -293,7 +295,8 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     model, peft_config = load_model(ckpt, cfg, backend, tokenizer)
     from trl import SFTTrainer
 
-    args = sft_config(cfg, output_dir=work / "checkpoints", backend=backend, max_steps=max_steps, dry_run=dry_run)
+    args = sft_config(cfg, output_dir=work / "checkpoints", backend=backend, max_steps=max_steps, dry_run=dry_run,
+                      train_rows=len(train_rows), world_size=state.num_processes)
     trainer = SFTTrainer(model=model, args=args, train_dataset=tokenized_dataset(train_rows, tokenizer),
                          eval_dataset=tokenized_dataset(eval_rows, tokenizer), processing_class=tokenizer,
                          peft_config=peft_config,
