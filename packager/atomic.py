@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from packager.hashing import FileDigest, HashingWriter, fsync_dir
 
@@ -40,22 +38,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> FileDigest:
 
 def atomic_write_text(path: Path, text: str) -> FileDigest:
     return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-@contextmanager
-def staged_directory(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``final``; rename it to ``final`` if the block succeeds.
-
-    An existing ``final`` is replaced only after the new one is complete. On any
-    exception (including KeyboardInterrupt) the temporary directory is removed.
-    """
-    tmp = partial_sibling(final)
-    try:
-        yield tmp
-        replace_directory(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def partial_sibling(final: Path) -> Path:
