@@ -21,10 +21,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager.base import Checkpoint, inspect_checkpoint
+from packager.base import Checkpoint
 from packager.errors import InputFileError, MissingPathError, StageError
-from packager.safetensors_stream import (TensorSpec, plan_shards, read_header, shard_names, torch_dtype_name,
-                                         write_safetensors)
+from packager.safetensors_stream import TensorSpec, plan_shards, read_header, shard_names, write_safetensors
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")

@@ -13,7 +13,7 @@ import yaml
 
 from packager.cli import cli
 from packager.errors import InputFileError, StageError
-from packager.export import canonical_quant, read_gguf_metadata
+from packager.llamacpp import canonical_quant, read_gguf_metadata
 from packager.manifest import read_manifest, verify_run
 
 from conftest import copy_run

