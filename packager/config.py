@@ -315,3 +315,12 @@ def load_config(path: Path | str) -> PackagerConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(path, [f"(yaml) {where}{getattr(exc, 'problem', None) or exc}"]) from None
     return parse_config(data, source=path, config_dir=path.parent.resolve())
+
+
+def recorded_config(run) -> PackagerConfig:
+    """The resolved config a run was trained with, as its manifest recorded it (paths already absolute)."""
+    stage = run.manifest.stages.get("train")
+    if stage is None:
+        raise MissingPathError(run.path, "has no recorded train stage, so there is no model to work on",
+                               hint="train first: packager train -c packager.yaml")
+    return PackagerConfig.model_validate(stage.parameters["config"])

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.base import resolve_base
-from packager.config import EvalConfig, PackagerConfig
+from packager.config import EvalConfig, PackagerConfig, recorded_config
 from packager.data import read_split, tokenize_with_assistant_mask
-from packager.errors import MissingPathError, StageError
+from packager.errors import StageError
 from packager.manifest import Run, read_manifest
 from packager.tokenizer import load_tokenizer
 
@@ -32,15 +32,6 @@ class EvalResult:
     base: dict | None
     gate: dict
     task_metric: str
-
-
-def run_config(run: Run) -> PackagerConfig:
-    """The resolved config the run was trained with, as recorded in its manifest."""
-    stage = run.manifest.stages.get("train")
-    if stage is None:
-        raise MissingPathError(run.path, "has no recorded train stage to evaluate",
-                               hint="train first: packager train -c packager.yaml")
-    return PackagerConfig.model_validate(stage.parameters["config"])
 
 
 # ---------------------------------------------------------------- scoring
@@ -171,7 +162,7 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
     from packager.report import write_eval_report
 
     run = Run.open(run_dir)
-    cfg = run_config(run)
+    cfg = recorded_config(run)
     ecfg = cfg.eval
     against_base = against_base or ecfg.gate.must_beat_base
     conversations = read_split(run.path / "data" / "eval.jsonl")[: limit or ecfg.limit or None]

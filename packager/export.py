@@ -73,29 +73,16 @@ def export_safetensors(run, cfg, *, shard_size: str | None = None) -> ExportResu
 
 
 def _reshard(merged: Path, out: Path, *, shard_size: str, stage) -> None:
-    from safetensors import safe_open
-
     from packager.base import inspect_checkpoint
     from packager.config import parse_size
     from packager.merge import read_base_layout
-    from packager.safetensors_stream import plan_shards, shard_names, write_safetensors
+    from packager.safetensors_stream import read_tensor, write_sharded
 
     layout = read_base_layout(inspect_checkpoint(merged))
-    shards = plan_shards(layout.specs.values(), max_bytes=parse_size(shard_size))
-    names = shard_names(len(shards))
-    handles = {}
-
-    def produce(spec):
-        file = layout.files[spec.name]
-        handles.setdefault(file, safe_open(str(file), framework="pt"))
-        return handles[file].get_tensor(spec.name)
-
-    for name, shard in zip(names, shards):
-        stage.known_digest(out / name, write_safetensors(out / name, shard, produce))
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(s.nbytes for s in layout.specs.values())},
-                 "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    digests = write_sharded(out, list(layout.specs.values()), lambda spec: read_tensor(layout, spec.name),
+                            max_bytes=parse_size(shard_size))
+    for name, digest in digests.items():
+        stage.known_digest(out / name, digest)
 
 
 def _gguf_metadata(run, cfg) -> dict:
@@ -166,13 +153,13 @@ def export_gguf(run, cfg, *, quants: list[str], conversations: list[list[dict]])
 
 def export_run(run_dir: Path | str, *, fmt: str, quants: tuple[str, ...] = (),
                shard_size: str | None = None) -> ExportResult:
+    from packager.config import recorded_config
     from packager.data import read_split
-    from packager.evaluate import run_config
     from packager.manifest import Run
     from packager.merge import FALLBACK_PROMPTS
 
     run = Run.open(run_dir)
-    cfg = run_config(run)
+    cfg = recorded_config(run)
     if fmt == "safetensors":
         return export_safetensors(run, cfg, shard_size=shard_size)
     eval_file = run.path / "data" / "eval.jsonl"

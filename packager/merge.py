@@ -23,7 +23,7 @@ from pathlib import Path
 
 from packager.base import Checkpoint
 from packager.errors import InputFileError, MissingPathError, StageError
-from packager.safetensors_stream import TensorSpec, plan_shards, read_header, shard_names, write_safetensors
+from packager.safetensors_stream import Layout, TensorSpec, read_header, read_layout, read_tensor, write_sharded
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -131,35 +131,14 @@ def _scale(config: dict, module: str, rank: int) -> float:
 
 # ---------------------------------------------------------------- planning
 
-@dataclass
-class BaseLayout:
-    """Where each base tensor lives, read from the safetensors headers only."""
-
-    files: dict[str, Path]  # tensor key -> shard file
-    specs: dict[str, TensorSpec]  # tensor key -> dtype and shape, in the base's own order
-    offsets: dict[str, int] = field(default_factory=dict)  # tensor key -> byte offset in its file
-
-
-def read_base_layout(ckpt: Checkpoint) -> BaseLayout:
-    import struct
-
-    files, specs, offsets = {}, {}, {}
+def read_base_layout(ckpt: Checkpoint) -> Layout:
     shards = [p for p in ckpt.weights if p.name.endswith(".safetensors")]
     if not shards:
         raise InputFileError(ckpt.path, "the base has no safetensors weights to merge into")
-    for shard in shards:
-        header = read_header(shard)
-        with open(shard, "rb") as f:
-            data_start = 8 + struct.unpack("<Q", f.read(8))[0]
-        ordered = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
-        for key in ordered:
-            files[key] = shard
-            specs[key] = TensorSpec(key, header[key]["dtype"], tuple(header[key]["shape"]))
-            offsets[key] = data_start + header[key]["data_offsets"][0]
-    return BaseLayout(files, specs, offsets)
+    return read_layout(shards)
 
 
-def check_adapter_fits_base(adapter: Adapter, layout: BaseLayout, *, base_name: str) -> None:
+def check_adapter_fits_base(adapter: Adapter, layout: Layout, *, base_name: str) -> None:
     """Refuse an adapter trained on another base: every module must exist with matching shapes."""
     trained_on = adapter.config.get("base_model_name_or_path") or "an unnamed base"
     mismatch = []
@@ -179,7 +158,7 @@ def check_adapter_fits_base(adapter: Adapter, layout: BaseLayout, *, base_name: 
                          hint="merge onto the base model the adapter was trained on")
 
 
-def plan_output(adapter: Adapter, layout: BaseLayout, *, dtype: str, tied: bool) -> tuple[list[TensorSpec], bool]:
+def plan_output(adapter: Adapter, layout: Layout, *, dtype: str, tied: bool) -> tuple[list[TensorSpec], bool]:
     """Output tensors in the base's order (replacements may change shapes). Returns (specs, untie_lm_head)."""
     out_dtype = {"bfloat16": "BF16", "float16": "F16"}[dtype]
     specs = []
@@ -199,7 +178,7 @@ def plan_output(adapter: Adapter, layout: BaseLayout, *, dtype: str, tied: bool)
     return specs, untie
 
 
-def embedding_key(layout: BaseLayout) -> str | None:
+def embedding_key(layout: Layout) -> str | None:
     return next((k for k in layout.specs if k.endswith(("embed_tokens.weight", "wte.weight",
                                                         "word_embeddings.weight"))), None)
 
@@ -207,28 +186,16 @@ def embedding_key(layout: BaseLayout) -> str | None:
 # ---------------------------------------------------------------- merging
 
 class _TensorSource:
-    """Reads base tensors one at a time with plain reads (no mmap, so pages read do not stay resident)."""
+    """Base tensors one at a time (plain reads), adapter tensors from a mapping (the adapter is small)."""
 
-    def __init__(self, layout: BaseLayout, adapter: Adapter):
+    def __init__(self, layout: Layout, adapter: Adapter):
         from safetensors import safe_open
 
         self.layout = layout
-        self.adapter = safe_open(str(adapter.file), framework="pt")  # small: a mapping is fine
+        self.adapter = safe_open(str(adapter.file), framework="pt")
 
     def base(self, key: str):
-        import torch
-
-        from packager.safetensors_stream import TORCH_DTYPES
-
-        spec = self.layout.specs[key]
-        buffer = bytearray(spec.nbytes)
-        with open(self.layout.files[key], "rb", buffering=0) as f:
-            f.seek(self.layout.offsets[key])
-            if f.readinto(buffer) != spec.nbytes:
-                raise InputFileError(self.layout.files[key], f"truncated while reading tensor {key}", field=key)
-        if not buffer:
-            return torch.empty(spec.shape, dtype=getattr(torch, TORCH_DTYPES[spec.dtype]))
-        return torch.frombuffer(buffer, dtype=getattr(torch, TORCH_DTYPES[spec.dtype])).reshape(spec.shape)
+        return read_tensor(self.layout, key)
 
 
 def merged_tensor(spec: TensorSpec, *, adapter: Adapter, source: _TensorSource, untie: bool):
@@ -276,16 +243,8 @@ def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: st
     tied = bool(config.get("tie_word_embeddings", False))
     specs, untie = plan_output(adapter, layout, dtype=dtype, tied=tied)
     source = _TensorSource(layout, adapter)
-    shards = plan_shards(specs, max_bytes=shard_bytes)
-    names = shard_names(len(shards))
-    digests = {}
-    for name, shard in zip(names, shards):
-        digests[name] = write_safetensors(out_dir / name, shard, lambda s: merged_tensor(
-            s, adapter=adapter, source=source, untie=untie))
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
-                 "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    digests = write_sharded(out_dir, specs, lambda s: merged_tensor(s, adapter=adapter, source=source, untie=untie),
+                            max_bytes=shard_bytes)
     vocab = next((s.shape[0] for s in specs if s.name == embedding_key(layout)), None)
     config.pop("quantization_config", None)
     config["dtype"] = dtype
@@ -464,13 +423,12 @@ def merge_into_run(run, *, ckpt: Checkpoint, adapter_dir: Path, dtype: str, shar
 def merge_run(run_dir: Path | str, *, dtype: str | None = None) -> MergeResult:
     """``packager merge RUN``: merge the run's adapter onto the base it was trained on."""
     from packager.base import resolve_base
-    from packager.config import parse_size
+    from packager.config import parse_size, recorded_config
     from packager.data import read_split
-    from packager.evaluate import run_config
     from packager.manifest import Run
 
     run = Run.open(run_dir)
-    cfg = run_config(run)
+    cfg = recorded_config(run)
     adapter_dir = run.path / "train" / "adapter"
     if not adapter_dir.is_dir():
         raise StageError("merge", f"{run.path} has no adapter to merge (a full fine-tune is already merged: "

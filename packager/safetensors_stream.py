@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -129,3 +129,55 @@ def shard_names(count: int) -> list[str]:
     if count == 1:
         return ["model.safetensors"]
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+@dataclass
+class Layout:
+    """Where each tensor of a sharded checkpoint lives, read from the safetensors headers only."""
+
+    files: dict[str, Path]  # tensor key -> shard file
+    specs: dict[str, TensorSpec]  # tensor key -> dtype and shape, in the checkpoint's own order
+    offsets: dict[str, int] = field(default_factory=dict)  # tensor key -> byte offset in its file
+
+
+def read_layout(shards: Iterable[Path]) -> Layout:
+    files, specs, offsets = {}, {}, {}
+    for shard in shards:
+        header = read_header(shard)
+        with open(shard, "rb") as f:
+            data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+        ordered = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+        for key in ordered:
+            files[key] = shard
+            specs[key] = TensorSpec(key, header[key]["dtype"], tuple(header[key]["shape"]))
+            offsets[key] = data_start + header[key]["data_offsets"][0]
+    return Layout(files, specs, offsets)
+
+
+def read_tensor(layout: Layout, key: str):
+    """One tensor by a plain read (no mmap, so the pages read do not stay resident in the process)."""
+    import torch
+
+    spec = layout.specs[key]
+    dtype = getattr(torch, TORCH_DTYPES[spec.dtype])
+    buffer = bytearray(spec.nbytes)
+    with open(layout.files[key], "rb", buffering=0) as f:
+        f.seek(layout.offsets[key])
+        if f.readinto(buffer) != spec.nbytes:
+            raise InputFileError(layout.files[key], f"truncated while reading tensor {key}", field=key)
+    if not buffer:
+        return torch.empty(spec.shape, dtype=dtype)
+    return torch.frombuffer(buffer, dtype=dtype).reshape(spec.shape)
+
+
+def write_sharded(out_dir: Path, specs: list[TensorSpec], produce: Callable[[TensorSpec], object], *,
+                  max_bytes: int) -> dict[str, FileDigest]:
+    """Write shards of at most ``max_bytes`` (plus an index when there are several); digests by file name."""
+    shards = plan_shards(specs, max_bytes=max_bytes)
+    names = shard_names(len(shards))
+    digests = {name: write_safetensors(out_dir / name, shard, produce) for name, shard in zip(names, shards)}
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
+                 "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return digests
