@@ -37,8 +37,6 @@ PARITY_THRESHOLDS = {
     "Q5_K_M": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
     "Q4_K_M": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
 }
-GOLDEN_QUESTIONS = ["What is the capital of France?"]
-GREEDY_TOKENS = 24
 
 
 def canonical_quant(name: str) -> str:
@@ -173,6 +171,7 @@ class Reference:
     logprobs: list  # per sequence: [positions, vocab] float64 numpy arrays
     prompts: list[list[int]]
     greedy: list[list[int]]
+    questions: list[list[dict]]
     stop_ids: list[int]
     perplexity: float
 
@@ -199,20 +198,18 @@ def reference_outputs(merged_dir: Path, conversations: list[list[dict]], *, stop
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from packager.golden import golden_questions, torch_golden
+
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     sequences = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in conversations]
-    questions = [c[:-1] for c in conversations] + [[{"role": "user", "content": q}] for q in GOLDEN_QUESTIONS]
+    questions = golden_questions(conversations)
     prompts = [tokenizer.apply_chat_template(q, tokenize=True, add_generation_prompt=True,
                                              return_dict=True)["input_ids"] for q in questions]
     with torch.inference_mode():
         logprobs = [_log_softmax(model(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids in sequences]
-        greedy = []
-        for ids in prompts:
-            out = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
-                                 eos_token_id=stop_ids, pad_token_id=stop_ids[0])
-            greedy.append([t for t in out[0, len(ids):].tolist() if t not in stop_ids])
-    return Reference(sequences, logprobs, prompts, greedy, stop_ids, _perplexity(logprobs, sequences))
+    greedy = [g["tokens"] for g in torch_golden(model, tokenizer, questions, stop_ids=stop_ids)]
+    return Reference(sequences, logprobs, prompts, greedy, questions, stop_ids, _perplexity(logprobs, sequences))
 
 
 def gguf_parity(gguf_path: Path, ref: Reference, *, lora_path: Path | None = None) -> dict:
@@ -220,7 +217,9 @@ def gguf_parity(gguf_path: Path, ref: Reference, *, lora_path: Path | None = Non
     import numpy as np
     from llama_cpp import Llama
 
-    n_ctx = max(max(map(len, ref.sequences)), max(map(len, ref.prompts)) + GREEDY_TOKENS) + 8
+    from packager.golden import GOLDEN_TOKENS, golden_record, token_agreement
+
+    n_ctx = max(max(map(len, ref.sequences)), max(map(len, ref.prompts)) + GOLDEN_TOKENS) + 8
     llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False,
                 lora_path=str(lora_path) if lora_path else None)
     agree, positions, kl_sum, logprobs = 0, 0, 0.0, []
@@ -232,26 +231,26 @@ def gguf_parity(gguf_path: Path, ref: Reference, *, lora_path: Path | None = Non
         agree += int((lp.argmax(-1) == ref_lp.argmax(-1)).sum())
         kl_sum += float((np.exp(ref_lp) * (ref_lp - lp)).sum())
         positions += len(ids)
-    greedy_scores, answers = [], []
-    for prompt, expected in zip(ref.prompts, ref.greedy):
+    greedy_scores, golden = [], []
+    for prompt, expected, messages in zip(ref.prompts, ref.greedy, ref.questions):
         llm.reset()
         llm.eval(prompt)
-        got = []
-        for _ in range(GREEDY_TOKENS):
+        got, stopped = [], False
+        for _ in range(GOLDEN_TOKENS):
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             if token in ref.stop_ids:
+                stopped = True
                 break
             got.append(token)
             llm.eval([token])
-        common = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
-        greedy_scores.append(1.0 if got == expected else common / max(1, len(expected)))
-        answers.append(llm.detokenize(got).decode("utf-8", "replace"))
+        greedy_scores.append(token_agreement(expected, got))
+        golden.append(golden_record(messages, got, llm.detokenize(got).decode("utf-8", "replace"), stopped=stopped))
     del llm
     ppl = _perplexity(logprobs, ref.sequences)
     return {"top1_agreement": agree / positions, "mean_kl": kl_sum / positions, "positions": positions,
             "perplexity": ppl, "reference_perplexity": ref.perplexity, "perplexity_ratio": ppl / ref.perplexity,
             "greedy_agreement": sum(greedy_scores) / len(greedy_scores), "greedy_per_prompt": greedy_scores,
-            "golden_answer": answers[-1]}
+            "golden_answer": golden[-1]["text"], "golden": golden}
 
 
 def parity_failures(quant: str, parity: dict) -> list[str]:

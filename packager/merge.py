@@ -232,6 +232,7 @@ class MergeOutput:
     digests: dict[str, object]  # file name -> FileDigest, computed while writing
     untied_lm_head: bool
     vocab_size: int | None
+    stop_ids: list[int]
 
 
 def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: str,
@@ -256,8 +257,8 @@ def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: st
         config["vocab_size"] = vocab
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     copy_tokenizer(adapter.path if has_tokenizer(adapter.path) else ckpt.path, out_dir)
-    write_generation_config(ckpt.path, out_dir)
-    return MergeOutput(out_dir, digests, untie, vocab)
+    stop_ids = write_generation_config(ckpt.path, out_dir)
+    return MergeOutput(out_dir, digests, untie, vocab, stop_ids)
 
 
 def has_tokenizer(directory: Path) -> bool:
@@ -318,8 +319,10 @@ def compare_logits(reference, candidate) -> dict:
 
 
 def verify_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, conversations: list[list[dict]],
-                 dtype: str) -> dict:
+                 dtype: str, stop_ids: list[int]) -> tuple[dict, list[dict]]:
     """Compare the merged checkpoint with base+adapter (unmerged) and with the base alone.
+
+    Returns the comparison and the merged model's golden answers (:mod:`packager.golden`).
 
     Raises:
         StageError: logits differ beyond the dtype's tolerance, or the merged model behaves like the base.
@@ -327,6 +330,8 @@ def verify_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, convers
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from packager.golden import golden_questions, torch_golden
 
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     batches = [torch.tensor([tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]])
@@ -341,6 +346,7 @@ def verify_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, convers
     del reference_model, base
     merged_model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     merged = _logits(merged_model, batches)
+    golden = torch_golden(merged_model, tokenizer, golden_questions(conversations), stop_ids=stop_ids)
     del merged_model
 
     result = compare_logits(reference, merged)
@@ -365,7 +371,7 @@ def verify_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, convers
                          f"{result['greedy_agreement']:.3f} (min {tol['min_agreement']}), mean |diff| "
                          f"{result['mean_abs']:.4g} = {result['relative_mean_abs']:.3f} of the logits' std "
                          f"(max {tol['max_relative_mean_abs']})")
-    return result
+    return result, golden
 
 
 # ---------------------------------------------------------------- the stage
@@ -407,7 +413,8 @@ def merge_into_run(run, *, ckpt: Checkpoint, adapter_dir: Path, dtype: str, shar
         merged = stream_merge(ckpt, adapter, out, dtype=dtype, shard_bytes=shard_bytes)
         for name, digest in merged.digests.items():
             st.known_digest(out / name, digest)
-        verification = verify_merge(ckpt.path, adapter_dir, out, conversations=conversations, dtype=dtype)
+        verification, golden = verify_merge(ckpt.path, adapter_dir, out, conversations=conversations, dtype=dtype,
+                                            stop_ids=merged.stop_ids)
         scales = sorted({round(m.scale, 6) for m in adapter.modules.values()})
         st.parameters.update({
             "base_weights": "original 16-bit safetensors of the base (never dequantized 4-bit)",
@@ -417,6 +424,7 @@ def merge_into_run(run, *, ckpt: Checkpoint, adapter_dir: Path, dtype: str, shar
             "untied_lm_head": merged.untied_lm_head, "vocab_size": merged.vocab_size,
             "adapter_base": adapter.config.get("base_model_name_or_path")})
         st.metrics["verification"] = verification
+        st.metrics["golden"] = golden
     return MergeResult(run.path, run.path / "merged", verification)
 
 
