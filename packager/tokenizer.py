@@ -65,6 +65,62 @@ def read_chat_template(model_dir: Path) -> str | None:
     return template
 
 
+@dataclass
+class ChatTemplate:
+    """A saved chat template rendered the way transformers renders it (sandboxed Jinja), without transformers."""
+
+    source: str
+    bos_token: str
+    eos_token: str
+    special_tokens: dict[str, int]
+    adds_bos: bool = False  # the tokenizer itself prepends BOS (so llama.cpp will too)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path | str) -> "ChatTemplate":
+        import json
+
+        model_dir = Path(model_dir)
+        template = read_chat_template(model_dir)
+        if not template:
+            raise no_chat_template_error(model_dir)
+        tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
+        specials = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", []) if t.get("special")}
+        config = json.loads((model_dir / "tokenizer_config.json").read_text())
+        token = lambda v: v.get("content") if isinstance(v, dict) else v  # noqa: E731
+        bos = token(config.get("bos_token")) or ""
+        adds_bos = bool(config.get("add_bos_token")) or (
+            bos in specials and _post_processor_adds(tokenizer_json.get("post_processor"), bos))
+        return cls(template, bos, token(config.get("eos_token")) or "", specials, adds_bos)
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
+        import json
+        import re
+
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                           extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = lambda x, **kw: json.dumps(x, **{k: v for k, v in kw.items() if k != "indent"})
+        env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
+        source = re.sub(r"{%-?\s*(end)?generation\s*-?%}", "", self.source)
+        return env.from_string(source).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                              bos_token=self.bos_token, eos_token=self.eos_token)
+
+
+def _post_processor_adds(processor, token: str) -> bool:
+    """Whether tokenizer.json's post-processor (a TemplateProcessing, maybe in a Sequence) inserts ``token``."""
+    if not isinstance(processor, dict):
+        return False
+    if processor.get("type") == "Sequence":
+        return any(_post_processor_adds(p, token) for p in processor.get("processors", []))
+    single = processor.get("single") or []
+    return any(isinstance(piece, dict) and piece.get("SpecialToken", {}).get("id") == token for piece in single)
+
+
 def chat_stop_token_ids(model_dir: Path) -> list[int]:
     """Every token that ends an assistant turn in the chat template, plus eos, read from the saved files.
 
@@ -72,34 +128,12 @@ def chat_stop_token_ids(model_dir: Path) -> list[int]:
     follows the assistant's text, so it works for ChatML (<|im_end|>), Llama 3 (<|eot_id|>), Gemma
     (<end_of_turn>) and others, without importing transformers.
     """
-    import json
-    import re
-
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    model_dir = Path(model_dir)
-    template = read_chat_template(model_dir)
-    if not template:
-        raise no_chat_template_error(model_dir)
-    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
-    specials = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", []) if t.get("special")}
-    config = json.loads((model_dir / "tokenizer_config.json").read_text())
-    token = lambda v: v.get("content") if isinstance(v, dict) else v  # noqa: E731
-    eos, bos = token(config.get("eos_token")), token(config.get("bos_token"))
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, **kw: json.dumps(x, **{k: v for k, v in kw.items() if k != "indent"})
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
-    template = re.sub(r"{%-?\s*(end)?generation\s*-?%}", "", template)
+    template = ChatTemplate.from_model_dir(model_dir)
     marker = "PACKAGER_ANSWER_MARKER"
-    rendered = env.from_string(template).render(
-        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
-        add_generation_prompt=False, bos_token=bos or "", eos_token=eos or "")
+    rendered = template.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                               add_generation_prompt=False)
     after = rendered.split(marker, 1)[1].lstrip(" ") if marker in rendered else ""
+    specials = template.special_tokens
     stops = [next((i for text, i in specials.items() if after.startswith(text)), None)]
-    stops.append(specials.get(eos) if eos in specials else None)
+    stops.append(specials.get(template.eos_token) if template.eos_token in specials else None)
     return sorted({i for i in stops if i is not None})
