@@ -189,7 +189,9 @@ class VllmConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     serve_mode: Literal["merged", "lora"] = "merged"
-    """Serve the merged checkpoint, or the base plus the adapter."""
+    """Serve the merged checkpoint, or the base plus the adapter (--enable-lora)."""
+    extra_args: list[str] = []
+    """More `vllm serve` flags, appended as given (checked by nothing but vLLM)."""
 
     @field_validator("image")
     @classmethod
@@ -201,8 +203,13 @@ class OllamaConfig(Section):
     image: str = "ollama/ollama:0.13.0"
     """Base image, by pinned tag; add @sha256:... to pin by digest."""
     quant: str = "q8_0"
-    """Which exported GGUF to serve."""
+    """Which exported GGUF to serve (it must have passed its parity check)."""
+    serve_mode: Literal["merged", "lora"] = "merged"
+    """Serve the merged GGUF, or the base GGUF plus the LoRA GGUF (ADAPTER; export --format adapter-gguf)."""
     system: str | None = None
+    """Default system prompt (Modelfile SYSTEM)."""
+    template: ConfigPath | None = None
+    """Your own Go TEMPLATE file instead of the one packager derives; checked against the Jinja template with Go."""
 
     @field_validator("image")
     @classmethod
@@ -220,11 +227,20 @@ class ContainersConfig(Section):
     ollama: OllamaConfig = {}
 
 
+class TokenAgreement(Section):
+    vllm: float = Field(0.9, ge=0, le=1)
+    """vLLM computes in bf16/fp16 on GPU; the golden answers come from the merged checkpoint in float32."""
+    ollama: float = Field(0.9, ge=0, le=1)
+    """Ollama runs the same GGUF the golden answers came from, with its own llama.cpp build."""
+
+
 class SmokeConfig(Section):
     ready_timeout_s: int = Field(600, ge=1)
+    """How long the endpoint may take to load the model and answer /v1/models."""
     concurrency: int = Field(8, ge=1)
-    min_token_agreement: float = Field(1.0, ge=0, le=1)
-    """Share of golden greedy tokens the endpoint must reproduce."""
+    """Concurrent chat requests that must all succeed."""
+    min_token_agreement: TokenAgreement = {}
+    """Mean share of golden greedy tokens (recorded at merge/export) the endpoint must reproduce, per target."""
 
 
 class PublishConfig(Section):
@@ -315,6 +331,22 @@ def load_config(path: Path | str) -> PackagerConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(path, [f"(yaml) {where}{getattr(exc, 'problem', None) or exc}"]) from None
     return parse_config(data, source=path, config_dir=path.parent.resolve())
+
+
+DEPLOYMENT_SECTIONS = ("containers", "smoke", "publish")
+
+
+def deployment_config(run, config_path: Path | str | None = None) -> PackagerConfig:
+    """The run's recorded config, with the deployment sections (containers, smoke, publish) of ``config_path``.
+
+    Serving settings may change after training without retraining; what the model is made of may not.
+    """
+    if config_path is None:
+        return recorded_config(run)
+    current = load_config(config_path)
+    if "train" not in run.manifest.stages:
+        return current  # e.g. a merge of an adapter trained elsewhere
+    return recorded_config(run).model_copy(update={k: getattr(current, k) for k in DEPLOYMENT_SECTIONS})
 
 
 def recorded_config(run) -> PackagerConfig:

@@ -11,13 +11,20 @@ def templates_dir() -> Path:
     return shipped if shipped.is_dir() else Path(__file__).parent.parent / "templates"
 
 
-@lru_cache(maxsize=1)
-def _environment():
+@lru_cache(maxsize=2)
+def _environment(line_statements: bool):
+    import json
+
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=jinja2.select_autoescape(
-        ["html", "html.j2"]), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=jinja2.select_autoescape(
+        ["html", "html.j2"]), undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+        trim_blocks=line_statements, lstrip_blocks=line_statements)
+    # JSON as Dockerfiles, compose files and Modelfiles read it (Jinja's tojson escapes < and > for HTML).
+    env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return env
 
 
 def render(name: str, **context) -> str:
-    return _environment().get_template(name).render(**context)
+    """Render ``templates/name``; files under ``containers/`` put ``{% ... %}`` on lines of their own."""
+    return _environment(name.startswith("containers/")).get_template(name).render(**context)
