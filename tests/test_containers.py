@@ -1,0 +1,383 @@
+"""Serving build contexts: Ollama templates proven with real Go, vLLM flags checked by vLLM's own parser,
+Dockerfiles linted by hadolint, Kubernetes manifests validated, and an image built and served with Podman.
+
+What is real and what is substituted here (no GPU, no Docker daemon, no Docker Hub, no Ollama binary):
+the vLLM Dockerfile is built by Podman FROM a local stand-in tagged as the pinned vLLM image, whose `vllm`
+command serves the same baked-in model with `transformers serve` on CPU (tests/containers/vllm_standin.py),
+because the vLLM engine needs a GPU and its image cannot be pulled. vLLM's argument parser and engine-config
+check run for real, from vLLM 0.33 itself, in a separate venv. The Ollama image cannot be built here (no
+Ollama binary or image); its Modelfile TEMPLATE is checked with Go's text/template, and the GGUF it serves
+is smoke-tested through llama.cpp's server in test_smoke.py.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from packager.chat_format import check_parity, expected_prompt, infer_chat_format, render_go_template
+from packager.cli import cli
+from packager.errors import StageError
+from packager.manifest import read_manifest, verify_run
+from packager.tokenizer import ChatTemplate
+
+from conftest import build_tokenizer, copy_run
+
+ROOT = Path(__file__).parent.parent
+CONTAINERS = Path(__file__).parent / "containers"
+VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.33.0"
+
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim"
+    " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n'  + message['content'] + eos_token }}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}")
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] "
+    "| trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+MISTRAL_TEMPLATE = (  # the system prompt is glued into the first user turn: no per-role structure
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{% set sys = message['content'] %}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + (sys + '\n\n' if sys is defined and loop.index0 == 1 else '')"
+    " + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
+
+needs_go = pytest.mark.skipif(shutil.which("go") is None and not os.environ.get("CI"),
+                              reason="Go is not installed (apt install golang-go); .ci/run installs it")
+
+
+# ---------------------------------------------------------------- Ollama TEMPLATE parity, with real Go
+
+@needs_go
+@pytest.mark.parametrize("name,template", [("smollm2", SMOLLM2_TEMPLATE), ("llama3", LLAMA3_TEMPLATE),
+                                           ("zephyr", ZEPHYR_TEMPLATE), ("chatml", None)])
+def test_the_go_template_renders_exactly_what_apply_chat_template_renders(tmp_path, name, template):
+    from transformers import AutoTokenizer
+
+    from conftest import CHATML_TEMPLATE
+
+    build_tokenizer(tmp_path, chat_template=template or CHATML_TEMPLATE)
+    chat = ChatTemplate.from_model_dir(tmp_path)
+    fmt = infer_chat_format(chat)
+    result = check_parity(chat, fmt, use_go=True)
+    assert result["checked_with"] == "go text/template"
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    for messages in [[{"role": "user", "content": "Hi there"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a\nb {{ c }}"},
+                      {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more ☕"}]]:
+        jinja = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        go = render_go_template(fmt.go_template(), {"Messages": messages})
+        assert go == jinja, (name, go, jinja)
+
+
+def test_the_default_system_turn_and_bos_are_handled():
+    smol = infer_chat_format(ChatTemplate(SMOLLM2_TEMPLATE, "<|im_start|>", "<|im_end|>", {}))
+    assert smol.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert smol.leading_bos == ""  # the SmolLM2 tokenizer adds no BOS: its <|im_start|> is part of the turn
+    llama = ChatTemplate(LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>", {}, adds_bos=True)
+    fmt = infer_chat_format(llama)
+    assert fmt.leading_bos == "<|begin_of_text|>" and fmt.default_system is None
+    # llama.cpp prepends BOS itself, so the TEMPLATE must not write it again (the doubled-BOS bug)
+    assert "begin_of_text" not in fmt.go_template()
+    assert expected_prompt(llama, fmt, [{"role": "user", "content": "x"}]).startswith("<|start_header_id|>user")
+
+
+@pytest.mark.parametrize("template,why", [(GEMMA_TEMPLATE, "System role not supported"),
+                                          (MISTRAL_TEMPLATE, "cannot express this chat template")])
+def test_templates_without_a_turn_structure_are_refused_with_the_way_out(template, why):
+    with pytest.raises(StageError, match=why) as info:
+        infer_chat_format(ChatTemplate(template, "<s>", "</s>", {}))
+    assert "containers.ollama.template" in info.value.hint
+
+
+@needs_go
+def test_a_wrong_go_template_is_caught_by_go():
+    chat = ChatTemplate(SMOLLM2_TEMPLATE, "<|im_start|>", "<|im_end|>", {})
+    fmt = infer_chat_format(chat)
+    wrong = fmt.go_template().replace("<|im_end|>\\n", "<|im_end|>", 1)
+    with pytest.raises(StageError, match="renders conversation 1 differently"):
+        check_parity(chat, fmt, go_template=wrong, use_go=True)
+
+
+# ---------------------------------------------------------------- vLLM's own parser
+
+def vllm_python() -> Path:
+    python = Path(os.environ.get("VLLM_CHECK_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+    if not python.is_file():
+        pytest.fail(f"the vLLM check venv is missing ({python}): run `make vllm-check-venv` (make test does)")
+    return python
+
+
+def vllm_accepts(command: list[str], mappings: dict[str, Path]) -> dict:
+    """Run vLLM 0.33's `vllm serve` parser and create_engine_config() on the generated command."""
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(vllm_python()), str(CONTAINERS / "vllm_check.py"), json.dumps(command),
+                             *[f"{k}={v}" for k, v in mappings.items()]], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"vLLM rejected {command}:\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def containerize(runner, run_dir: Path, target: str, *extra: str):
+    result = runner.invoke(cli, ["containerize", str(run_dir), "--target", target, *extra])
+    assert result.exit_code == 0, result.output
+    return read_manifest(run_dir).stages[f"containerize-{target}"]
+
+
+def hadolint_findings(dockerfile: Path) -> list[str]:
+    exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([exe, "--no-color", str(dockerfile)], capture_output=True, text=True)
+    return result.stdout.splitlines() + ([result.stderr] if result.returncode and not result.stdout else [])
+
+
+def kubernetes_validate(manifest: Path) -> None:
+    exe = shutil.which("kubernetes-validate") or str(Path(sys.executable).parent / "kubernetes-validate")
+    result = subprocess.run([exe, "--strict", str(manifest)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_vllm_context_lints_validates_and_vllm_accepts_its_flags(runner, smollm2_served_run, tmp_path):
+    run_dir = copy_run(smollm2_served_run, tmp_path / "smol")
+    stage = containerize(runner, run_dir, "vllm")
+    context = run_dir / "containers" / "vllm"
+    assert sorted(p.name for p in context.iterdir()) == ["Dockerfile", "compose.yaml", "kubernetes.yaml", "model",
+                                                        "provenance.json"]
+    assert sorted(p.name for p in (context / "model").iterdir()) == sorted(
+        p.name for p in (run_dir / "merged").iterdir())
+    dockerfile = (context / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=docker.io/vllm/vllm-openai:v0.33.0" in dockerfile and "latest" not in dockerfile
+    assert dockerfile.index("COPY --chown=10001:10001 model/") < dockerfile.index("LABEL") < dockerfile.index("CMD")
+    assert "USER 10001:10001" in dockerfile and "EXPOSE 8000" in dockerfile and "/health" in dockerfile
+    assert hadolint_findings(context / "Dockerfile") == []
+    kubernetes_validate(context / "kubernetes.yaml")
+    docs = list(yaml.safe_load_all((context / "kubernetes.yaml").read_text()))
+    pod = docs[0]["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["startupProbe"]["failureThreshold"] >= 60 and server["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1 and pod["volumes"][0]["emptyDir"]["medium"] == "Memory"
+    compose = yaml.safe_load((context / "compose.yaml").read_text())["services"]["smol-vllm"]
+    assert compose["shm_size"] == "8gb" and compose["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
+    provenance = json.loads((context / "provenance.json").read_text())
+    assert provenance["base"]["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert provenance["adapter"]["train/adapter/adapter_model.safetensors"] == next(
+        o.sha256 for o in read_manifest(run_dir).stages["train"].outputs
+        if o.path == "train/adapter/adapter_model.safetensors")
+    assert stage.metrics["lint"] == {"checked": True, "findings": []}
+    assert verify_run(run_dir).ok
+
+    command = stage.metrics["command"]
+    accepted = vllm_accepts(command, {"/models/smol": context / "model"})
+    assert accepted["served_model_name"] in ("smol", ["smol"])
+    assert accepted["max_model_len"] == 256  # the training max length (the model supports 8192)
+    assert accepted["dtype"] == "torch.bfloat16" and accepted["architectures"] == ["LlamaForCausalLM"]
+    assert accepted["architecture_supported"]
+    assert accepted["generation_config"] == str(context / "model")
+    assert accepted["chat_template"] == str(context / "model" / "chat_template.jinja")
+    assert accepted["gpu_memory_utilization"] == 0.9 and accepted["tensor_parallel_size"] == 1
+
+
+@pytest.mark.slow
+def test_vllm_itself_rejects_what_its_engine_would_refuse(smollm2_served_run):
+    """The check is not a formality: a bad value that the parser lets through fails create_engine_config()."""
+    model = smollm2_served_run / "merged"
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
+    for bad in (["--max-model-len", "100000"], ["--quantization", "awq"]):
+        result = subprocess.run([str(vllm_python()), str(CONTAINERS / "vllm_check.py"),
+                                 json.dumps([str(model), *bad])], capture_output=True, text=True, env=env)
+        assert result.returncode != 0, bad
+
+
+@pytest.mark.slow
+def test_vllm_lora_mode_serves_the_base_plus_the_adapter(runner, smollm2_served_run, tmp_path):
+    run_dir = copy_run(smollm2_served_run, tmp_path / "smol")
+    config = tmp_path / "serve.yaml"
+    recorded = read_manifest(run_dir).stages["train"].parameters["config"]
+    recorded["containers"] = {"vllm": {"serve_mode": "lora", "gpu_memory_utilization": 0.8}}
+    config.write_text(yaml.safe_dump(recorded))
+    stage = containerize(runner, run_dir, "vllm", "-c", str(config))
+    context = run_dir / "containers" / "vllm"
+    command = stage.metrics["command"]
+    assert command[0] == "/models/smol-base"
+    lora = json.loads(command[command.index("--lora-modules") + 1])
+    assert lora == {"name": "smol", "path": "/adapters/smol", "base_model_name": "smol-base"}
+    assert command[command.index("--max-lora-rank") + 1] == "16"
+    assert hadolint_findings(context / "Dockerfile") == []
+    accepted = vllm_accepts(command, {"/models/smol-base": context / "base", "/adapters/smol": context / "adapter"})
+    assert accepted["max_lora_rank"] == 16 and accepted["gpu_memory_utilization"] == 0.8
+    # the base's own generation config knows nothing of <|im_end|>: the run's copy that does is served
+    generation = json.loads((context / "base" / "generation" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 2 and accepted["generation_config"] == str(context / "base" / "generation")
+
+
+# ---------------------------------------------------------------- Ollama context
+
+def modelfile_template(modelfile: str) -> str:
+    return re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.S | re.M).group(1)
+
+
+@pytest.mark.slow
+@needs_go
+def test_the_ollama_context_carries_a_proven_template_and_every_stop(runner, smollm2_served_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    run_dir = copy_run(smollm2_served_run, tmp_path / "smol")
+    stage = containerize(runner, run_dir, "ollama")
+    context = run_dir / "containers" / "ollama"
+    assert sorted(p.name for p in context.iterdir()) == ["Dockerfile", "Modelfile", "compose.yaml",
+                                                        "kubernetes.yaml", "provenance.json", "smol-q8_0.gguf"]
+    modelfile = (context / "Modelfile").read_text()
+    assert "FROM ./smol-q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "PARAMETER num_ctx 256" in modelfile and "temperature" not in modelfile  # none in generation_config
+    assert stage.metrics["template_parity"]["checked_with"] == "go text/template"
+    # The TEMPLATE as written in the Modelfile, rendered by Go, equals apply_chat_template of the merged model.
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
+    for messages in ([{"role": "user", "content": "Ticket: the export button does nothing."}],
+                     [{"role": "system", "content": "Triage the support ticket."},
+                      {"role": "user", "content": "I was charged twice"}, {"role": "assistant", "content": "{}"},
+                      {"role": "user", "content": "Again?"}]):
+        assert render_go_template(modelfile_template(modelfile), {"Messages": messages}) == \
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    dockerfile = (context / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=docker.io/ollama/ollama:0.13.0" in dockerfile and "ollama create smol" in dockerfile
+    assert 'HEALTHCHECK' in dockerfile and "curl" not in dockerfile and "USER 10001:10001" in dockerfile
+    assert hadolint_findings(context / "Dockerfile") == []
+    kubernetes_validate(context / "kubernetes.yaml")
+    assert os.stat(context / "smol-q8_0.gguf").st_ino == os.stat(run_dir / "export/gguf/smol-q8_0.gguf").st_ino
+
+
+@pytest.mark.slow
+def test_ollama_refuses_the_quant_that_failed_parity_and_offers_adapter_mode(runner, smollm2_served_run, tmp_path):
+    run_dir = copy_run(smollm2_served_run, tmp_path / "smol")
+    recorded = read_manifest(run_dir).stages["train"].parameters["config"]
+    config = tmp_path / "serve.yaml"
+    recorded["containers"] = {"ollama": {"quant": "q4_k_m"}}
+    config.write_text(yaml.safe_dump(recorded))
+    refused = runner.invoke(cli, ["containerize", str(run_dir), "--target", "ollama", "-c", str(config)])
+    assert refused.exit_code == 1 and "Q4_K_M GGUF failed its parity check" in refused.output
+    assert not (run_dir / "containers").exists()
+
+    recorded["containers"] = {"ollama": {"serve_mode": "lora", "system": "Triage the support ticket."}}
+    config.write_text(yaml.safe_dump(recorded))
+    containerize(runner, run_dir, "ollama", "-c", str(config))
+    modelfile = (run_dir / "containers" / "ollama" / "Modelfile").read_text()
+    assert "FROM ./smol-base-f16.gguf" in modelfile and "ADAPTER ./smol-lora.gguf" in modelfile
+    assert 'SYSTEM """Triage the support ticket."""' in modelfile
+
+
+# ---------------------------------------------------------------- built and served with Podman
+
+def podman_env() -> dict:
+    """This sandbox's Podman settings (runc, cgroupfs) unless the user has their own."""
+    env = dict(os.environ)
+    if "CONTAINERS_CONF" not in env and shutil.which("runc"):
+        env["CONTAINERS_CONF"] = str(CONTAINERS / "containers.conf")
+    return env
+
+
+@pytest.fixture(scope="session")
+def podman():
+    if shutil.which("podman") is None:
+        pytest.skip("no container engine installable here: podman is not installed (.ci/run installs it)")
+    os.environ.update(podman_env())
+    probe = subprocess.run(["podman", "info"], capture_output=True, text=True)
+    assert probe.returncode == 0, f"podman is installed but does not work:\n{probe.stderr[-2000:]}"
+    return "podman"
+
+
+@pytest.fixture(scope="session")
+def vllm_standin(podman):
+    """The pinned vLLM image reference, as a local stand-in (see the module docstring). NOT vLLM."""
+    inspect = subprocess.run(["podman", "image", "inspect", VLLM_IMAGE, "--format",
+                              '{{index .Config.Labels "dev.packager.stand-in"}}'], capture_output=True, text=True)
+    if inspect.returncode == 0:
+        assert inspect.stdout.strip(), f"{VLLM_IMAGE} exists and is not packager's stand-in: not replacing it"
+        return VLLM_IMAGE
+    build = subprocess.run(["bash", str(CONTAINERS / "build_standin.sh"), VLLM_IMAGE], capture_output=True,
+                           text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return VLLM_IMAGE
+
+
+def standin_run_args() -> list[str]:
+    """Mount packager's own venv (and its Python) read-only for the stand-in's `transformers serve`."""
+    venv = Path(sys.prefix)
+    args = [f"--run-arg=-v={venv}:{venv}:ro", f"--run-arg=-e=STANDIN_VENV={venv}", "--run-arg=-e=OMP_NUM_THREADS=2"]
+    if not str(Path(sys.base_prefix)).startswith(("/usr/", "/usr")):
+        args.append(f"--run-arg=-v={sys.base_prefix}:{sys.base_prefix}:ro")
+    return args
+
+
+@pytest.mark.slow
+def test_the_vllm_image_builds_with_podman_and_passes_the_smoke_test(runner, smollm2_served_run, tmp_path,
+                                                                     vllm_standin):
+    run_dir = copy_run(smollm2_served_run, tmp_path / "smol")
+    stage = containerize(runner, run_dir, "vllm", "--build", "--engine", "podman")
+    image = json.loads((run_dir / "containers" / "vllm-image.json").read_text())
+    assert image["engine"] == "podman" and image["image_id"] and image["digest"].startswith("sha256:")
+    assert image["tag"] == stage.parameters["tag"] and image["user"] == "10001:10001" and image["healthcheck"]
+    assert image["labels"]["dev.packager.model-digest"] == f"sha256:{stage.metrics['model_digest']}"
+    assert image["base_image"] == VLLM_IMAGE
+    assert read_manifest(run_dir).stages["image-vllm"].metrics["image_id"] == image["image_id"]
+
+    # A config-only change rebuilds the flags, not the weights layer.
+    recorded = read_manifest(run_dir).stages["train"].parameters["config"]
+    recorded["containers"] = {"vllm": {"gpu_memory_utilization": 0.7}}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(recorded))
+    containerize(runner, run_dir, "vllm", "--build", "--engine", "podman", "-c", str(tmp_path / "serve.yaml"))
+    rebuilt = json.loads((run_dir / "containers" / "vllm-image.json").read_text())
+    assert rebuilt["image_id"] != image["image_id"] and rebuilt["cached_steps"] >= 2  # user + weights layers
+
+    smoke = runner.invoke(cli, ["smoke", str(run_dir), "--target", "vllm", "--host-network", "--no-gpus",
+                                "-c", str(tmp_path / "serve.yaml"), *standin_run_args()])
+    assert smoke.exit_code == 0, smoke.output
+    report = json.loads((run_dir / "smoke" / "vllm.json").read_text())
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["passed"] and checks["golden answers"]["passed"] and checks["answers stop"]["passed"]
+    assert checks["8 concurrent requests"]["passed"] and report["timings"]["container"]["engine"] == "podman"
+    assert any(a["exact"] for a in report["answers"])
+    assert read_manifest(run_dir).stages["smoke-vllm"].metrics["passed"]
+    leftovers = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
+    assert "packager-smoke-smol" not in leftovers.stdout  # the container is always removed
+    assert verify_run(run_dir).ok
+
+
+def test_image_references_are_qualified_pinned_and_checked():
+    from packager.config import OllamaConfig
+    from packager.engine import check_image_ref, qualified
+    from packager.errors import BadInputError
+
+    assert qualified("vllm/vllm-openai:v0.33.0") == "docker.io/vllm/vllm-openai:v0.33.0"
+    assert qualified("ubuntu:24.04") == "docker.io/library/ubuntu:24.04"
+    assert qualified("127.0.0.1:5000/team/vllm:v1") == "127.0.0.1:5000/team/vllm:v1"
+    digest = "vllm/vllm-openai:v0.33.0@sha256:" + "ab" * 32
+    assert qualified(digest) == "docker.io/" + digest and check_image_ref(qualified(digest))
+    for bad in ("Packager/x:1", "x:1; rm -rf /", "../x", "x y"):
+        with pytest.raises(BadInputError, match="not a valid image reference"):
+            check_image_ref(bad)
+    with pytest.raises(ValueError, match="not pinned"):
+        OllamaConfig(image="ollama/ollama:latest")
+
+
+def test_sampling_parameters_come_from_generation_config():
+    from packager.containerize import ollama_sampling
+
+    assert ollama_sampling({"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.1, "eos_token_id": 2}) == \
+        [("temperature", 0.6), ("top_p", 0.9), ("repeat_penalty", 1.1)]
+    assert ollama_sampling({"eos_token_id": 2}) == []

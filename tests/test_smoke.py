@@ -1,0 +1,144 @@
+"""The smoke test against real servers on 127.0.0.1: llama.cpp's OpenAI-compatible server on the exported GGUF
+(what Ollama runs), `transformers serve` on the merged checkpoint, and a server that answers 200 with garbage.
+Every server is started by the test and stopped afterwards, pass or fail (the `serve` fixture)."""
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from packager.cli import cli
+from packager.errors import StageError
+from packager.manifest import read_manifest, verify_run
+from packager.smoke import Expectations, check_endpoint, free_port, wait_ready
+
+from conftest import copy_run
+
+
+def transformers_serve(serve, model_dir: Path, name: str):
+    """`transformers serve` answers only requests naming the path it serves: serve ``name`` from a folder
+    where that name is a link to the model directory."""
+    port = free_port()
+    folder = model_dir.parent / "served"
+    folder.mkdir(exist_ok=True)
+    (folder / name).symlink_to(model_dir)
+    exe = Path(sys.executable).parent / "transformers"
+    return serve([str(exe), "serve", name, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"], port,
+                 cwd=folder)
+
+
+@pytest.mark.slow
+def test_the_gguf_passes_the_smoke_test_through_llama_cpps_server(runner, smollm2_served_run, tmp_path, serve):
+    run_dir = copy_run(smollm2_served_run, tmp_path / "smol")
+    port = free_port()
+    server = serve([sys.executable, "-m", "llama_cpp.server", "--model", str(run_dir / "export/gguf/smol-q8_0.gguf"),
+                    "--model_alias", "smol", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
+                    "--n_threads", "2"], port)
+    result = runner.invoke(cli, ["smoke", str(run_dir), "--target", "ollama", "--url", server.url])
+    assert result.exit_code == 0, result.output + server.log.read_text()[-2000:]
+    report = json.loads((run_dir / "smoke" / "ollama.json").read_text())
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["golden answers"]["passed"] and checks["answers stop"]["passed"]
+    assert checks["no stop-token text"]["passed"] and checks["8 concurrent requests"]["passed"]
+    # llama.cpp's server is not Ollama: the native /api/chat check says so instead of passing silently
+    assert checks["ollama /api/chat"]["skipped"] and "not Ollama" in checks["ollama /api/chat"]["detail"]
+    assert "[skip] ollama /api/chat" in result.output
+    golden = read_manifest(run_dir).stages["export-gguf"].metrics["parity"]["q8_0"]["golden"]
+    assert [a["golden"] for a in report["answers"]] == [g["text"] for g in golden]
+    stage = read_manifest(run_dir).stages["smoke-ollama"]
+    assert stage.metrics["passed"] and stage.metrics["timings"]["ready_s"] >= 0
+    assert verify_run(run_dir).ok
+
+
+@pytest.mark.slow
+def test_the_merged_model_passes_through_transformers_serve_and_the_base_does_not(runner, smollm2_served_run,
+                                                                                  tmp_path, serve):
+    run_dir = copy_run(smollm2_served_run, tmp_path / "smol")
+    served = transformers_serve(serve, run_dir / "merged", "smol")
+    result = runner.invoke(cli, ["smoke", str(run_dir), "--target", "vllm", "--url", served.url])
+    assert result.exit_code == 0, result.output + served.log.read_text()[-2000:]
+    report = json.loads((run_dir / "smoke" / "vllm.json").read_text())
+    assert report["passed"] and sum(a["exact"] for a in report["answers"]) >= 3
+
+    # The untrained base behind the same name answers 200 with plausible text, and fails on the golden answers:
+    # the failure users report as "the deployed model behaves like the base".
+    base_dir = Path(read_manifest(run_dir).stages["train"].parameters["local_path"])
+    base = transformers_serve(serve, base_dir, "smol")
+    failed = runner.invoke(cli, ["smoke", str(run_dir), "--target", "vllm", "--url", base.url])
+    assert failed.exit_code == 1, failed.output
+    assert "golden answers: token agreement" in failed.output and "report is" in failed.output
+    stage = read_manifest(run_dir).stages["smoke-vllm"]
+    assert not stage.metrics["passed"] and stage.metrics["checks"]["golden answers"] is False
+
+
+class GarbageHandler(BaseHTTPRequestHandler):
+    """Answers 200 to everything: lists the model, then 'answers' that never stop and leak the stop token."""
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": "smol", "object": "model"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "other-model",
+                    "choices": [{"index": 0, "finish_reason": "length",
+                                 "message": {"role": "assistant", "content": "lorem ipsum<|im_end|> dolor"}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 7, "total_tokens": 8}})
+
+
+@pytest.fixture
+def garbage_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GarbageHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_endpoint_that_answers_200_with_garbage_fails_every_content_check(garbage_server):
+    golden = [{"messages": [{"role": "user", "content": "Hi"}], "tokens": [1, 2, 3], "text": "Hello!",
+               "stopped": True}]
+    report = check_endpoint(garbage_server, "smol", Expectations(golden=golden, stop_texts=["<|im_end|>"],
+                                                                 concurrency=4), ready_timeout_s=10)
+    failed = {c.name for c in report.checks if not c.passed and not c.skipped}
+    assert failed == {"no stop-token text", "answers stop", "served model name", "golden answers",
+                      "4 concurrent requests"}
+    assert not report.passed
+
+
+def test_smoke_without_a_run_checks_what_it_can(runner, garbage_server):
+    result = runner.invoke(cli, ["smoke", "--url", garbage_server, "--model", "smol"])
+    assert result.exit_code == 1
+    assert "answers stop" in result.output and "Traceback" not in result.output
+
+
+def test_an_endpoint_that_never_becomes_ready_times_out_clearly():
+    port = free_port()  # nothing listens there
+    with pytest.raises(StageError, match=f"127.0.0.1:{port} was not ready after 2 s") as info:
+        wait_ready(f"http://127.0.0.1:{port}", "smol", timeout_s=2, echo=lambda _: None)
+    assert "ready_timeout_s" in info.value.hint
+
+
+def test_a_server_that_dies_while_loading_is_reported_at_once():
+    with pytest.raises(StageError, match="stopped before it was ready: exit 3"):  # not after the 300 s timeout
+        wait_ready(f"http://127.0.0.1:{free_port()}", "smol", timeout_s=300, alive=lambda: "exit 3",
+                   echo=lambda _: None)
+
+
+def test_smoke_needs_a_built_image_or_a_url(runner, tmp_path):
+    result = runner.invoke(cli, ["smoke"])
+    assert result.exit_code == 2 and "--url URL --model NAME" in result.output
