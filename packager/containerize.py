@@ -53,6 +53,7 @@ class ContainerResult:
     context_digest: str
     details: dict
     image: dict | None = None
+    unchanged: bool = False  # the recorded context was already this one: nothing re-rendered
 
 
 # ---------------------------------------------------------------- what the run provides
@@ -367,22 +368,30 @@ def containerize_run(run_dir: Path | str, *, target: str, build: bool = False, e
     cfg = deployment_config(run, config_path)
     ctx = render_context(run, cfg, target, tag=tag or cfg.containers.tag)
     tag = ctx.details["tag"]
+    files = {rel: run.digest(source).sha256 for rel, source in ctx.links.items()}
+    ctx.texts["provenance.json"] = _provenance(run, target, ctx.model_digest, dict(files))
+    files.update({rel: hashlib.sha256(text.encode()).hexdigest() for rel, text in ctx.texts.items()})
+    digest = context_digest(files)
+    recorded = run.manifest.stages.get(f"containerize-{target}")
+    if recorded is not None and recorded.metrics.get("context_digest") == digest and \
+            all(run.resolve(o.path).is_file() and run.digest(run.resolve(o.path)).sha256 == o.sha256
+                for o in recorded.outputs):
+        result = ContainerResult(run.path, target, run.path / "containers" / target, digest,
+                                 {**ctx.details, "lint": recorded.metrics.get("lint")}, unchanged=True)
+        if build:
+            result.image = build_run_image(run, target=target, engine=engine or cfg.containers.engine)
+        return result
     with run.stage(f"containerize-{target}", parameters={"target": target, "tag": tag,
                                                           "base_image": ctx.details["base_image"]}) as st:
         out = st.output_dir(f"containers/{target}")
-        files: dict[str, str] = {}
         for source in ctx.inputs:
             st.add_input(source)
         for rel, source in sorted(ctx.links.items()):
-            rec = st.add_input(source)
+            st.add_input(source)
             _link_or_copy(source, out / rel)
             st.known_digest(out / rel, st.digest_of(source))
-            files[rel] = rec.sha256
-        ctx.texts["provenance.json"] = _provenance(run, target, ctx.model_digest, dict(files))
         for rel, text in sorted(ctx.texts.items()):
-            (out / rel).write_text(text)
-            files[rel] = st.digest_of(out / rel).sha256
-        digest = context_digest(files)
+            (out / rel).write_bytes(text.encode())
         lint = hadolint(out / "Dockerfile")
         st.metrics.update({"context_digest": digest, "lint": lint, **ctx.details})
     result = ContainerResult(run.path, target, run.path / "containers" / target, digest, ctx.details)
@@ -412,3 +421,24 @@ def build_run_image(run, *, target: str, engine: str | None = None) -> dict:
         st.write_output_text(f"containers/{target}-image.json", json.dumps(image, indent=2, sort_keys=True) + "\n")
         st.metrics.update(image)
     return image
+
+
+def push_run_image(run_dir: Path | str, ref: str, *, target: str, engine: str | None = None,
+                   insecure: bool = False) -> dict:
+    """Stage ``push-image-<target>``: push the built image with the engine; record the digest."""
+    from packager.engine import check_image_ref, find_engine, push_image
+    from packager.manifest import Run
+
+    run = Run.open(run_dir)
+    check_image_ref(ref, what="image reference")
+    image_file = run.path / "containers" / f"{target}-image.json"
+    if not image_file.is_file():
+        raise MissingPathError(image_file, f"no {target} image was built for this run",
+                               hint=f"run: packager containerize {run.path} --target {target} --build")
+    image = json.loads(image_file.read_text())
+    eng = find_engine(engine or image.get("engine"))
+    digest = push_image(eng, image["tag"], ref, insecure=insecure)
+    with run.stage(f"push-image-{target}", parameters={"ref": ref, "engine": eng.name}) as st:
+        st.add_input(image_file)
+        st.metrics.update({"ref": ref, "digest": digest, "image_id": image.get("image_id")})
+    return {"ref": ref, "digest": digest}

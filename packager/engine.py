@@ -121,7 +121,8 @@ def inspect_image(engine: Engine, ref: str) -> dict:
     return {"image_id": data.get("Id", ""), "digest": data.get("Digest") or next(iter(data.get("RepoDigests") or []),
                                                                                   None),
             "size": data.get("Size"), "user": config.get("User"), "labels": config.get("Labels") or {},
-            "healthcheck": bool(config.get("Healthcheck") or data.get("HealthCheck"))}
+            "layers": (data.get("RootFS") or {}).get("Layers") or [],
+            "healthcheck": bool(config.get("Healthcheck") or data.get("Healthcheck") or data.get("HealthCheck"))}
 
 
 def image_exists(engine: Engine, ref: str) -> bool:
@@ -163,3 +164,19 @@ def remove_container(engine: Engine, container: str) -> None:
     """Stop and remove; never raises (it runs in ``finally`` blocks)."""
     subprocess.run(engine.command("rm", "-f", "-t", "5", container), capture_output=True, timeout=120,
                    env={**os.environ})
+
+
+def push_image(engine: Engine, tag: str, ref: str, *, insecure: bool = False) -> str:
+    """Push ``tag`` as ``ref``; returns the pushed manifest digest."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        digest_file = Path(tmp) / "digest"
+        if engine.name == "podman":
+            args = ["push", "--digestfile", str(digest_file)] + (["--tls-verify=false"] if insecure else [])
+            _run(engine, *args, tag, ref, timeout=None, what="push image")
+            return digest_file.read_text().strip()
+        _run(engine, "tag", tag, ref, timeout=60, what="push image")
+        out = _run(engine, "push", ref, timeout=None, what="push image")
+        match = re.search(r"digest: (sha256:[0-9a-f]{64})", out)
+        return match.group(1) if match else ""

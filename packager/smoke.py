@@ -277,6 +277,18 @@ def expectations(run, cfg, target: str) -> Expectations:
                         concurrency=cfg.smoke.concurrency)
 
 
+def served_files(run, cfg, target: str) -> list[Path]:
+    """The model files ``target`` serves: the merged checkpoint for vLLM, the GGUF(s) for Ollama."""
+    from packager.containerize import _passed_gguf, served_model_dir
+
+    if target == "vllm":
+        return sorted(p for p in served_model_dir(run).iterdir() if p.is_file())
+    if cfg.containers.ollama.serve_mode == "lora":
+        folder = run.path / "export" / "adapter-gguf"
+        return [folder / f"{run.manifest.run}-base-f16.gguf", folder / f"{run.manifest.run}-lora.gguf"]
+    return [_passed_gguf(run, cfg.containers.ollama.quant)]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -304,8 +316,69 @@ class ContainerOptions:
     port: int | None = None
 
 
+LOCAL_SERVERS = {"vllm": "transformers serve on the merged checkpoint (CPU; stands in for vLLM, which needs a GPU)",
+                 "ollama": "llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs)"}
+
+
+@contextmanager
+def local_server(run, cfg, target: str, *, echo: Callable[[str], None] = click.echo):
+    """Serve what ``target`` would serve with a local CPU server on 127.0.0.1; always stopped afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    from packager.containerize import served_model_dir
+
+    port, name = free_port(), run.manifest.run
+    if target == "vllm":
+        folder = run.path / ".packager" / "serve"
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(served_model_dir(run).resolve())  # transformers serve answers to the path it serves
+        exe = Path(sys.executable).parent / "transformers"
+        command, cwd = [str(exe), "serve", name, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"], folder
+    else:
+        from packager.containerize import _passed_gguf
+
+        ocfg = cfg.containers.ollama
+        if ocfg.serve_mode == "lora":
+            folder = run.path / "export" / "adapter-gguf"
+            model, extra = folder / f"{name}-base-f16.gguf", ["--lora_path", str(folder / f"{name}-lora.gguf")]
+        else:
+            model, extra = _passed_gguf(run, ocfg.quant), []
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", name,
+                   "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(max(2048, cfg.data.max_seq_length)),
+                   "--n_threads", str(min(4, os.cpu_count() or 1)), *extra]
+        cwd = None
+    log = run.path / ".packager" / "logs" / f"smoke-{target}-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    echo(f"starting {LOCAL_SERVERS[target]} on 127.0.0.1:{port}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    with open(log, "w") as out, _sigterm_as_interrupt():
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            def alive() -> str | None:
+                if process.poll() is None:
+                    return None
+                return f"exit {process.returncode}; last lines of {log}:\n" + \
+                    "\n".join(log.read_text().splitlines()[-15:])
+            yield f"http://127.0.0.1:{port}", alive
+        finally:
+            import signal as signals
+
+            if process.poll() is None:
+                os.killpg(process.pid, signals.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signals.SIGKILL)
+                    process.wait()
+
+
 def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model: str | None = None,
-              options: ContainerOptions | None = None, config_path: Path | None = None,
+              options: ContainerOptions | None = None, config_path: Path | None = None, local: bool = False,
               echo: Callable[[str], None] = click.echo) -> SmokeReport:
     """``packager smoke RUN --target T [--url URL]``: check, write ``smoke/<target>.json``, record the stage.
 
@@ -323,12 +396,20 @@ def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model
                          hint=f"re-run {'packager merge' if target == 'vllm' else 'packager export --format gguf'} "
                               f"with this version of packager")
     image_file = run.path / "containers" / f"{target}-image.json"
-    if url is None and not image_file.is_file():
+    if url is None and not local and not image_file.is_file():
         raise MissingPathError(image_file, f"no {target} image was built for this run",
                                hint=f"run: packager containerize {run.path} --target {target} --build "
                                     "(or smoke a running server with --url URL --model NAME)")
-    with run.stage(f"smoke-{target}", parameters={"target": target, "url": url}) as st:
-        if url is None:
+    server = "url" if url else "local" if local else "image"
+    with run.stage(f"smoke-{target}", parameters={"target": target, "url": url, "server": server}) as st:
+        for file in served_files(run, cfg, target):  # a new merge or export makes this result stale
+            st.add_input(file)
+        if local:
+            with local_server(run, cfg, target, echo=echo) as (local_url, alive):
+                report = check_endpoint(local_url, run.manifest.run, expect, target=target,
+                                        ready_timeout_s=cfg.smoke.ready_timeout_s, alive=alive, echo=echo)
+            report.timings["server"] = LOCAL_SERVERS[target]
+        elif url is None:
             st.add_input(image_file)
             image = json.loads(image_file.read_text())
             report = _smoke_container(run, cfg, target, image, expect, options or ContainerOptions(), echo=echo)

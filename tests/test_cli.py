@@ -9,7 +9,7 @@ import pytest
 from packager.cli import cli
 
 TOP_LEVEL = {"init", "data", "train", "eval", "merge", "export", "containerize", "smoke", "push", "verify",
-             "deploy", "demo", "base"}
+             "deploy", "demo", "base", "sign", "keygen"}
 
 
 def all_commands(group: click.Group, prefix=()):
@@ -96,9 +96,9 @@ def test_usage_errors_exit_2(runner):
     assert runner.invoke(cli, ["no-such-command"]).exit_code == 2
 
 
-def test_unfinished_stages_say_so_with_exit_1(runner, tmp_path):
-    result = runner.invoke(cli, ["containerize", str(tmp_path), "--target", "vllm"])
-    assert result.exit_code == 1 and "not implemented yet" in result.output
+def test_containerize_names_the_missing_run(runner, tmp_path):
+    result = runner.invoke(cli, ["containerize", str(tmp_path / "nope"), "--target", "vllm"])
+    assert result.exit_code == 2 and str(tmp_path / "nope") in result.output and "Traceback" not in result.output
 
 
 def run_packager(*args, env_extra=None):
