@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import yaml
 
 import packager
 from packager.base import HUB_ID
+from packager.manifest import lineage_digest
 from packager.templating import render
 
 RELATIONS = {"merged": ("finetune", "transformers"), "adapter": ("adapter", "peft"), "gguf": ("quantized", None)}
@@ -48,7 +48,7 @@ def render_model_card(run, *, kind: str, files: list[dict], license_cfg, stop_id
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         metrics = [(k, fmt(ft.get(k)), fmt(base.get(k))) for k in ("exact_match", "format_adherence",
                                                                    "field_accuracy", "eval_loss") if k in ft]
-    manifest_digest = hashlib.sha256(run.manifest_path.read_bytes()).hexdigest()
+    manifest_digest = lineage_digest(run.manifest)  # stable while publishing records more stages
     title = f"{run.manifest.run} ({kind})"
     description = (f"A {method} fine-tune of {hub_id or 'a local base model'}, packaged by packager "
                    f"as a {'merged 16-bit checkpoint' if kind == 'merged' else kind}.")

@@ -31,6 +31,7 @@ from packager.provenance import environment
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 STATE_DIR = ".packager"
+SIGNATURES_DIR = "signatures"  # the run's signature: about the recorded files, not one of them (packager.signing)
 
 
 class _Strict(BaseModel):
@@ -313,6 +314,26 @@ class StageWriter:
                            outputs=tuple(outputs.values()), metrics=self.metrics, environment=environment())
 
 
+# ---------------------------------------------------------------- lineage
+
+PUBLISH_STAGES = ("sign", "push-")
+"""Stages that sign or publish a run: recorded afterwards without changing what the run is."""
+
+
+def lineage(manifest: Manifest) -> dict[str, Any]:
+    """Every stage that made the run's artifacts (all but signing and publishing), as recorded."""
+    return {name: stage.model_dump(mode="json") for name, stage in sorted(manifest.stages.items())
+            if not name.startswith(PUBLISH_STAGES)}
+
+
+def lineage_digest(manifest: Manifest) -> str:
+    """sha256 of :func:`lineage`: names what was published, and stays put while publishing records more."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(lineage(manifest), sort_keys=True).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------- verify
 
 @dataclass
@@ -367,7 +388,7 @@ def verify_run(run_dir: Path | str) -> VerifyReport:
     recorded_inside = {p for p in manifest.recorded_files() if not Path(p).is_absolute()}
     for file in sorted(run_dir.rglob("*")):
         rel = file.relative_to(run_dir)
-        if rel.parts[0] in (STATE_DIR, MANIFEST_NAME) or not file.is_file():
+        if rel.parts[0] in (STATE_DIR, SIGNATURES_DIR, MANIFEST_NAME) or not file.is_file():
             continue
         if any(is_leftover(part) for part in rel.parts):
             report.warnings.append(f"leftover of an interrupted run (safe to delete): {rel.as_posix()}")
