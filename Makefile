@@ -18,12 +18,14 @@ VLLM_CHECK_DEPS := torch==2.13.0 "transformers>=5.16.1,<5.21.0" "fastapi>=0.133,
 	pillow prometheus-client psutil py-cpuinfo regex aiohttp requests urllib3 xgrammar==0.2.8 \
 	apache-tvm-ffi==0.1.11 "llguidance>=1.7,<1.8"
 
-.PHONY: setup test test-fast demo bench clean help vllm-check-venv
+.PHONY: setup test test-fast demo deploy bench clean help vllm-check-venv
 
 help:
 	@echo "make demo       the whole job on the embedded default model (SmolLM2-135M), on CPU"
 	@echo "make test       set up .venv and run every test (slow ones included)"
 	@echo "make test-fast  skip the tests marked slow"
+	@echo "make deploy     the release pipeline: CONFIG=packager.yaml [RUN=] [REGISTRY=host/prefix] [HUB_REPO=org/name]"
+	@echo "                [KEY=signing-key.pem] [INSECURE=1] [HUB_PUSH=1]"
 	@echo "make bench      benchmarks against the tools a user would otherwise pick (bench/README.md)"
 
 setup: $(STAMP)
@@ -54,6 +56,13 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/packager demo --workdir demo
+
+# The release pipeline (see README, "Release pipelines"): every stage, each skipped when its record still holds.
+CONFIG ?= packager.yaml
+deploy: $(STAMP)
+	$(BIN)/packager deploy -c $(CONFIG) $(if $(RUN),--run $(RUN)) $(if $(REGISTRY),--registry $(REGISTRY)) \
+		$(if $(INSECURE),--insecure) $(if $(HUB_REPO),--hub-repo $(HUB_REPO)) $(if $(HUB_PUSH),--hub-push) \
+		$(if $(KEY),--key $(KEY)) $(if $(ENGINE),--engine $(ENGINE))
 
 bench: $(STAMP)
 	$(BIN)/python bench/merge.py

@@ -55,14 +55,6 @@ class PackagerGroup(click.Group):
             ctx.exit(EXIT_FAILURE)
 
 
-def not_yet(command: str) -> None:
-    """Commands whose stage has not landed yet say so plainly instead of pretending."""
-    from packager.errors import StageError
-
-    raise StageError(command, "not implemented yet in this version of packager",
-                     hint="see the README's command list for what works today")
-
-
 @click.group(cls=PackagerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(packager.__version__, prog_name="packager")
 def cli() -> None:
@@ -182,7 +174,9 @@ def base_example(out_dir: Path, check: bool) -> None:
 @cli.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(run_dir: Path, as_json: bool) -> None:
+@click.option("--key", "public_key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also check the run's signature with this public key (packager sign).")
+def verify(run_dir: Path, as_json: bool, public_key: Path | None) -> None:
     """Re-hash every file a run recorded; report modified, missing and unrecorded files.
 
     Exit status 1 when anything does not match.
@@ -205,9 +199,12 @@ def verify(run_dir: Path, as_json: bool) -> None:
         raise IntegrityError(run_dir, report.problems)
     if not as_json:
         click.echo(f"{run_dir}: OK, {report.files_checked} files, {report.bytes_checked:,} bytes match the manifest")
+    if public_key is not None:
+        from packager.signing import verify_signature
 
+        signed = verify_signature(run_dir, public_key=public_key)
+        click.echo(f"{run_dir}: signature OK, {signed} signed files, manifest as signed")
 
-# ---------------------------------------------------------------- stages still to land
 
 @cli.group()
 def data() -> None:
@@ -410,6 +407,8 @@ def containerize(run_dir: Path, target: str, build: bool, engine: str | None, ta
 @click.argument("run_dir", metavar="RUN", required=False, type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(["vllm", "ollama"]), help="Which of the run's images (or servers).")
 @click.option("--url", help="A running OpenAI-compatible endpoint instead of the built image.")
+@click.option("--local", is_flag=True, help="No image: serve the model with a local CPU server (llama.cpp's for "
+              "Ollama's GGUF, transformers serve for vLLM's merged checkpoint).")
 @click.option("--model", "model_name", help="Served model name at --url (default: the run name).")
 @click.option("--engine", type=click.Choice(["docker", "podman"]), help="Engine to start the image with.")
 @click.option("--host-network", is_flag=True, help="Run the container with --network host (serves on 127.0.0.1).")
@@ -417,8 +416,9 @@ def containerize(run_dir: Path, target: str, build: bool, engine: str | None, ta
 @click.option("--run-arg", "run_args", multiple=True, help="Extra argument for `<engine> run`, repeatable.")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Take the smoke: section from this config instead of the one the run recorded.")
-def smoke(run_dir: Path | None, target: str | None, url: str | None, model_name: str | None, engine: str | None,
-          host_network: bool, gpus: bool | None, run_args: tuple[str, ...], config_path: Path | None) -> None:
+def smoke(run_dir: Path | None, target: str | None, url: str | None, local: bool, model_name: str | None,
+          engine: str | None, host_network: bool, gpus: bool | None, run_args: tuple[str, ...],
+          config_path: Path | None) -> None:
     """Start the image (or use an endpoint) and check it generates the golden answers.
 
     \b
@@ -428,8 +428,9 @@ def smoke(run_dir: Path | None, target: str | None, url: str | None, model_name:
     its native /api/chat. The container is always removed afterwards.
 
     \b
-    Examples:
+    Example:
       packager smoke runs/example --target vllm
+      packager smoke runs/example --target ollama --local
       packager smoke runs/example --target ollama --url http://127.0.0.1:11434
       packager smoke --url http://127.0.0.1:8000 --model my-model
     """
@@ -445,7 +446,7 @@ def smoke(run_dir: Path | None, target: str | None, url: str | None, model_name:
         options = ContainerOptions(engine=engine, host_network=host_network, gpus=gpus, run_args=run_args)
         try:
             report = smoke_run(run_dir, target=target, url=url, model=model_name, options=options,
-                               config_path=config_path)
+                               config_path=config_path, local=local)
         except PackagerError as exc:
             report_file = Path(run_dir) / "smoke" / f"{target}.json"
             if report_file.is_file() and "report" in (exc.hint or ""):
@@ -471,31 +472,108 @@ def push() -> None:
 
 @push.command("hub")
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
-@click.option("--repo-id", required=True)
+@click.option("--repo-id", required=True, help="The Hub repo, e.g. your-org/model (one repo per kind).")
 @click.option("--what", type=click.Choice(["merged", "adapter", "gguf"]), default="merged", show_default=True)
-@click.option("--dry-run", is_flag=True, help="Write the commit plan without network.")
-def push_hub(run_dir: Path, repo_id: str, what: str, dry_run: bool) -> None:
+@click.option("--private/--public", default=True, show_default=True, help="Visibility when the repo is created.")
+@click.option("--revision", help="Branch to push to (created if missing).")
+@click.option("--dry-run", is_flag=True, help="Write the exact commit plan (files, sizes, digests, card); no network.")
+def push_hub(run_dir: Path, repo_id: str, what: str, private: bool, revision: str | None, dry_run: bool) -> None:
     """Push the merged model, adapter or GGUF to the Hugging Face Hub.
+
+    Idempotent: files already in the repo are not uploaded again, and an
+    unchanged run makes no commit. The token comes from HF_TOKEN or `hf auth
+    login` and is never written anywhere.
 
     \b
     Example:
-      packager push hub runs/example --repo-id me/model --what gguf --dry-run
+      packager push hub runs/example --repo-id me/model-GGUF --what gguf --dry-run
     """
-    not_yet("push hub")
+    from packager.hub import push_hub as push
+
+    result = push(run_dir, repo_id=repo_id, what=what, private=private, revision=revision, dry_run=dry_run)
+    if result.dry_run_file:
+        files = result.plan.files
+        click.echo(f"dry run: {len(files)} files, {sum(f.size for f in files):,} bytes -> {repo_id}; "
+                   f"plan and card: {result.dry_run_file}")
+    elif result.commit:
+        click.echo(f"pushed {len(result.uploaded)} file(s), deleted {len(result.deleted)}: {result.url}")
+    else:
+        click.echo(f"{repo_id} already holds these files: no commit")
 
 
 @push.command("oci")
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.argument("ref")
 @click.option("--what", type=click.Choice(["gguf", "merged", "adapter"]), default="gguf", show_default=True)
-def push_oci(run_dir: Path, ref: str, what: str) -> None:
+@click.option("--insecure", is_flag=True, help="Plain HTTP (a local registry).")
+def push_oci(run_dir: Path, ref: str, what: str, insecure: bool) -> None:
     """Push model files as an OCI artifact (CNCF ModelPack media types).
+
+    Credentials: PACKAGER_REGISTRY_USERNAME / PACKAGER_REGISTRY_PASSWORD, else
+    the Podman or Docker auth file (podman login / docker login).
 
     \b
     Example:
-      packager push oci runs/example localhost:5000/models/example:v1
+      packager push oci runs/example 127.0.0.1:5000/models/example:v1 --insecure
     """
-    not_yet("push oci")
+    from packager.oci import push_oci as push
+
+    result = push(run_dir, ref, what=what, insecure=insecure)
+    state = "already there, nothing uploaded" if result.already_there else f"{result.uploaded_bytes:,} bytes uploaded"
+    click.echo(f"{ref}@{result.digest} ({result.layers} layers; {state})")
+
+
+@push.command("image")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument("ref")
+@click.option("--target", type=click.Choice(["vllm", "ollama"]), required=True)
+@click.option("--engine", type=click.Choice(["docker", "podman"]))
+@click.option("--insecure", is_flag=True, help="Plain HTTP (a local registry).")
+def push_image(run_dir: Path, ref: str, target: str, engine: str | None, insecure: bool) -> None:
+    """Push the run's built serving image with the container engine; record its digest.
+
+    \b
+    Example:
+      packager push image runs/example registry.example.com/team/example-vllm:v1 --target vllm
+    """
+    from packager.containerize import push_run_image
+
+    pushed = push_run_image(run_dir, ref, target=target, engine=engine, insecure=insecure)
+    click.echo(f"{ref}@{pushed['digest']}")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="EC private key (PEM). Make one with: packager keygen DIR")
+def sign(run_dir: Path, key: Path) -> None:
+    """Sign every artifact of the run (OpenSSF model-signing, offline, with a local key).
+
+    Check with: packager verify RUN --key KEY.pub.pem
+
+    \b
+    Example:
+      packager keygen keys/ && packager sign runs/example --key keys/signing-key.pem
+    """
+    from packager.signing import sign_run
+
+    result = sign_run(run_dir, key=key)
+    click.echo(f"signed {result.files} files: {result.signature}")
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def keygen(out_dir: Path) -> None:
+    """Make an EC P-256 signing key pair: signing-key.pem (0600) and signing-key.pub.pem.
+
+    \b
+    Example:
+      packager keygen keys/
+    """
+    from packager.signing import generate_key
+
+    private, public = generate_key(out_dir)
+    click.echo(f"private key: {private} (keep it secret)\npublic key:  {public}")
 
 
 @cli.command()
@@ -503,17 +581,32 @@ def push_oci(run_dir: Path, ref: str, what: str) -> None:
               type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Use this run directory.")
 @click.option("--skip-train", is_flag=True, help="Start from an existing trained run.")
-def deploy(config_path: Path, run_dir: Path | None, skip_train: bool) -> None:
+@click.option("--registry", help="Push OCI artifacts under this prefix, e.g. 127.0.0.1:5000/models "
+              "(default: publish.oci_ref's).")
+@click.option("--insecure", is_flag=True, help="The registry speaks plain HTTP (a local one).")
+@click.option("--hub-repo", help="Hub repo for the merged model (default: publish.hub_repo).")
+@click.option("--hub-push", is_flag=True, help="Really push to the Hub (default: write the dry-run plan).")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Sign with this private key.")
+@click.option("--engine", type=click.Choice(["docker", "podman"]), help="Container engine to build with.")
+@click.option("--no-build", is_flag=True, help="Render build contexts only.")
+def deploy(config_path: Path, run_dir: Path | None, skip_train: bool, registry: str | None, insecure: bool,
+           hub_repo: str | None, hub_push: bool, key: Path | None, engine: str | None, no_build: bool) -> None:
     """Run every configured stage in order, refusing to push what failed a gate.
+
+    Each stage is skipped when what it recorded still holds, so a second
+    deploy does no work and pushes nothing new.
 
     \b
     Example:
-      packager deploy -c packager.yaml
+      packager deploy -c packager.yaml --registry 127.0.0.1:5000/models --insecure --key keys/signing-key.pem
     """
-    from packager.config import load_config
+    from packager.deploy import DeployOptions, deploy as run_deploy, format_summary
 
-    load_config(config_path)
-    not_yet("deploy")
+    options = DeployOptions(run_dir=run_dir, skip_train=skip_train, registry=registry, insecure=insecure,
+                            hub_repo=hub_repo, hub_dry_run=not hub_push, key=key, engine=engine,
+                            build=False if no_build else None)
+    result = run_deploy(config_path, options)
+    click.echo(format_summary(result))
 
 
 @cli.command()

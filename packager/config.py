@@ -223,6 +223,8 @@ class ContainersConfig(Section):
     tag: str | None = None
     """Image tag; defaults to packager/<run name>-<target>:<manifest digest prefix>."""
     port: int | None = Field(None, ge=1, le=65535)
+    pull: bool = True
+    """Let the engine pull missing base images. false: deploy builds only targets whose base image is local."""
     vllm: VllmConfig = {}
     ollama: OllamaConfig = {}
 
@@ -248,7 +250,11 @@ class PublishConfig(Section):
     """Hub repo id for the merged model; adapter and GGUF repos get -adapter and -GGUF suffixes."""
     private: bool = True
     oci_ref: str | None = None
-    """OCI reference such as registry.example.com/team/model:tag."""
+    """OCI reference such as registry.example.com/team/model:tag; deploy pushes <registry>/<run>-<what>:<tag>."""
+    oci_what: list[Literal["gguf", "merged", "adapter"]] = ["gguf", "merged"]
+    """Which model files deploy pushes as OCI artifacts."""
+    hub_what: list[Literal["merged", "adapter", "gguf"]] = ["merged", "gguf"]
+    """Which kinds deploy pushes to the Hub (adapter and GGUF repos get -adapter and -GGUF suffixes)."""
 
 
 class PackagerConfig(Section):

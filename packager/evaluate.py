@@ -154,8 +154,12 @@ def load_finetuned(run: Run, cfg: PackagerConfig, *, base_path: Path):
     return PeftModel.from_pretrained(base, adapter_dir)
 
 
-def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int | None = None) -> EvalResult:
-    """Evaluate the run's fine-tune (and the base) on its held-out split; record stage ``eval``."""
+def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int | None = None,
+                 eval_config: EvalConfig | None = None) -> EvalResult:
+    """Evaluate the run's fine-tune (and the base) on its held-out split; record stage ``eval``.
+
+    ``eval_config`` replaces the eval section the run was trained with (a release's gate may be stricter).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -163,7 +167,7 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
 
     run = Run.open(run_dir)
     cfg = recorded_config(run)
-    ecfg = cfg.eval
+    ecfg = eval_config or cfg.eval
     against_base = against_base or ecfg.gate.must_beat_base
     conversations = read_split(run.path / "data" / "eval.jsonl")[: limit or ecfg.limit or None]
     if not conversations:
@@ -186,7 +190,8 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
 
     with run.stage("eval", parameters={"against_base": against_base, "limit": limit or ecfg.limit,
                                        "max_new_tokens": ecfg.max_new_tokens, "format_regex": ecfg.format_regex,
-                                       "task_metric": metric, "decoding": "greedy"}) as st:
+                                       "task_metric": metric, "decoding": "greedy",
+                                       "eval_config": ecfg.model_dump(mode="json")}) as st:
         st.add_input(run.path / "data" / "eval.jsonl")
         for file in sorted((run.path / "train" / weights).iterdir()):
             st.add_input(file)
