@@ -393,7 +393,7 @@ def containerize_run(run_dir: Path | str, *, target: str, build: bool = False, e
         for rel, text in sorted(ctx.texts.items()):
             (out / rel).write_bytes(text.encode())
         lint = hadolint(out / "Dockerfile")
-        st.metrics.update({"context_digest": digest, "lint": lint, **ctx.details})
+        st.metrics.update({"context_digest": digest, "model_digest": ctx.model_digest, "lint": lint, **ctx.details})
     result = ContainerResult(run.path, target, run.path / "containers" / target, digest, ctx.details)
     if build:
         result.image = build_run_image(run, target=target, engine=engine or cfg.containers.engine)

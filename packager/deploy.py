@@ -35,7 +35,7 @@ class DeployOptions:
 @dataclass
 class Step:
     name: str
-    status: str  # done, skipped, planned (a dry run), refused
+    status: str  # done, passed (a gate), skipped, planned (a dry run), refused
     detail: str = ""
 
 
@@ -62,7 +62,7 @@ def _outputs_intact(run, stage_name: str) -> bool:
 
 def _training_settings(cfg) -> dict:
     data = cfg.model_dump(mode="json")
-    return {k: data[k] for k in ("run", "base", "data", "train")}
+    return {k: data[k] for k in ("base", "data", "train")}  # not run: where the run lives changes nothing
 
 
 def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[str], None] = click.echo
@@ -76,7 +76,7 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
 
     def step(name: str, status: str, detail: str = "") -> None:
         result.steps.append(Step(name, status, detail))
-        mark = {"done": "✓", "skipped": "·", "planned": "~"}.get(status, "✗")
+        mark = {"done": "✓", "passed": "✓", "skipped": "·", "planned": "~"}.get(status, "✗")
         say(f"{mark} {name}: {status}"
             + (f" ({detail})" if detail else ""))
 
@@ -105,16 +105,18 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
         from packager.evaluate import evaluate_run
 
         evaluated = evaluate_run(run_dir, against_base=cfg.eval.gate.must_beat_base, eval_config=cfg.eval)
-        metric = evaluated.task_metric
-        base = (evaluated.base or {}).get(metric)
-        step("eval", "done", f"{metric} {evaluated.finetuned.get(metric)} (base {base})")
+        step("eval", "done", f"{len(evaluated.finetuned)} metrics on the held-out split")
     run = Run.open(run_dir)
     gate = run.manifest.stages["eval"].metrics.get("gate") or {}
     if not gate.get("passed"):
         step("eval gate", "refused", "; ".join(gate.get("failures", [])))
         raise StageError("deploy", "the eval gate failed: " + "; ".join(gate.get("failures", ["no gate recorded"])),
                          hint=f"nothing was merged, built or pushed; the report is {run_dir / 'eval' / 'report.html'}")
-    step("eval gate", "done", "passed")
+    metrics = run.manifest.stages["eval"].metrics
+    metric = metrics.get("task_metric")
+    ft, base = (metrics.get("finetuned") or {}).get(metric), (metrics.get("base") or {}).get(metric)
+    step("eval gate", "passed", f"{metric} {ft:.3f}" + (f" vs base {base:.3f}" if base is not None else "")
+         if isinstance(ft, (int, float)) else "")
 
     # ---- merge
     if cfg.train.method == "full":
@@ -158,7 +160,9 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
         rendered = containerize_run(run_dir, target=target, config_path=config_path)
         step(f"containerize {target}", "skipped" if rendered.unchanged else "done",
              f"context sha256:{rendered.context_digest[:12]}")
-        if engine is None:
+        if options.build is False:
+            step(f"build {target}", "skipped", "--no-build")
+        elif engine is None:
             step(f"build {target}", "skipped", "no working container engine (Docker or Podman): context rendered only")
         elif target not in _buildable(engine, cfg):
             step(f"build {target}", "skipped", f"base image {getattr(cfg.containers, target).image} is not here "

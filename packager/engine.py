@@ -70,7 +70,7 @@ def find_engine(preferred: str | None = None) -> Engine:
     if preferred and preferred != "auto":
         if shutil.which(preferred) is None:
             raise DependencyMissingError(preferred, "to build and run images (--engine / containers.engine)",
-                                         install=f"your system's package manager, or pick the other engine")
+                                         install="your system's package manager, or pick the other engine")
         raise StageError("container engine", f"`{preferred} version` fails: is its daemon running?",
                          hint="start it, or pick the other with --engine / containers.engine")
     raise DependencyMissingError("docker or podman", "to build and run images (the Docker client without a "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from packager.errors import BadInputError, IntegrityError, MissingPathError, StageError
+from packager.errors import BadInputError, IntegrityError, StageError
 
 KINDS = ("merged", "adapter", "gguf")
 SMALL_FILE = 10 << 20  # smaller files are plain git blobs on the Hub; larger ones LFS/Xet with a sha256
@@ -62,7 +62,7 @@ def plan_commit(run, cfg, *, what: str, repo_id: str, revision: str | None = Non
     import re
 
     from packager.card import base_hub_id, render_model_card
-    from packager.manifest import lineage_digest
+    from packager.manifest import lineage_digest, published_files
 
     if not re.fullmatch(HUB_REPO_ID, repo_id):
         raise BadInputError(f"--repo-id {repo_id!r} is not a Hub repo id like your-org/model-name")
@@ -71,14 +71,8 @@ def plan_commit(run, cfg, *, what: str, repo_id: str, revision: str | None = Non
         raise BadInputError("the base model is a local directory with no Hub id, and a model card's base_model "
                             "must be one (the Hub rejects local paths)",
                             hint="set base.hub_id in packager.yaml to the id the base came from")
-    prefix = {"merged": "export/safetensors/", "adapter": "train/adapter/", "gguf": "export/gguf/"}[what]
-    records = {o.path: o for s in run.manifest.stages.values() for o in s.outputs if o.path.startswith(prefix)}
-    if not records:
-        how = {"merged": "export --format safetensors", "adapter": "train", "gguf": "export --format gguf"}[what]
-        raise MissingPathError(run.path / prefix, f"nothing to push: the run has no {what} files",
-                               hint=f"run: packager {how}")
-    files = [PlannedFile(p[len(prefix):], r.size, r.sha256, local=run.resolve(p)) for p, r in sorted(records.items())
-             if not p.endswith("/README.md")]
+    files = [PlannedFile(name, rec.size, rec.sha256, local=run.resolve(rec.path))
+             for name, rec in published_files(run, what) if name != "README.md"]
     listed = [{"path": f.path_in_repo, "size": f.size, "sha256": f.sha256} for f in files]
     stop_ids = _stop_ids(run)
     card = render_model_card(run, kind=what, files=listed, license_cfg=cfg.export, stop_ids=stop_ids)

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.errors import BadInputError, IntegrityError, MissingPathError, StageError
+from packager.errors import BadInputError, IntegrityError, StageError
 
 ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.cncf.model.config.v1+json"
@@ -55,15 +55,10 @@ def _media_type(name: str) -> str:
 
 def artifact_files(run, what: str) -> tuple[list[Layer], dict]:
     """The recorded files of one kind (merged, adapter, gguf) and their ModelPack model config."""
-    folders = {"merged": "export/safetensors/", "adapter": "train/adapter/", "gguf": "export/gguf/"}
-    prefix = folders[what]
-    records = {o.path: o for s in run.manifest.stages.values() for o in s.outputs if o.path.startswith(prefix)}
-    if not records:
-        stage = {"merged": "export --format safetensors", "adapter": "train", "gguf": "export --format gguf"}[what]
-        raise MissingPathError(run.path / prefix, f"nothing to push: the run has no {what} files",
-                               hint=f"run: packager {stage}")
-    layers = [Layer(run.resolve(p), p[len(prefix):], _media_type(p), r.sha256, r.size)
-              for p, r in sorted(records.items())]
+    from packager.manifest import published_files
+
+    layers = [Layer(run.resolve(rec.path), name, _media_type(name), rec.sha256, rec.size)
+              for name, rec in published_files(run, what)]
     return layers, _model_config(run, what, layers)
 
 

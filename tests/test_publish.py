@@ -8,7 +8,6 @@ assert the exact operations; the dry-run plan is checked as written.
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -19,8 +18,8 @@ import pytest
 import yaml
 
 from packager.cli import cli
-from packager.errors import BadInputError, IntegrityError, StageError
-from packager.manifest import read_manifest, verify_run
+from packager.errors import BadInputError, IntegrityError
+from packager.manifest import read_manifest
 from packager.smoke import free_port
 
 from conftest import copy_run
@@ -30,6 +29,7 @@ from conftest import copy_run
 
 class Registry:
     def __init__(self, root: Path, *, users: dict[str, str] | None = None):
+        root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         config = {"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
@@ -145,7 +145,7 @@ def test_registry_credentials_down_and_wrong(runner, served, auth_registry, tmp_
                          env={"REGISTRY_AUTH_FILE": str(auth)})
     assert down.exit_code == 1 and "cannot reach the registry" in down.output and "connection refused" in down.output
     assert read_manifest(served).stages["push-oci-gguf"].metrics["ref"] == ref  # the failed push recorded nothing
-    auth_registry.process = subprocess.Popen(["true"])  # already stopped: let the fixture's stop() pass
+    auth_registry.process = subprocess.Popen(["true"])  # already stopped: the fixture's stop() has nothing to do
 
 
 def test_references_are_checked():
@@ -186,8 +186,12 @@ def test_signing_detects_a_changed_byte_a_deleted_and_an_added_file_and_an_edite
     tampered(lambda r: flip(r / "train/adapter/adapter_model.safetensors"), "adapter_model.safetensors")
     tampered(lambda r: (r / "merged/tokenizer_config.json").unlink(), "Missing files.*tokenizer_config.json")
     tampered(lambda r: (r / "merged/extra.py").write_text("print('hi')"), "Extra files.*extra.py")
-    tampered(lambda r: (r / "manifest.json").write_text((r / "manifest.json").read_text().replace(
-        '"learning_rate": 0.0005', '"learning_rate": 0.0001')), "stage 'train' differs from what was signed")
+    def edit_manifest(r):
+        manifest = json.loads((r / "manifest.json").read_text())
+        manifest["stages"]["train"]["parameters"]["config"]["train"]["learning_rate"] = 0.1
+        (r / "manifest.json").write_text(json.dumps(manifest))
+
+    tampered(edit_manifest, "stage 'train' differs from what was signed")
     other = tmp_path / "other"
     runner.invoke(cli, ["keygen", str(other)])
     with pytest.raises(IntegrityError, match="signature"):
@@ -291,7 +295,9 @@ def test_hub_dry_run_plan_and_refusals(runner, served, tmp_path):
     recorded = {o.path: o.sha256 for s in read_manifest(served).stages.values() for o in s.outputs}
     assert all(recorded[f"train/adapter/{f['path']}"] == f["sha256"] for f in plan["files"] if f["path"] != "README.md")
 
-    no_token = runner.invoke(cli, ["push", "hub", str(served), "--repo-id", "me/smol"],
+    no_merged = runner.invoke(cli, ["push", "hub", str(served), "--repo-id", "me/smol", "--dry-run"])
+    assert no_merged.exit_code == 2 and f"packager export {served} --format safetensors" in no_merged.output
+    no_token = runner.invoke(cli, ["push", "hub", str(served), "--repo-id", "me/smol", "--what", "adapter"],
                              env={"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf")})
     assert no_token.exit_code == 2 and "no Hugging Face token" in no_token.output
     bad_id = runner.invoke(cli, ["push", "hub", str(served), "--repo-id", "../etc", "--dry-run"])
@@ -325,7 +331,7 @@ def test_deploy_signs_and_pushes_then_a_second_deploy_does_nothing(runner, serve
             "--key", str(keys / "signing-key.pem"), "--no-build"]
     first = runner.invoke(cli, args, env=secrets)
     assert first.exit_code == 0, first.output
-    for line in ("train: skipped", "eval: done", "eval gate: done", "export safetensors: done", "smoke ollama: done",
+    for line in ("train: skipped", "eval: done", "eval gate: passed", "export safetensors: done", "smoke ollama: done",
                  "sign: done", "push oci gguf: done", "push oci merged: done", "hub merged: planned (dry run"):
         assert line in first.output, line
     stages = read_manifest(served).stages
