@@ -434,30 +434,18 @@ def smoke(run_dir: Path | None, target: str | None, url: str | None, local: bool
       packager smoke runs/example --target ollama --url http://127.0.0.1:11434
       packager smoke --url http://127.0.0.1:8000 --model my-model
     """
-    from packager.smoke import ContainerOptions, format_report, smoke_run, smoke_url
+    from packager.smoke import ContainerOptions, smoke_run, smoke_url
 
     if run_dir is None:
         if url is None or model_name is None:
             raise click.UsageError("give RUN --target vllm|ollama, or --url URL --model NAME")
-        report = smoke_url(url, model_name, target=target)
-    else:
-        if target is None:
-            raise click.UsageError("--target vllm|ollama is required with RUN")
-        options = ContainerOptions(engine=engine, host_network=host_network, gpus=gpus, run_args=run_args)
-        try:
-            report = smoke_run(run_dir, target=target, url=url, model=model_name, options=options,
-                               config_path=config_path, local=local)
-        except PackagerError as exc:
-            report_file = Path(run_dir) / "smoke" / f"{target}.json"
-            if report_file.is_file() and "report" in (exc.hint or ""):
-                from packager.smoke import SmokeReport, Check
-
-                data = json.loads(report_file.read_text())
-                shown = SmokeReport(data["url"], data["model"], data["target"], [Check(**c) for c in data["checks"]],
-                                    data["answers"], data["timings"])
-                click.echo(format_report(shown))
-            raise
-    click.echo(format_report(report))
+        smoke_url(url, model_name, target=target)
+        return
+    if target is None:
+        raise click.UsageError("--target vllm|ollama is required with RUN")
+    options = ContainerOptions(engine=engine, host_network=host_network, gpus=gpus, run_args=run_args)
+    smoke_run(run_dir, target=target, url=url, model=model_name, options=options, config_path=config_path,
+              local=local)
 
 
 @cli.group()

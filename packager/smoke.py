@@ -419,6 +419,7 @@ def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model
         st.write_output_text(f"smoke/{target}.json", json.dumps(report.to_dict(), indent=2) + "\n")
         st.metrics.update({"passed": report.passed, "failures": report.failures(), "timings": report.timings,
                            "checks": {c.name: ("skipped" if c.skipped else c.passed) for c in report.checks}})
+    echo(format_report(report))
     if not report.passed:
         raise StageError("smoke", "; ".join(report.failures()),
                          hint=f"the full report is {run.path / 'smoke' / f'{target}.json'}")
@@ -477,6 +478,7 @@ def smoke_url(url: str, model: str, *, target: str | None = None, concurrency: i
         raise BadInputError(f"--url {url!r} must start with http:// or https://")
     report = check_endpoint(url, model, Expectations(concurrency=concurrency), target=target,
                             ready_timeout_s=ready_timeout_s, echo=echo)
+    echo(format_report(report))
     if not report.passed:
         raise StageError("smoke", "; ".join(report.failures()))
     return report
