@@ -14,9 +14,6 @@ from packager.base import check_example_base, make_example_base
 from packager.errors import IntegrityError
 from packager.manifest import verify_run
 
-STAGES_TO_COME = ("containerize", "smoke", "sign", "push")
-
-
 def run_demo(workdir: Path, *, say: Callable[[str], None]) -> Path:
     """Make and check the example base model in ``workdir/base``; return its path."""
     base_dir = Path(workdir) / "base"
@@ -27,6 +24,6 @@ def run_demo(workdir: Path, *, say: Callable[[str], None]) -> Path:
     if not report.ok:
         raise IntegrityError(base_dir, report.problems)
     say(f"[3/3] verify: {report.files_checked} files, {report.bytes_checked:,} bytes match {base_dir}/manifest.json")
-    say("the end-to-end demo (train, eval, merge, export on this model) is not wired in yet; the README's "
-        f"quick start runs those stages by hand. Not implemented yet: {', '.join(STAGES_TO_COME)}")
+    say("this demo stops here for now; every stage after it runs with `packager deploy` (see the README), e.g. "
+        "on this model: packager base example base/ && packager deploy -c examples/smollm2-tickets.yaml --no-build")
     return base_dir
