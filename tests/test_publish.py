@@ -170,33 +170,41 @@ def test_signing_detects_a_changed_byte_a_deleted_and_an_added_file_and_an_edite
     ok = runner.invoke(cli, ["verify", str(served), "--key", public])
     assert ok.exit_code == 0 and "signature OK" in ok.output
 
-    def tampered(change, expect: str):
-        copy = copy_run(served, tmp_path / f"t{len(list(tmp_path.iterdir()))}")
-        change(copy)
-        from packager.signing import verify_signature
+    from packager.signing import verify_signature
 
-        with pytest.raises(IntegrityError, match=expect):
-            verify_signature(copy, public_key=public)
+    def tampered(paths: list[str], change, expect: str):
+        """Change the signed run in place, expect verification to name it, put it back (no 1 GB copies)."""
+        saved = {p: (served / p).read_bytes() if (served / p).exists() else None for p in paths}
+        change(served)
+        try:
+            with pytest.raises(IntegrityError, match=expect):
+                verify_signature(served, public_key=public)
+        finally:
+            for p, data in saved.items():
+                if data is None:
+                    (served / p).unlink(missing_ok=True)
+                else:
+                    (served / p).write_bytes(data)
+        assert verify_signature(served, public_key=public)  # restored: verifies again
 
     def flip(path):
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 1
         path.write_bytes(bytes(data))
 
-    tampered(lambda r: flip(r / "train/adapter/adapter_model.safetensors"), "adapter_model.safetensors")
-    tampered(lambda r: (r / "merged/tokenizer_config.json").unlink(), "Missing files.*tokenizer_config.json")
-    tampered(lambda r: (r / "merged/extra.py").write_text("print('hi')"), "Extra files.*extra.py")
     def edit_manifest(r):
         manifest = json.loads((r / "manifest.json").read_text())
         manifest["stages"]["train"]["parameters"]["config"]["train"]["learning_rate"] = 0.1
         (r / "manifest.json").write_text(json.dumps(manifest))
 
-    tampered(edit_manifest, "stage 'train' differs from what was signed")
+    adapter, tokenizer_config = "train/adapter/adapter_model.safetensors", "merged/tokenizer_config.json"
+    tampered([adapter], lambda r: flip(r / adapter), "adapter_model.safetensors")
+    tampered([tokenizer_config], lambda r: (r / tokenizer_config).unlink(), "Missing files.*tokenizer_config.json")
+    tampered(["merged/extra.py"], lambda r: (r / "merged/extra.py").write_text("print('hi')"), "Extra files.*extra.py")
+    tampered(["manifest.json"], edit_manifest, "stage 'train' differs from what was signed")
     other = tmp_path / "other"
     runner.invoke(cli, ["keygen", str(other)])
     with pytest.raises(IntegrityError, match="signature"):
-        from packager.signing import verify_signature
-
         verify_signature(served, public_key=other / "signing-key.pub.pem")
 
 
