@@ -106,6 +106,27 @@ class IntegrityError(PackagerError):
                          hint="an artifact changed after it was recorded; re-run the stage that made it")
 
 
+class InterruptedStageError(PackagerError):
+    """Ctrl-C (SIGINT) stopped a stage that can continue where it was; exit code 130, as for any interrupt."""
+
+    exit_code = 130
+
+    def __init__(self, stage: str, message: str, *, hint: str):
+        self.stage = stage
+        super().__init__(f"{stage}: interrupted: {message}", hint=hint)
+
+
+class DiskFullError(PackagerError, OSError):
+    """The disk filled up while a stage wrote its outputs; the stage was not recorded."""
+
+    def __init__(self, stage: str, where: Path | str):
+        self.stage = stage
+        self.where = str(where)
+        super().__init__(f"{stage}: no space left on device while writing {where}; nothing of this stage was "
+                         "recorded and its partial output was removed",
+                         hint="free some space (or put run.root on a larger disk) and re-run the same command")
+
+
 class DependencyMissingError(PackagerError, ImportError):
     """An optional dependency needed for this command is not installed."""
 

@@ -9,6 +9,7 @@ renamed into place, and only then recorded.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import packager
 from packager.atomic import atomic_write_text, is_leftover, partial_sibling, replace_directory, sweep_leftovers
-from packager.errors import ManifestError, MissingPathError, RunConflictError
+from packager.errors import DiskFullError, ManifestError, MissingPathError, RunConflictError
 from packager.hashing import FileDigest, HashCache, sha256_file
 from packager.names import validate_name
 from packager.provenance import environment
@@ -291,11 +292,14 @@ class StageWriter:
     def _staging(self) -> Iterator[None]:
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             for tmp in self._dirs.values():
                 shutil.rmtree(tmp, ignore_errors=True)
             for rec in self._files.values():
                 self.run.resolve(rec.path).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = exc.filename or ", ".join(str(final) for final in self._dirs) or self.run.path
+                raise DiskFullError(self.name, where) from exc
             raise
 
     def _finish(self) -> StageRecord:
@@ -383,6 +387,10 @@ def verify_run(run_dir: Path | str) -> VerifyReport:
             outputs[rec.path] = rec
         known_digests.update(r.sha256 for r in (*stage.inputs, *stage.outputs))
 
+    every_record: dict[str, list[tuple[str, FileRecord]]] = {}  # a file several stages recorded: check each record
+    for name, stage in manifest.stages.items():
+        for rec in (*stage.inputs, *stage.outputs):
+            every_record.setdefault(rec.path, []).append((name, rec))
     for path, rec in manifest.recorded_files().items():
         file = run.resolve(path)
         inside = not Path(path).is_absolute()
@@ -395,9 +403,12 @@ def verify_run(run_dir: Path | str) -> VerifyReport:
         actual = sha256_file(file)
         report.files_checked += 1
         report.bytes_checked += actual.size
-        if actual.sha256 != rec.sha256:
+        wrong = [(name, r) for name, r in every_record[path] if r.sha256 != actual.sha256]
+        if wrong:
+            name, rec = wrong[-1]
             kind = "modified" if inside else "input changed since recorded"
-            report.problems.append(f"{kind}: {path} (recorded sha256 {rec.sha256[:12]}… size {rec.size}, "
+            by = "" if rec is every_record[path][-1][1] else f" by stage {name!r}"
+            report.problems.append(f"{kind}: {path} (recorded sha256 {rec.sha256[:12]}… size {rec.size}{by}, "
                                    f"now {actual.sha256[:12]}… size {actual.size})")
 
     for path, rec in outputs.items():

@@ -107,7 +107,7 @@ def read_adapter(adapter_dir: Path | str) -> Adapter:
                               if PEFT_PREFIX + f"{module}.lora_magnitude_vector{s}" in header), None)
             rank = header[key]["shape"][0]
             modules[f"{module}.weight"] = LoraModule(f"{module}.weight", key, b_key, kind,
-                                                     _scale(config, module, rank), rank, magnitude)
+                                                     _scale(config, module, rank, config_file), rank, magnitude)
         elif re.search(r"\.(lora_B|lora_embedding_B|lora_magnitude_vector)(\.weight)?$", name):
             continue
         else:
@@ -117,12 +117,12 @@ def read_adapter(adapter_dir: Path | str) -> Adapter:
     return Adapter(adapter_dir, config, modules, replacements, header)
 
 
-def _scale(config: dict, module: str, rank: int) -> float:
+def _scale(config: dict, module: str, rank: int, config_file: Path) -> float:
     """alpha / r (or alpha / sqrt(r) with rslora), honouring rank_pattern and alpha_pattern."""
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     expected_rank = next((r for k, r in rank_pattern.items() if _matches(k, module)), config.get("r", rank))
     if expected_rank != rank:
-        raise InputFileError(Path("adapter_config.json"), f"module {module} has rank {rank} in the weights but "
+        raise InputFileError(config_file, f"module {module} has rank {rank} in the weights but "
                                                           f"{expected_rank} in adapter_config.json: the adapter "
                                                           "and its config do not belong together", field="r")
     alpha = next((a for k, a in alpha_pattern.items() if _matches(k, module)), config.get("lora_alpha", rank))
@@ -238,8 +238,13 @@ class MergeOutput:
 def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: str,
                  shard_bytes: int) -> MergeOutput:
     """Write the merged weights, config, generation config and tokenizer into ``out_dir``."""
+    from packager.tokenizer import no_chat_template_error, read_chat_template
+
     layout = read_base_layout(ckpt)
     check_adapter_fits_base(adapter, layout, base_name=ckpt.hub_id or str(ckpt.path))
+    tokenizer_source = adapter.path if has_tokenizer(adapter.path) else ckpt.path
+    if not read_chat_template(tokenizer_source):  # before any shard is written, naming the user's directory
+        raise no_chat_template_error(tokenizer_source)
     config = json.loads((ckpt.path / "config.json").read_text())
     tied = bool(config.get("tie_word_embeddings", False))
     specs, untie = plan_output(adapter, layout, dtype=dtype, tied=tied)
@@ -256,7 +261,7 @@ def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: st
     if vocab is not None:
         config["vocab_size"] = vocab
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    copy_tokenizer(adapter.path if has_tokenizer(adapter.path) else ckpt.path, out_dir)
+    copy_tokenizer(tokenizer_source, out_dir)
     stop_ids = write_generation_config(ckpt.path, out_dir)
     return MergeOutput(out_dir, digests, untie, vocab, stop_ids)
 
