@@ -48,9 +48,21 @@ class RunConfig(Section):
     """Directory holding the runs."""
 
 
+def _resolve_model(value: str, info: ValidationInfo) -> str:
+    """A local directory is resolved against the config file like every other path; a Hub id stays as it is."""
+    base = (info.context or {}).get("config_dir")
+    if base is None or Path(value).expanduser().is_absolute():
+        return value
+    local = Path(base) / value
+    if value.startswith(("./", "../")) or local.is_dir():
+        return str(local.resolve())
+    return value
+
+
 class BaseModelConfig(Section):
-    model: str
-    """A local Hugging Face checkpoint directory, or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."""
+    model: Annotated[str, AfterValidator(_resolve_model)]
+    """A local Hugging Face checkpoint directory (relative to this file), or a Hub id such as
+    HuggingFaceTB/SmolLM2-135M-Instruct."""
     revision: str | None = None
     """Hub branch, tag or commit to pin (Hub ids only). The resolved commit is recorded in the manifest."""
     hub_id: str | None = None

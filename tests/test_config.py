@@ -129,7 +129,7 @@ def test_init_writes_a_commented_config_that_loads_and_a_valid_dataset(tmp_path)
     config_text = written[0].read_text()
     assert config_text.count("\n#") + config_text.count("  #") > 20, "every documented key gets a comment"
     cfg = load_config(written[0])
-    assert cfg.base.model == "./base" and cfg.run.name == "proj"
+    assert cfg.base.model == str((tmp_path / "proj" / "base").resolve()) and cfg.run.name == "proj"
     assert cfg.data.train == written[1].resolve()
     rows = [json.loads(line) for line in written[1].read_text().splitlines()]
     assert len(rows) >= 10 and all(r["messages"][-1]["role"] == "assistant" for r in rows)
