@@ -358,6 +358,17 @@ def hadolint(dockerfile: Path) -> dict:
     return {"checked": True, "findings": [line for line in result.stdout.splitlines() if line.strip()]}
 
 
+def kubernetes_check(manifest: Path) -> dict:
+    """Validate against the Kubernetes schemas offline when kubernetes-validate is installed; reported, not fatal."""
+    exe = shutil.which("kubernetes-validate") or shutil.which("kubernetes-validate",
+                                                              path=str(Path(sys.executable).parent))
+    if exe is None:
+        return {"checked": False, "why": "kubernetes-validate is not installed (pip install kubernetes-validate)"}
+    result = subprocess.run([exe, "--strict", "--quiet", str(manifest)], capture_output=True, text=True)
+    output = (result.stdout + result.stderr).strip()
+    return {"checked": True, "valid": result.returncode == 0, "findings": output.splitlines()[-5:] if output else []}
+
+
 def containerize_run(run_dir: Path | str, *, target: str, build: bool = False, engine: str | None = None,
                      tag: str | None = None, config_path: Path | None = None) -> ContainerResult:
     """``packager containerize RUN --target T [--build]``."""
@@ -393,7 +404,8 @@ def containerize_run(run_dir: Path | str, *, target: str, build: bool = False, e
         for rel, text in sorted(ctx.texts.items()):
             (out / rel).write_bytes(text.encode())
         lint = hadolint(out / "Dockerfile")
-        st.metrics.update({"context_digest": digest, "model_digest": ctx.model_digest, "lint": lint, **ctx.details})
+        st.metrics.update({"context_digest": digest, "model_digest": ctx.model_digest, "lint": lint,
+                           "kubernetes": kubernetes_check(out / "kubernetes.yaml"), **ctx.details})
     result = ContainerResult(run.path, target, run.path / "containers" / target, digest, ctx.details)
     if build:
         result.image = build_run_image(run, target=target, engine=engine or cfg.containers.engine)

@@ -138,7 +138,7 @@ def check_gate(cfg: EvalConfig, finetuned: dict, base: dict | None) -> dict:
     return {"passed": not failures, "failures": failures}
 
 
-# ---------------------------------------------------------------- the stage
+# ---------------------------------------------------------------- the fine-tune
 
 def load_finetuned(run: Run, cfg: PackagerConfig, *, base_path: Path):
     import torch
@@ -154,15 +154,90 @@ def load_finetuned(run: Run, cfg: PackagerConfig, *, base_path: Path):
     return PeftModel.from_pretrained(base, adapter_dir)
 
 
+# ---------------------------------------------------------------- the base, once
+
+BASE_STAGE = "eval-base"
+
+
+def _base_eval_parameters(run: Run, ckpt, ecfg: EvalConfig, *, chat_template: str, rows: int) -> dict:
+    """What the base's answers depend on: its files, the prompts, the template and the decoding settings."""
+    import hashlib
+
+    return {"base_files": {f.name: run.digest(f).sha256 for f in ckpt.files},
+            "eval_split": run.digest(run.path / "data" / "eval.jsonl").sha256, "rows": rows,
+            "chat_template_sha256": hashlib.sha256(chat_template.encode()).hexdigest(),
+            "max_new_tokens": ecfg.max_new_tokens, "format_regex": ecfg.format_regex,
+            "json_schema": run.digest(Path(ecfg.json_schema)).sha256 if ecfg.json_schema else None,
+            "decoding": "greedy"}
+
+
+def _recorded_base_eval(run: Run, parameters: dict) -> tuple[dict, list[str]] | None:
+    stage = run.manifest.stages.get(BASE_STAGE)
+    if stage is None or stage.parameters != parameters:
+        return None
+    predictions = run.path / BASE_STAGE / "predictions.jsonl"
+    recorded = {o.path: o.sha256 for o in stage.outputs}
+    if not predictions.is_file() or recorded.get(run.relative(predictions)) != run.digest(predictions).sha256:
+        return None
+    answers = [json.loads(line)["base"] for line in predictions.read_text(encoding="utf-8").splitlines() if line]
+    return stage.metrics["base"], answers
+
+
+def evaluate_base(run: Run, ckpt, ecfg: EvalConfig, *, tokenizer, conversations: list[list[dict]],
+                  trust_remote_code: bool = False) -> tuple[dict, list[str], bool]:
+    """The base model's metrics and answers on the held-out split, recorded as stage ``eval-base``.
+
+    Reused while the base files, the split, the chat template and the decoding settings are the same, so
+    the base is evaluated once per run: before training (``packager demo``) or at the first ``eval``.
+    Returns (metrics, answers, reused).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    parameters = _base_eval_parameters(run, ckpt, ecfg, chat_template=tokenizer.chat_template,
+                                       rows=len(conversations))
+    recorded = _recorded_base_eval(run, parameters)
+    if recorded is not None:
+        return (*recorded, True)
+    model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    metrics, answers = evaluate_model(model, tokenizer, conversations, ecfg)
+    del model
+    with run.stage(BASE_STAGE, parameters=parameters) as st:
+        st.add_input(run.path / "data" / "eval.jsonl")
+        for file in ckpt.files:
+            st.add_input(file)
+        out = st.output_dir(BASE_STAGE)
+        rows = [{"prompt": c[-2]["content"], "reference": c[-1]["content"], "base": a}
+                for c, a in zip(conversations, answers)]
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                               encoding="utf-8")
+        st.metrics.update({"base": metrics, "task_metric": task_metric_name(metrics)})
+    return metrics, answers, False
+
+
+def evaluate_base_run(run_dir: Path | str, cfg: PackagerConfig) -> tuple[dict, list[str]]:
+    """Evaluate the base on a run's held-out split before any training (the data stage must be recorded)."""
+    run = Run.open(run_dir)
+    if "data" not in run.manifest.stages:
+        raise StageError("eval", f"{run.path} has no data split yet",
+                         hint="check and split the data first (packager train does it before training)")
+    conversations = read_split(run.path / "data" / "eval.jsonl")[: cfg.eval.limit or None]
+    ckpt = resolve_base(cfg.base)
+    tokenizer = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
+                               trust_remote_code=cfg.base.trust_remote_code).tokenizer
+    metrics, answers, _ = evaluate_base(run, ckpt, cfg.eval, tokenizer=tokenizer, conversations=conversations,
+                                        trust_remote_code=cfg.base.trust_remote_code)
+    return metrics, answers
+
+
+# ---------------------------------------------------------------- the stage
+
 def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int | None = None,
                  eval_config: EvalConfig | None = None) -> EvalResult:
     """Evaluate the run's fine-tune (and the base) on its held-out split; record stage ``eval``.
 
     ``eval_config`` replaces the eval section the run was trained with (a release's gate may be stricter).
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from packager.report import write_eval_report
 
     run = Run.open(run_dir)
@@ -181,10 +256,9 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
     del model
     base, base_answers = None, None
     if against_base:
-        base_model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32,
-                                                          trust_remote_code=cfg.base.trust_remote_code)
-        base, base_answers = evaluate_model(base_model, tokenizer, conversations, ecfg)
-        del base_model
+        base, base_answers, _ = evaluate_base(run, ckpt, ecfg, tokenizer=tokenizer, conversations=conversations,
+                                              trust_remote_code=cfg.base.trust_remote_code)
+        run = Run.open(run.path)
     gate = check_gate(ecfg, finetuned, base)
     metric = task_metric_name(finetuned)
 
@@ -195,6 +269,8 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
         st.add_input(run.path / "data" / "eval.jsonl")
         for file in sorted((run.path / "train" / weights).iterdir()):
             st.add_input(file)
+        if against_base:
+            st.add_input(run.path / BASE_STAGE / "predictions.jsonl")
         out = st.output_dir("eval")
         rows = []
         for i, conv in enumerate(conversations):
