@@ -84,7 +84,7 @@ def sign_run(run_dir: Path | str, *, key: Path | str, public_key: Path | str | N
     run = Run.open(run_dir)
     key = Path(key)
     if not key.is_file():
-        raise MissingPathError(key, "signing key not found", hint="make one with: packager sign keygen DIR")
+        raise MissingPathError(key, "signing key not found", hint="make one with: packager keygen DIR")
     if public_key is not None and (run.path / SIGNATURE).is_file():
         try:
             verify_signature(run.path, public_key=public_key)
@@ -94,6 +94,13 @@ def sign_run(run_dir: Path | str, *, key: Path | str, public_key: Path | str | N
     report = verify_run(run.path)
     if not report.ok:
         raise IntegrityError(run.path, report.problems)  # never sign what no longer matches its record
+    links = sorted(p for p in run.path.rglob("*") if p.is_symlink())
+    if links:
+        from packager.errors import UnsafeInputError
+
+        raise UnsafeInputError(str(links[0]), "is a symbolic link inside the run: model-signing signs files, not "
+                                              "links, and refuses a run that holds one", hint="remove it, or "
+                                              "replace it with the file it points to, then sign again")
     hashing, signing, _ = _model_signing()
     with run.stage("sign", parameters={"format": "OpenSSF model-signing (in-toto in a Sigstore bundle)",
                                        "key": "local EC key (offline)", "signature": str(SIGNATURE)}) as st:

@@ -11,8 +11,10 @@ merged checkpoint for vLLM, from the served GGUF for Ollama.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -330,12 +332,12 @@ def local_server(run, cfg, target: str, *, echo: Callable[[str], None] = click.e
     from packager.containerize import served_model_dir
 
     port, name = free_port(), run.manifest.run
+    scratch = None
     if target == "vllm":
-        folder = run.path / ".packager" / "serve"
-        folder.mkdir(parents=True, exist_ok=True)
-        link = folder / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(served_model_dir(run).resolve())  # transformers serve answers to the path it serves
+        # transformers serve answers to the path it serves: a link named like the served model, outside the
+        # run (a link inside it would be signed, and model-signing refuses links)
+        scratch = folder = Path(tempfile.mkdtemp(prefix="packager-serve-"))
+        (folder / name).symlink_to(served_model_dir(run).resolve())
         exe = Path(sys.executable).parent / "transformers"
         command, cwd = [str(exe), "serve", name, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"], folder
     else:
@@ -375,6 +377,8 @@ def local_server(run, cfg, target: str, *, echo: Callable[[str], None] = click.e
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signals.SIGKILL)
                     process.wait()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model: str | None = None,
