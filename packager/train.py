@@ -230,6 +230,21 @@ def make_callbacks(cfg: PackagerConfig, *, tokenizer, eval_conversations, sample
     return callbacks
 
 
+def quiet_progress():
+    """The step bar with the latest losses as its postfix, in place of a printed dict for every logged step
+    (every log entry is still in train/log.json). Replaces transformers' ProgressCallback."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = {k: f"{logs[k]:.4f}" for k in ("loss", "eval_loss") if isinstance(logs.get(k), float)}
+                if shown:
+                    self.training_bar.set_postfix(shown, refresh=False)
+
+    return QuietProgress()
+
+
 def generate_answers(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
                      batch_size: int = 8) -> list[str]:
     """Greedy answers for prompts (conversations ending before the answer), left-padded batches."""
@@ -302,6 +317,10 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
                          peft_config=peft_config,
                          callbacks=make_callbacks(cfg, tokenizer=tokenizer, eval_conversations=eval_rows,
                                                   samples_file=work / "samples.jsonl", dry_run=dry_run))
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(quiet_progress())
     last = last_complete_checkpoint(work / "checkpoints") if resume else None
     start_step = int(last.name.split("-")[1]) if last else 0
     started = time.perf_counter()
