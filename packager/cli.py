@@ -598,17 +598,39 @@ def deploy(config_path: Path, run_dir: Path | None, skip_train: bool, registry: 
 
 
 @cli.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
+              show_default=True, help="Where to write the page (outside the run: it is a view of the manifest).")
+def report(run_dir: Path, out: Path) -> None:
+    """One HTML page about a run: loss curve, fine-tune vs base, sample answers, merge and GGUF parity,
+    serving contexts, smoke results and the manifest digest.
+
+    \b
+    Example:
+      packager report runs/example -o example-report.html
+    """
+    from packager.report import write_run_report
+
+    click.echo(f"wrote {write_run_report(run_dir, out)}")
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"),
+              show_default=True, help="Where the base model, data, config, keys, run and report go.")
 def demo(workdir: Path) -> None:
-    """The whole job on the embedded default model, on a CPU, in minutes.
+    """The whole job on the embedded default model (SmolLM2-135M-Instruct), on a CPU, in minutes.
+
+    Data check, the base on the task, LoRA training, fine-tune vs base (it must win), verified merge,
+    safetensors + GGUF with parity, vLLM and Ollama contexts, smoke tests on local servers, sign, verify,
+    report.html. A second run reuses every stage whose record still verifies.
 
     \b
     Example:
       packager demo --workdir demo
     """
-    from packager.demo import run_demo
+    from packager.demo import run_demo, where_everything_is
 
-    run_demo(workdir, say=click.echo)
+    click.echo(where_everything_is(run_demo(workdir, say=click.echo)))
 
 
 def main() -> None:

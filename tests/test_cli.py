@@ -9,7 +9,7 @@ import pytest
 from packager.cli import cli
 
 TOP_LEVEL = {"init", "data", "train", "eval", "merge", "export", "containerize", "smoke", "push", "verify",
-             "deploy", "demo", "base", "sign", "keygen"}
+             "deploy", "demo", "report", "base", "sign", "keygen"}
 
 
 def all_commands(group: click.Group, prefix=()):
