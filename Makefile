@@ -78,8 +78,17 @@ deploy: $(STAMP)
 		$(if $(INSECURE),--insecure) $(if $(HUB_REPO),--hub-repo $(HUB_REPO)) $(if $(HUB_PUSH),--hub-push) \
 		$(if $(KEY),--key $(KEY)) $(if $(ENGINE),--engine $(ENGINE))
 
+# Every benchmark (bench/README.md), or some: make bench BENCH="hashing startup". Exit codes per script:
+# 0 targets met, 1 a target missed (or it failed), 3 skipped because a tool is absent; bench fails on any 1.
+BENCH ?= startup hashing merge train gguf rebuild
 bench: $(STAMP)
-	$(BIN)/python bench/merge.py
+	@failed=""; skipped=""; for b in $(BENCH); do \
+		echo "== bench/$$b.py"; start=$$(date +%s); rc=0; $(BIN)/python bench/$$b.py || rc=$$?; \
+		echo "== bench/$$b.py: exit $$rc in $$(( $$(date +%s) - start )) s"; \
+		if [ $$rc = 3 ]; then skipped="$$skipped $$b"; elif [ $$rc != 0 ]; then failed="$$failed $$b"; fi; \
+	done; \
+	if [ -n "$$skipped" ]; then echo "skipped (a tool is absent):$$skipped"; fi; \
+	if [ -n "$$failed" ]; then echo "missed a target:$$failed"; exit 1; fi; echo "every benchmark met its targets"
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) demo .pytest_cache

@@ -83,14 +83,20 @@ def run_config(directory: Path, *, name: str, steps: int, packing: bool = False,
 
 def merged_run(name: str = "smol", *, steps: int = 4) -> Path:
     """A SmolLM2 run trained for a few steps and merged (what export and containerize start from), made once."""
+    import fcntl
+
     directory = WORKDIR / f"run-{name}"
     run_dir = directory / "runs" / name
     manifest = run_dir / "manifest.json"
-    if manifest.is_file() and "merge" in json.loads(manifest.read_text())["stages"]:
-        return run_dir
-    config = run_config(directory, name=name, steps=steps)
-    subprocess.run([PY, "-m", "packager", "train", "-c", str(config)], check=True)
-    subprocess.run([PY, "-m", "packager", "merge", str(run_dir)], check=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".making", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another benchmark may be making it right now: wait for that one
+        if manifest.is_file() and "merge" in json.loads(manifest.read_text())["stages"]:
+            return run_dir
+        config = run_config(directory, name=name, steps=steps)
+        subprocess.run([PY, "-m", "packager", "train", "-c", str(config)], check=True)
+        # fp16: a few steps make an adapter whose effect bf16 rounding can swallow (merge refuses that)
+        subprocess.run([PY, "-m", "packager", "merge", str(run_dir), "--dtype", "float16"], check=True)
     return run_dir
 
 

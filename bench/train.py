@@ -1,0 +1,119 @@
+"""Training throughput benchmark: `packager train` vs a plain TRL SFTTrainer with default settings.
+
+    python bench/train.py [--steps 16] [--batch-size 8]
+
+Same model (the real SmolLM2-135M-Instruct), same data (the train split packager writes from
+examples/data/tickets.jsonl), same number of optimizer steps and batch size, the same LoRA
+(r=16, alpha=16, all linear projections) and learning rate, each in a fresh process:
+(a) `packager train` with its defaults, (b) TRL's SFTTrainer with its defaults otherwise, given the
+same split as a `messages` dataset, and (c) `packager train` with `train.packing: true` (TRL packing
+plus padding-free batches). Tokens/s is non-padding tokens seen over the seconds `trainer.train()`
+took, counted by the Trainer itself on every side (`include_num_input_tokens_seen="non_padding"`);
+packager's figure includes everything it does inside training that plain TRL does not (an evaluation,
+the best checkpoint, sample generations). Process wall time and peak RSS are recorded too.
+
+Writes bench/results/train-<time>.json; exits 1 if (a) < 1.0x (b), or (c) < 1.5x (b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common import PY, WORKDIR, finish, measure, run_config
+
+TARGET, TARGET_PACKED = 1.0, 1.5
+
+PLAIN_TRL = r"""
+import json, sys, time
+import torch
+from datasets import load_dataset
+from peft import LoraConfig
+from trl import SFTConfig, SFTTrainer
+
+model, data, out, steps, batch, lr = sys.argv[1:7]
+dataset = load_dataset("json", data_files=data, split="train")
+args = SFTConfig(output_dir=out, max_steps=int(steps), per_device_train_batch_size=int(batch),
+                 learning_rate=float(lr), report_to="none", include_num_input_tokens_seen="non_padding",
+                 use_cpu=not torch.cuda.is_available())  # TRL refuses its own bf16 default on CPU without it
+trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
+                     peft_config=LoraConfig(r=16, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+started = time.perf_counter()
+trainer.train()
+seconds = time.perf_counter() - started
+print(json.dumps({"tokens_seen": int(trainer.state.num_input_tokens_seen), "train_seconds": seconds,
+                  "global_step": trainer.state.global_step,
+                  "settings": {k: getattr(args, k) for k in ("gradient_checkpointing", "bf16", "packing",
+                                                             "padding_free", "max_length", "use_cpu")}}))
+"""
+
+
+def packager_side(name: str, *, steps: int, batch_size: int, packing: bool) -> dict:
+    directory = WORKDIR / "train" / name
+    config = run_config(directory, name=name, steps=steps, batch_size=batch_size, packing=packing)
+    process = measure([PY, "-m", "packager", "train", "-c", str(config)])
+    run_dir = directory / "runs" / name
+    metrics = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]["metrics"]
+    return {"process": process, "tokens_seen": metrics["tokens_seen"], "train_seconds": metrics["train_seconds"],
+            "global_step": metrics["global_step"], "run_dir": str(run_dir),
+            "tokens_per_second": metrics["tokens_seen"] / metrics["train_seconds"]}
+
+
+def trl_side(model: Path, data: Path, *, steps: int, batch_size: int, lr: float) -> dict:
+    import subprocess
+    import time
+
+    out = WORKDIR / "train" / "plain-trl"
+    started = time.perf_counter()
+    proc = subprocess.run([PY, str(Path(__file__).parent / "measure.py"), PY, "-c", PLAIN_TRL, str(model),
+                           str(data), str(out), str(steps), str(batch_size), str(lr)],
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or len(lines) < 2:
+        raise SystemExit(f"plain TRL failed ({time.perf_counter() - started:.0f} s):\n{proc.stderr[-3000:]}")
+    result, process = json.loads(lines[-2]), json.loads(lines[-1])
+    result["process"] = process
+    result["tokens_per_second"] = result["tokens_seen"] / result["train_seconds"]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    sides = {}
+    sides["packager"] = packager_side("default", steps=args.steps, batch_size=args.batch_size, packing=False)
+    print(f"  packager train            {sides['packager']['tokens_per_second']:>7.0f} tokens/s", flush=True)
+    run_dir = Path(sides["packager"]["run_dir"])
+    base = Path(json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]["parameters"]
+                ["config"]["base"]["model"])
+    sides["plain_trl"] = trl_side(base, run_dir / "data" / "train.jsonl", steps=args.steps,
+                                  batch_size=args.batch_size, lr=5e-4)
+    print(f"  plain TRL SFTTrainer      {sides['plain_trl']['tokens_per_second']:>7.0f} tokens/s "
+          f"(defaults: {sides['plain_trl']['settings']})", flush=True)
+    sides["packager_packing"] = packager_side("packing", steps=args.steps, batch_size=args.batch_size, packing=True)
+    print(f"  packager train, packing   {sides['packager_packing']['tokens_per_second']:>7.0f} tokens/s", flush=True)
+    for side in sides.values():
+        print(f"    {side['tokens_seen']:>7} tokens in {side['train_seconds']:.1f} s of training, "
+              f"{side['process']['seconds']:.1f} s process, {side['process']['peak_rss_mb']:.0f} MB peak RSS")
+    reference = sides["plain_trl"]["tokens_per_second"]
+    ratios = {"packager_vs_trl": round(sides["packager"]["tokens_per_second"] / reference, 3),
+              "packager_packing_vs_trl": round(sides["packager_packing"]["tokens_per_second"] / reference, 3),
+              "process_time_packager_vs_trl": round(sides["packager"]["process"]["seconds"]
+                                                    / sides["plain_trl"]["process"]["seconds"], 3)}
+    missed = []
+    if ratios["packager_vs_trl"] < TARGET:
+        missed.append(f"packager {ratios['packager_vs_trl']:.2f}x TRL tokens/s")
+    if ratios["packager_packing_vs_trl"] < TARGET_PACKED:
+        missed.append(f"packager with packing {ratios['packager_packing_vs_trl']:.2f}x TRL tokens/s")
+    figure = (f"packager train = {ratios['packager_vs_trl']:.2f}x plain TRL tokens/s (target >= {TARGET}x), "
+              f"with packing {ratios['packager_packing_vs_trl']:.2f}x (target >= {TARGET_PACKED}x)")
+    return finish("train", {"steps": args.steps, "batch_size": args.batch_size, "sides": sides, "ratios": ratios,
+                            "targets": {"packager": TARGET, "packing": TARGET_PACKED}}, missed=missed, figure=figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
