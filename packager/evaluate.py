@@ -101,12 +101,13 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]]) -> float:
     return total / max(1, count)
 
 
-def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalConfig) -> tuple[dict, list[str]]:
+def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalConfig, *,
+                   label: str = "answering") -> tuple[dict, list[str]]:
     from packager.train import generate_answers
 
     prompts = [c[:-1] for c in conversations]
     references = [c[-1]["content"] for c in conversations]
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, progress=label)
     metrics = score(answers, references, cfg)
     metrics["eval_loss"] = assistant_loss(model, tokenizer, conversations)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
@@ -200,7 +201,7 @@ def evaluate_base(run: Run, ckpt, ecfg: EvalConfig, *, tokenizer, conversations:
     if recorded is not None:
         return (*recorded, True)
     model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    metrics, answers = evaluate_model(model, tokenizer, conversations, ecfg)
+    metrics, answers = evaluate_model(model, tokenizer, conversations, ecfg, label="the base answers")
     del model
     with run.stage(BASE_STAGE, parameters=parameters) as st:
         st.add_input(run.path / "data" / "eval.jsonl")
@@ -252,7 +253,7 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
     tokenizer = load_tokenizer(run.path / "train" / weights).tokenizer  # the template used in training
 
     model = load_finetuned(run, cfg, base_path=ckpt.path)
-    finetuned, ft_answers = evaluate_model(model, tokenizer, conversations, ecfg)
+    finetuned, ft_answers = evaluate_model(model, tokenizer, conversations, ecfg, label="the fine-tune answers")
     del model
     base, base_answers = None, None
     if against_base:

@@ -246,16 +246,21 @@ def quiet_progress():
 
 
 def generate_answers(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
-                     batch_size: int = 8) -> list[str]:
-    """Greedy answers for prompts (conversations ending before the answer), left-padded batches."""
+                     batch_size: int = 8, progress: str | None = None) -> list[str]:
+    """Greedy answers for prompts (conversations ending before the answer), left-padded batches.
+
+    ``progress``: a label for a progress bar over the batches (shown on a terminal only).
+    """
     import torch
+    from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers = []
     try:
-        for start in range(0, len(conversations), batch_size):
+        starts = range(0, len(conversations), batch_size)
+        for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=None if progress else True):
             batch = conversations[start:start + batch_size]
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
