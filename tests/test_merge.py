@@ -154,15 +154,7 @@ def test_corrupt_base_safetensors_are_named(tmp_path, tiny_llama_copy, damage):
     elif damage == "garbage":
         weights.write_bytes(b"\xff" * 64)
     else:
-        import struct
-
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + length])
-        first = next(k for k in header if k != "__metadata__")
-        header[first]["shape"] = [dim * 2 for dim in header[first]["shape"]]
-        blob = json.dumps(header).encode()
-        blob += b" " * (-len(blob) % 8)
-        weights.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + length:])
+        lie_about_sizes(weights)
     adapter = make_adapter(tiny_llama_dir_of(tiny_llama_copy), tmp_path / "adapter")
     out = tmp_path / "merged"
     out.mkdir()
@@ -170,6 +162,20 @@ def test_corrupt_base_safetensors_are_named(tmp_path, tiny_llama_copy, damage):
         stream_merge(inspect_checkpoint(tiny_llama_copy), read_adapter(adapter), out, dtype="bfloat16",
                      shard_bytes=10**9)
     assert str(weights) in str(info.value)
+
+
+def lie_about_sizes(weights: Path) -> None:
+    """Rewrite a safetensors header so its first tensor claims twice its shape (the data stays as it was)."""
+    import struct
+
+    data = weights.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    first = next(k for k in header if k != "__metadata__")
+    header[first]["shape"] = [dim * 2 for dim in header[first]["shape"]]
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    weights.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + length:])
 
 
 def tiny_llama_dir_of(copy: Path) -> Path:

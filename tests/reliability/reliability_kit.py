@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_run
+from conftest import build_tiny_llama, copy_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_HUB_ID = "packager-tests/tiny-llama"  # a name for model cards; nothing is fetched
@@ -80,31 +80,19 @@ def tiny_run(tmp_path_factory, tiny_llama_dir) -> Path:
     return _BUILT["run"]
 
 
-def build_tiny_llama_with_smollm2_tokenizer(directory: Path, *, hidden_size: int = 32) -> Path:
-    """A random 2-layer Llama with SmolLM2's real tokenizer (read from the embedded GGUF, no weights loaded).
+def build_tiny_llama_with_smollm2_tokenizer(directory: Path) -> Path:
+    """tests/conftest.py's tiny Llama with SmolLM2's real tokenizer (read from the embedded GGUF, no weights).
 
-    tests/conftest.py's locally trained tokenizer has a pre-tokenizer llama.cpp's converter does not know;
-    SmolLM2's it does, so this tiny model exports to GGUF and serves through Ollama's template like the real one.
+    The locally trained tokenizer has a pre-tokenizer llama.cpp's converter does not know; SmolLM2's it does,
+    so this tiny model exports to GGUF and gets an Ollama template like the real one.
     """
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from packager.base import example_gguf_path
 
     gguf = example_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(directory)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
+    return build_tiny_llama(directory, tokenizer=tokenizer, max_position_embeddings=2048)
 
 
 @pytest.fixture(scope="session")
@@ -240,14 +228,21 @@ def no_engine_path(tmp_path: Path) -> str:
     return f"{Path(sys.executable).parent}:{bare}"
 
 
-def unmerged_copy(run_dir: Path, dest: Path) -> Path:
-    """A copy of a trained run as it was before merging: no merged/ or export/, and no record of them."""
+def copy_before(run_dir: Path, dest: Path, *, stages: tuple[str, ...], folders: tuple[str, ...]) -> Path:
+    """A fresh copy of a run as it was before ``stages`` ran: their folders gone, their records dropped."""
     from packager.manifest import MANIFEST_NAME
 
+    shutil.rmtree(dest, ignore_errors=True)
     copy_run(run_dir, dest)
     data = json.loads((dest / MANIFEST_NAME).read_text())
-    data["stages"] = {k: v for k, v in data["stages"].items() if k in ("data", "train")}
+    data["stages"] = {k: v for k, v in data["stages"].items() if k not in stages}
     (dest / MANIFEST_NAME).write_text(json.dumps(data, indent=2))
-    for folder in ("merged", "export"):
+    for folder in folders:
         shutil.rmtree(dest / folder, ignore_errors=True)
     return dest
+
+
+def unmerged_copy(run_dir: Path, dest: Path) -> Path:
+    """A copy of a trained run as it was before merging: no merged/ or export/, and no record of them."""
+    return copy_before(run_dir, dest, stages=("merge", "export-safetensors", "export-gguf"),
+                       folders=("merged", "export"))

@@ -1,0 +1,226 @@
+"""Secrets and containment: what reaches files, images, shells and file paths.
+
+* No secret from the environment reaches a file of the run, a log, a rendered file or a layer of the built
+  image (the full deploy's file scan is in tests/test_publish.py; the image layers are scanned here, after a
+  real Podman build with the secrets set).
+* Rendered images run as a non-root user and name their base by pinned tag (and digest when configured).
+* trust_remote_code is never enabled implicitly; pickle weights need an explicit flag, recorded.
+* No subprocess is started through a shell, so user text never meets one.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from packager.cli import cli
+from packager.manifest import read_manifest
+
+from conftest import copy_run
+from reliability_kit import ROOT, run_copy, tiny_config, tiny_run  # noqa: F401 (fixtures)
+from test_containers import podman, vllm_standin  # noqa: F401 (fixtures)
+
+SECRETS = {"HF_TOKEN": "hf_reliabilityTestSecret9876543210", "PACKAGER_REGISTRY_USERNAME": "ci-robot-user",
+           "PACKAGER_REGISTRY_PASSWORD": "registry-Secret-Reliability-99"}
+PACKAGE = ROOT / "packager"
+
+
+def dockerfile_directives(text: str) -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", text)
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+            for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def final_user(directives: list[tuple[str, str]]) -> str:
+    users = [arg.strip() for name, arg in directives if name == "USER"]
+    assert users, "the image never leaves root"
+    return users[-1]
+
+
+def test_rendered_images_run_as_non_root_from_a_pinned_base_and_the_digest_when_configured(runner, run_copy,
+                                                                                          tmp_path):
+    run = run_copy()
+    digest = "sha256:" + "ab" * 32
+    cfg = read_manifest(run).stages["train"].parameters["config"]
+    cfg["containers"] = {"vllm": {"image": f"vllm/vllm-openai:v0.33.0@{digest}"}}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
+    for extra in ([], ["-c", str(tmp_path / "serve.yaml")]):
+        result = runner.invoke(cli, ["containerize", str(run), "--target", "vllm", *extra])
+        assert result.exit_code == 0, result.output
+        text = (run / "containers" / "vllm" / "Dockerfile").read_text()
+        directives = dockerfile_directives(text)
+        user = final_user(directives)
+        assert user.split(":")[0] not in ("root", "0") and user.split(":")[0].isdigit(), user
+        base = next(arg for name, arg in directives if name == "ARG" and arg.startswith("BASE_IMAGE="))
+        image = base.split("=", 1)[1]
+        assert re.fullmatch(r"docker\.io/vllm/vllm-openai:v\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", image), image
+        assert ":latest" not in text and (digest in image) == bool(extra)
+        compose = (run / "containers" / "vllm" / "compose.yaml").read_text()
+        kube = (run / "containers" / "vllm" / "kubernetes.yaml").read_text()
+        assert ":latest" not in compose + kube
+
+
+@pytest.mark.parametrize("image", ["vllm/vllm-openai", "vllm/vllm-openai:latest", "ollama/ollama:latest"])
+def test_an_unpinned_base_image_is_refused(image):
+    from packager.config import ContainersConfig
+
+    target = image.split("/")[0]
+    with pytest.raises(ValueError, match="not pinned"):
+        ContainersConfig.model_validate({"vllm" if target == "vllm" else "ollama": {"image": image}})
+
+
+def calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            yield node
+
+
+def call_name(node: ast.Call) -> str:
+    func = node.func
+    parts = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if isinstance(func, ast.Name):
+        parts.append(func.id)
+    return ".".join(reversed(parts))
+
+
+def packager_sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_no_subprocess_goes_through_a_shell():
+    """Every command is an argument list: no shell=True, os.system or os.popen anywhere in packager."""
+    found = []
+    for path in packager_sources():
+        for node in calls(ast.parse(path.read_text())):
+            name = call_name(node)
+            if name in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"):
+                found.append(f"{path.name}:{node.lineno} {name}")
+            for kw in node.keywords:
+                if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                    found.append(f"{path.name}:{node.lineno} shell=")
+    assert not found, found
+    assert any("subprocess.run" in call_name(n) or "subprocess.Popen" in call_name(n)
+               for p in packager_sources() for n in calls(ast.parse(p.read_text()))), "the scan sees the calls"
+
+
+def test_trust_remote_code_is_never_enabled_implicitly(run_copy):
+    """No call passes trust_remote_code=True; where it is passed, it comes from the user's base config."""
+    passed = []
+    for path in packager_sources():
+        for node in calls(ast.parse(path.read_text())):
+            for kw in node.keywords:
+                if kw.arg == "trust_remote_code":
+                    passed.append((path.name, node.lineno, ast.unparse(kw.value)))
+    assert passed, "the scan sees the calls that load models"
+    implicit = [p for p in passed if p[2] == "True" or "trust_remote_code" not in p[2]]
+    assert not implicit, implicit
+    from packager.config import BaseModelConfig
+
+    assert BaseModelConfig(model="x").trust_remote_code is False
+    recorded = read_manifest(run_copy()).stages["train"].parameters
+    assert recorded["trust_remote_code"] is False and recorded["config"]["base"]["trust_remote_code"] is False
+
+
+def test_pickle_weights_need_the_explicit_flag_and_it_is_recorded(runner, tmp_path, tiny_llama_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = tmp_path / "pickle-base"  # what older tools wrote: pytorch_model.bin, no safetensors
+    base.mkdir()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    torch.save(model.state_dict(), base / "pytorch_model.bin")
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja"):
+        if (tiny_llama_dir / name).is_file():
+            (base / name).write_bytes((tiny_llama_dir / name).read_bytes())
+    assert (base / "pytorch_model.bin").is_file() and not list(base.glob("*.safetensors"))
+
+    refused = runner.invoke(cli, ["base", "inspect", str(base)])
+    assert refused.exit_code == 2 and "allow_pickle" in refused.output
+    allowed = runner.invoke(cli, ["base", "inspect", str(base), "--allow-pickle", "--json"])
+    assert allowed.exit_code == 0 and json.loads(allowed.stdout)["weight_format"] == "pickle"
+
+    (tmp_path / "p").mkdir()
+    config = tiny_config(tmp_path / "p", base)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["base"]["allow_pickle"] = True
+    config.write_text(yaml.safe_dump(cfg))
+    trained = runner.invoke(cli, ["train", "-c", str(config), "--dry-run"])
+    assert trained.exit_code == 0, trained.output
+    from packager.config import load_config
+
+    stage = read_manifest(load_config(config).run_dir).stages["train"]
+    assert stage.parameters["allow_pickle"] is True and stage.parameters["weight_format"] == "pickle"
+    assert any(i.path.endswith("pytorch_model.bin") for i in stage.inputs), "the pickle file is hashed too"
+
+
+# ---------------------------------------------------------------- the built image, with the secrets set
+
+def image_files(engine: str, tag: str, out: Path):
+    """Every file of every layer of the saved image (and the image config), as (name, bytes)."""
+    archive = out / "image.tar"
+    saved = subprocess.run([engine, "image", "save", "--format", "docker-archive", "-o", str(archive), tag],
+                           capture_output=True, text=True)
+    assert saved.returncode == 0, saved.stderr
+    with tarfile.open(archive) as outer:
+        for member in outer.getmembers():
+            if not member.isfile():
+                continue
+            data = outer.extractfile(member).read()
+            yield member.name, data
+            if member.name.endswith(".tar") or data[257:262] == b"ustar":
+                import io
+
+                with tarfile.open(fileobj=io.BytesIO(data)) as layer:
+                    for inner in layer.getmembers():
+                        if inner.isfile():
+                            yield f"{member.name}:{inner.name}", layer.extractfile(inner).read()
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_the_run_its_logs_or_any_image_layer(runner, run_copy, tmp_path, vllm_standin):
+    """containerize --build and push with HF_TOKEN and registry credentials in the environment (as deploy runs
+    them), then scan every file of the run, every log, and every layer of the built image."""
+    from test_publish import Registry
+
+    run = run_copy()
+    built = runner.invoke(cli, ["containerize", str(run), "--target", "vllm", "--build", "--engine", "podman"],
+                          env=SECRETS)
+    assert built.exit_code == 0, built.output
+    (tmp_path / "registry").mkdir()
+    registry = Registry(tmp_path / "registry")
+    try:
+        pushed = runner.invoke(cli, ["push", "image", str(run), f"{registry.host}/serving/t:v1", "--target", "vllm",
+                                     "--insecure"], env=SECRETS)
+        assert pushed.exit_code == 0, pushed.output
+    finally:
+        registry.stop()
+    image = json.loads((run / "containers" / "vllm-image.json").read_text())
+    assert image["user"] == "10001:10001"
+    assert all(value not in built.output + pushed.output for value in SECRETS.values())
+
+    scanned = 0
+    for file in run.rglob("*"):
+        if file.is_file():
+            scanned += 1
+            data = file.read_bytes()
+            for value in SECRETS.values():
+                assert value.encode() not in data, (file, value)
+    assert (run / ".packager" / "logs" / "build-vllm.log").is_file(), "the build log is among the scanned files"
+    layers = 0
+    for name, data in image_files("podman", image["tag"], tmp_path):
+        layers += ":" not in name and name.endswith(".tar")
+        for value in SECRETS.values():
+            assert value.encode() not in data, (name, value)
+    assert layers >= 2 and scanned > 10
+    subprocess.run(["podman", "rmi", "-f", image["tag"]], capture_output=True)
