@@ -23,10 +23,18 @@ class FileDigest:
 
 
 def sha256_file(path: Path | str) -> FileDigest:
-    """Hash one file in chunks; the size is what was actually read."""
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256")
-        size = f.tell()
+    """Hash one file in chunks; the size is what was actually read.
+
+    4 MiB reads into one reused buffer: a quarter of the syscalls of ``hashlib.file_digest``'s 256 KiB
+    (bench/hashing.py measures it against a plain hashlib loop).
+    """
+    digest, size = hashlib.sha256(), 0
+    buffer = bytearray(CHUNK_BYTES)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+            size += n
     return FileDigest(digest.hexdigest(), size)
 
 
