@@ -20,7 +20,7 @@ from pathlib import Path
 from packager.base import Checkpoint, record_base, resolve_base
 from packager.config import PackagerConfig
 from packager.data import prepare_data, read_split, tokenize_with_assistant_mask
-from packager.errors import DependencyMissingError, StageError
+from packager.errors import DependencyMissingError, InterruptedStageError, StageError
 from packager.manifest import STATE_DIR, Run
 from packager.tokenizer import load_tokenizer
 
@@ -69,6 +69,23 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     """The newest checkpoint a kill did not cut short (the trainer writes trainer_state.json last)."""
     complete = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def resume_point(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint with steps left to train, where ``--resume`` continues.
+
+    A kill can land after the final checkpoint but before the run is recorded. The Trainer resumed from a
+    checkpoint already at max_steps takes one step more than the uninterrupted run did, so an earlier
+    checkpoint redoes the last steps instead. A trainer_state.json cut short by the kill does not count.
+    """
+    for path in sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("global_step", 0) < state.get("max_steps", 0):
+            return path
+    return None
 
 
 # ---------------------------------------------------------------- model
@@ -326,11 +343,13 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
 
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(quiet_progress())
-    last = last_complete_checkpoint(work / "checkpoints") if resume else None
+    last = resume_point(work / "checkpoints") if resume else None
     start_step = int(last.name.split("-")[1]) if last else 0
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
+    except KeyboardInterrupt:
+        raise interrupted(work / "checkpoints") from None
     except RuntimeError as exc:  # torch.OutOfMemoryError subclasses RuntimeError
         message = str(exc).lower()
         if "out of memory" in message or "can't allocate memory" in message or \
@@ -347,6 +366,28 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     if state.is_main_process:
         record_training(run, cfg, ckpt, trainer=trainer, tokenizer=prepared, metrics=metrics, work=work)
     return TrainResult(cfg.run_dir, metrics)
+
+
+def interrupted(checkpoints: Path) -> InterruptedStageError:
+    """What Ctrl-C during training leaves: nothing recorded, and the checkpoint --resume continues from."""
+    point = resume_point(checkpoints) if checkpoints.is_dir() else None
+    if point is None:
+        return InterruptedStageError("train", "before the first checkpoint; nothing was recorded",
+                                     hint="re-run the same command to start again")
+    return InterruptedStageError("train", f"nothing was recorded; {point.name} is complete",
+                                 hint=f"continue from {point.name}: the same command with --resume (without "
+                                      "--resume, training starts again from step 0)")
+
+
+def sort_target_modules(adapter_config: Path) -> None:
+    """PEFT saves target_modules, a set, in string-hash order, which differs between processes: two identical
+    runs wrote different adapter_config.json bytes (and digests). Sorted, the same run gives the same file."""
+    if not adapter_config.is_file():
+        return  # a full fine-tune has no adapter
+    config = json.loads(adapter_config.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def training_metrics(trainer, *, seconds: float, steps: int, backend: Backend, dry_run: bool,
@@ -382,6 +423,7 @@ def record_training(run: Run, cfg: PackagerConfig, ckpt: Checkpoint, *, trainer,
         out = st.output_dir("train")
         weights_dir = out / ("model" if cfg.train.method == "full" else "adapter")
         trainer.model.save_pretrained(weights_dir, safe_serialization=True)
+        sort_target_modules(weights_dir / "adapter_config.json")
         tokenizer.tokenizer.save_pretrained(weights_dir)
         (weights_dir / "README.md").unlink(missing_ok=True)  # PEFT's stub card names a local path; cards come later
         (out / "log.json").write_text(json.dumps(trainer.state.log_history, indent=1))

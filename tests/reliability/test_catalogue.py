@@ -1,0 +1,608 @@
+"""The catalogue of bad inputs, broken environments and misbehaving servers, one row a case.
+
+Every row builds a real broken input in tmp_path, runs the real CLI on it, and checks: the exit code
+(2 bad input, 1 failed work, 130 interrupted), a message fragment naming the file, line or field, no
+traceback and no "internal error" (a bug report instead of an answer), and that nothing which looks
+finished exists afterwards. Tiny random-weight models stand in for real ones wherever the case allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from packager.cli import cli
+from packager.manifest import SCHEMA_VERSION, read_manifest
+
+from conftest import EXAMPLE_DATA, build_tiny_llama
+from reliability_kit import (NeverReadyHandler, NeverStopsHandler, http_server, no_engine_path, packager_process,
+                             run_copy, subprocess_env, tiny_config, tiny_run, wait_for)  # noqa: F401 (fixtures)
+from test_publish import auth_registry  # noqa: F401 (fixture)
+from test_merge import lie_about_sizes
+from test_smoke import GarbageHandler
+
+
+class GarbageForT(GarbageHandler):
+    """tests/test_smoke.py's server that answers 200 with garbage, listing the tiny run's name."""
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": "t", "object": "model"}]})
+
+
+@dataclass
+class Outcome:
+    """What a case produced when it ran the command itself (a real process, for signals)."""
+
+    exit_code: int
+    output: str
+
+
+class Ctx:
+    """A case's workshop: tmp_path, the shared tiny models and run, and fixtures fetched on demand."""
+
+    def __init__(self, tmp_path: Path, request):
+        self.tmp = tmp_path
+        self.request = request
+        self.env: dict[str, str] = {}
+
+    def fixture(self, name: str):
+        return self.request.getfixturevalue(name)
+
+    @property
+    def base(self) -> Path:
+        return self.fixture("tiny_llama_dir")
+
+    def base_copy(self, name: str = "base") -> Path:
+        return Path(shutil.copytree(self.base, self.tmp / name))
+
+    def run(self) -> Path:
+        return self.fixture("run_copy")()
+
+    def adapter(self) -> Path:
+        """The tiny run's adapter, as an adapter "from another tool" would arrive: a directory."""
+        return Path(shutil.copytree(self.fixture("tiny_run") / "train" / "adapter", self.tmp / "adapter"))
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def jsonl(self, rel: str, rows: list) -> Path:
+        return self.write(rel, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+    def config(self, *, edit: Callable[[dict], None] | None = None, data: Path | None = None) -> Path:
+        """tiny_config in tmp/project (runs go to tmp/project/runs/t), edited as the case needs."""
+        project = self.tmp / "project"
+        project.mkdir(exist_ok=True)
+        path = tiny_config(project, self.base)
+        cfg = yaml.safe_load(path.read_text())
+        if data is not None:
+            cfg["data"]["train"] = str(data)
+        if edit is not None:
+            edit(cfg)
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def serving_config(self, **smoke) -> Path:
+        """Deployment sections only matter at smoke time; the run's recorded config supplies the rest."""
+        cfg = read_manifest(self.fixture("tiny_run")).stages["train"].parameters["config"]
+        cfg["smoke"] = {**cfg.get("smoke", {}), **smoke}
+        path = self.tmp / "serve.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    make: Callable[[Ctx], list[str] | Outcome]  # builds the broken input; returns CLI args (or ran them itself)
+    exit_code: int
+    message: tuple[str, ...]  # fragments, formatted with {tmp}; every one must appear in the output
+    absent: tuple[str, ...] = ()  # paths under tmp that must not exist afterwards
+    check: Callable[[Ctx], None] | None = None  # more state to assert (what the library sees)
+
+
+def chat(user="hi", assistant="hello"):
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+GOOD_ROWS = [chat(f"question {i}", f"answer {i}") for i in range(30)]
+RUN = "project/runs/t"  # where Ctx.config's runs land
+
+
+# ---------------------------------------------------------------- builders: data and config
+
+def malformed_jsonl(c: Ctx):
+    c.jsonl("bad.jsonl", [chat(), '{"messages": [{"role": "user", "content": "x"}', chat("b", "c")])
+    return ["data", "check", str(c.tmp / "bad.jsonl")]
+
+
+def wrong_role_order(c: Ctx):
+    rows = [{"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "then"},
+                          {"role": "assistant", "content": "answer"}]}]
+    c.jsonl("roles.jsonl", [*GOOD_ROWS[:3], *rows])
+    return ["data", "check", str(c.tmp / "roles.jsonl")]
+
+
+def row_too_long(c: Ctx):
+    c.jsonl("long.jsonl", [*GOOD_ROWS[:5], chat("word " * 300, "short")])
+    return ["data", "check", str(c.tmp / "long.jsonl"), "--model", str(c.base), "--max-seq-length", "64"]
+
+
+def no_assistant_turns(c: Ctx):
+    data = c.jsonl("questions.jsonl", [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(20)])
+    return ["train", "-c", str(c.config(data=data))]
+
+
+def empty_content(c: Ctx):
+    data = c.jsonl("empty.jsonl", [*GOOD_ROWS, {"messages": [{"role": "user", "content": "  "},
+                                                             {"role": "assistant", "content": "x"}]}])
+    return ["train", "-c", str(c.config(data=data))]
+
+
+def eval_leaks_train(c: Ctx):
+    c.jsonl("train.jsonl", GOOD_ROWS)
+    c.jsonl("eval.jsonl", [chat("new", "row"), GOOD_ROWS[7]])
+    return ["data", "check", str(c.tmp / "train.jsonl"), "--eval", str(c.tmp / "eval.jsonl")]
+
+
+def missing_dataset(c: Ctx):
+    return ["train", "-c", str(c.config(data=c.tmp / "nowhere.jsonl"))]
+
+
+def unknown_config_key(c: Ctx):
+    return ["train", "-c", str(c.config(edit=lambda cfg: cfg["train"].update(learning_rte=1e-4)))]
+
+
+def wrong_config_type(c: Ctx):
+    return ["train", "-c", str(c.config(edit=lambda cfg: cfg["train"].update(batch_size="four")))]
+
+
+def config_yaml_syntax(c: Ctx):
+    path = c.write("broken.yaml", "run:\n  name: t\nbase: [unclosed\n")
+    return ["train", "-c", str(path)]
+
+
+def traversal_run_name(c: Ctx):
+    return ["train", "-c", str(c.config(edit=lambda cfg: cfg["run"].update(name="../escape")))]
+
+
+def unpinned_image(c: Ctx):
+    return ["train", "-c", str(c.config(edit=lambda cfg: cfg.update(
+        containers={"vllm": {"image": "vllm/vllm-openai:latest"}})))]
+
+
+# ---------------------------------------------------------------- builders: base models and adapters
+
+def missing_base_dir(c: Ctx):
+    return ["train", "-c", str(c.config(edit=lambda cfg: cfg["base"].update(model=str(c.tmp / "no-such-base"))))]
+
+
+def pickle_only_base(c: Ctx):
+    base = c.base_copy()
+    (base / "model.safetensors").unlink()
+    (base / "pytorch_model.bin").write_bytes(b"\x80\x04pickle stand-in")
+    return ["base", "inspect", str(base)]
+
+
+def damaged_base_merge(damage: Callable[[Path], None]):
+    def make(c: Ctx):
+        base = c.base_copy()
+        damage(base / "model.safetensors")
+        return ["merge", "--adapter", str(c.adapter()), "--base", str(base), "--out", str(c.tmp / "out")]
+    return make
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"\xff" * 64)
+
+
+def adapter_from_another_base(c: Ctx):
+    from test_merge import make_adapter
+
+    other = build_tiny_llama(c.tmp / "other-base", hidden_size=64)
+    adapter = make_adapter(other, c.tmp / "foreign-adapter")
+    return ["merge", "--adapter", str(adapter), "--base", str(c.base), "--out", str(c.tmp / "out")]
+
+
+def adapter_rank_lies(c: Ctx):
+    adapter = c.adapter()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["r"] = config["r"] * 2
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return ["merge", "--adapter", str(adapter), "--base", str(c.base), "--out", str(c.tmp / "out")]
+
+
+def pickle_adapter(c: Ctx):
+    adapter = c.adapter()
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    return ["merge", "--adapter", str(adapter), "--base", str(c.base), "--out", str(c.tmp / "out")]
+
+
+def not_an_adapter(c: Ctx):
+    adapter = c.adapter()
+    (adapter / "adapter_config.json").unlink()
+    return ["merge", "--adapter", str(adapter), "--base", str(c.base), "--out", str(c.tmp / "out")]
+
+
+def missing_tokenizer(c: Ctx):
+    base = c.base_copy()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (base / name).unlink(missing_ok=True)
+    return ["merge", "--adapter", str(c.adapter()), "--base", str(base), "--out", str(c.tmp / "out")]
+
+
+def no_chat_template(c: Ctx):
+    base = c.base_copy()
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    adapter = c.adapter()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):  # the base's tokenizer is used
+        (adapter / name).unlink(missing_ok=True)
+    return ["merge", "--adapter", str(adapter), "--base", str(base), "--out", str(c.tmp / "out")]
+
+
+def truncated_gguf(c: Ctx):
+    from packager.base import example_gguf_path
+
+    with open(example_gguf_path(), "rb") as f:
+        (c.tmp / "model.gguf").write_bytes(f.read(3_000_000))
+    return ["base", "import-gguf", str(c.tmp / "model.gguf"), str(c.tmp / "imported")]
+
+
+def wrong_magic_gguf(c: Ctx):
+    (c.tmp / "model.gguf").write_bytes(b"GGML" + bytes(4096))
+    return ["base", "import-gguf", str(c.tmp / "model.gguf"), str(c.tmp / "imported")]
+
+
+# ---------------------------------------------------------------- builders: runs and their manifests
+
+def manifest_invalid_json(c: Ctx):
+    run = c.run()
+    (run / "manifest.json").write_text('{"schema_version": 1, "run": ')
+    return ["merge", str(run)]
+
+
+def manifest_newer_schema(c: Ctx):
+    run = c.run()
+    data = json.loads((run / "manifest.json").read_text())
+    data["schema_version"] = SCHEMA_VERSION + 1
+    (run / "manifest.json").write_text(json.dumps(data))
+    return ["verify", str(run)]
+
+
+def not_a_run(c: Ctx):
+    (c.tmp / "somewhere").mkdir()
+    return ["export", str(c.tmp / "somewhere"), "--format", "safetensors"]
+
+
+def out_dir_holds_another_run(c: Ctx):
+    target = c.tmp / "target"
+    shutil.copytree(c.fixture("tiny_run"), target)  # a run named "t" in a directory named "target"
+    return ["merge", "--adapter", str(c.adapter()), "--base", str(c.base), "--out", str(target)]
+
+
+def out_dir_holds_other_files(c: Ctx):
+    c.write("target/notes.txt", "keep me")
+    return ["merge", "--adapter", str(c.adapter()), "--base", str(c.base), "--out", str(c.tmp / "target")]
+
+
+def export_before_merge(c: Ctx):
+    run = c.run()  # the run as it was before merging: no merged/ and no record of it
+    data = json.loads((run / "manifest.json").read_text())
+    for stage in ("merge", "export-safetensors"):
+        data["stages"].pop(stage)
+    (run / "manifest.json").write_text(json.dumps(data))
+    shutil.rmtree(run / "merged")
+    shutil.rmtree(run / "export")
+    return ["export", str(run), "--format", "safetensors"]
+
+
+def resume_without_checkpoint(c: Ctx):
+    data = c.jsonl("data.jsonl", GOOD_ROWS)
+    return ["train", "-c", str(c.config(data=data)), "--resume"]
+
+
+def tampered_run_refuses_push(c: Ctx):
+    run = c.run()
+    shard = run / "merged" / "model.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    return ["push", "oci", str(run), "127.0.0.1:9/models/t:v1", "--what", "merged", "--insecure"]
+
+
+# ---------------------------------------------------------------- builders: engines, registries, the Hub
+
+def no_engine(c: Ctx):
+    c.env["PATH"] = no_engine_path(c.tmp)
+    return ["containerize", str(c.run()), "--target", "vllm", "--build"]
+
+
+FAILING_PODMAN = """#!/bin/sh
+case "$1" in
+  version) echo 5.4.2 ;;
+  build) echo "STEP 1/9: FROM docker.io/vllm/vllm-openai:v0.33.0"; echo "STEP 2/9: RUN useradd ..."
+         echo "Error: building at STEP 2/9: no space left on device" >&2; exit 125 ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def engine_fails_mid_build(c: Ctx):
+    bin_dir = c.tmp / "fake-bin"
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text(FAILING_PODMAN)
+    (bin_dir / "podman").chmod(0o755)
+    c.env["PATH"] = f"{bin_dir}:{no_engine_path(c.tmp)}"
+    return ["containerize", str(c.run()), "--target", "vllm", "--build", "--engine", "podman"]
+
+
+def registry_down(c: Ctx):
+    from packager.smoke import free_port
+
+    c.port = free_port()  # nothing listens there
+    return ["push", "oci", str(c.run()), f"127.0.0.1:{c.port}/models/t:v1", "--what", "merged", "--insecure"]
+
+
+def wrong_registry_credentials(c: Ctx):
+    registry = c.fixture("auth_registry")
+    c.env.update({"PACKAGER_REGISTRY_USERNAME": "ci", "PACKAGER_REGISTRY_PASSWORD": "wrong-Password-77"})
+    return ["push", "oci", str(c.run()), f"{registry.host}/models/t:v1", "--what", "merged", "--insecure"]
+
+
+def bad_registry_ref(c: Ctx):
+    return ["push", "oci", str(c.run()), "t:v1; rm -rf /", "--what", "merged"]
+
+
+def hub_token_missing(c: Ctx):
+    c.env.update({"HF_TOKEN": "", "HF_HOME": str(c.tmp / "hf-home")})
+    return ["push", "hub", str(c.run()), "--repo-id", "me/t-adapter", "--what", "adapter"]
+
+
+def hub_repo_traversal(c: Ctx):
+    return ["push", "hub", str(c.run()), "--repo-id", "../../etc", "--what", "adapter", "--dry-run"]
+
+
+def image_tag_with_shell(c: Ctx):
+    return ["containerize", str(c.run()), "--target", "vllm", "--tag", "t:1; rm -rf /"]
+
+
+# ---------------------------------------------------------------- builders: endpoints
+
+def smoke_against(handler, **smoke):
+    def make(c: Ctx):
+        server = c.fixture("http_server")(handler)
+        args = ["smoke", str(c.run()), "--target", "vllm", "--url", server.url]
+        return args + (["-c", str(c.serving_config(**smoke))] if smoke else [])
+    return make
+
+
+def smoke_url_scheme(c: Ctx):
+    return ["smoke", "--url", "file:///etc/passwd", "--model", "t"]
+
+
+# ---------------------------------------------------------------- builders: the machine
+
+def disk_full_export(c: Ctx):
+    mount = c.tmp / "small-disk"
+    mount.mkdir()
+    if not mount_small_filesystem(mount):
+        pytest.skip("neither a size-limited tmpfs nor a loop-mounted file system can be mounted here")
+    c.request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(mount)], capture_output=True))
+    run = mount / "t"
+    shutil.copytree(c.fixture("tiny_run"), run, ignore=shutil.ignore_patterns("lock", "export"))
+    data = json.loads((run / "manifest.json").read_text())
+    data["stages"].pop("export-safetensors")
+    (run / "manifest.json").write_text(json.dumps(data))
+    fill_disk(mount, leave=8 << 10)  # less than the merged model the export copies
+    c.absent_extra = [run / "export" / "safetensors"]
+    return ["export", str(run), "--format", "safetensors"]
+
+
+def mount_small_filesystem(mount: Path) -> bool:
+    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if tmpfs.returncode == 0:
+        return True
+    image = mount.with_suffix(".img")
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "8M"], capture_output=True)
+    return made.returncode == 0 and subprocess.run(["mount", "-o", "loop", str(image), str(mount)],
+                                                   capture_output=True).returncode == 0
+
+
+def fill_disk(mount: Path, *, leave: int) -> None:
+    free = shutil.disk_usage(mount).free
+    with open(mount / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+
+
+def ctrl_c_during_training(c: Ctx):
+    """SIGINT (what Ctrl-C sends) to a real training process once it has written a checkpoint."""
+    data = c.jsonl("data.jsonl", [json.loads(line) for line in EXAMPLE_DATA.read_text().splitlines()[:40]])
+    config = c.config(data=data, edit=lambda cfg: cfg["train"].update(max_steps=40, eval_steps=2))
+    checkpoints = c.tmp / RUN / ".packager" / "train-work" / "checkpoints"
+    out = c.tmp / "train.out"  # a file, not a pipe: progress bars cannot fill it and block training
+    with open(out, "w") as sink:
+        proc = packager_process("train", "-c", str(config), stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")), timeout=300, proc=proc)
+        assert proc.poll() is None, "training finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Outcome(proc.returncode, out.read_text())
+
+
+def interrupted_keeps_checkpoint(c: Ctx) -> None:
+    checkpoints = c.tmp / RUN / ".packager" / "train-work" / "checkpoints"
+    assert any(checkpoints.glob("checkpoint-*/trainer_state.json")), "--resume has a checkpoint to continue from"
+    assert "train" not in read_manifest(c.tmp / RUN).stages
+
+
+def failed_smoke_recorded_as_failed(target: str = "vllm"):
+    def check(c: Ctx) -> None:
+        run = c.tmp / "runs-copy" / "t"
+        stage = read_manifest(run).stages[f"smoke-{target}"]
+        assert stage.metrics["passed"] is False and stage.metrics["failures"]
+        assert json.loads((run / "smoke" / f"{target}.json").read_text())["passed"] is False
+    return check
+
+
+def nothing_recorded(stage: str, run: str = "runs-copy/t"):
+    def check(c: Ctx) -> None:
+        assert stage not in read_manifest(c.tmp / run).stages
+    return check
+
+
+def secret_not_echoed(c: Ctx) -> None:
+    assert "wrong-Password-77" not in (c.tmp / "runs-copy" / "t" / "manifest.json").read_text()
+
+
+COPY = "runs-copy/t"
+
+CASES = [
+    # data
+    Case("malformed-jsonl", malformed_jsonl, 2, ("{tmp}/bad.jsonl:2", "invalid JSON")),
+    Case("wrong-role-order", wrong_role_order, 2, ("{tmp}/roles.jsonl:4 [messages[0].role]",
+                                                   "assistant turn where a user turn must come")),
+    Case("row-longer-than-max-length", row_too_long, 2, ("{tmp}/long.jsonl:6", "longer than max_seq_length 64")),
+    Case("no-assistant-turns", no_assistant_turns, 2, ("{tmp}/questions.jsonl:1 [messages]", "no assistant turn"),
+         absent=(f"{RUN}/data", f"{RUN}/train")),
+    Case("empty-content", empty_content, 2, ("{tmp}/empty.jsonl:31 [messages[0].content]", "empty content"),
+         absent=(f"{RUN}/data", f"{RUN}/train")),
+    Case("eval-rows-leak-from-train", eval_leaks_train, 2, ("{tmp}/eval.jsonl:2", "train.jsonl:8")),
+    Case("missing-dataset", missing_dataset, 2, ("{tmp}/nowhere.jsonl",), absent=(f"{RUN}/data",)),
+    # config
+    Case("unknown-config-key", unknown_config_key, 2, ("train.learning_rte",), absent=(RUN,)),
+    Case("wrong-type-in-config", wrong_config_type, 2, ("train.batch_size",), absent=(RUN,)),
+    Case("config-yaml-syntax", config_yaml_syntax, 2, ("{tmp}/broken.yaml", "(yaml) line 4", "expected ',' or ']'")),
+    Case("run-name-with-traversal", traversal_run_name, 2, ("run.name", "'..'"),
+         absent=("project/escape", "escape", "project/runs")),
+    Case("unpinned-latest-image", unpinned_image, 2, ("containers.vllm.image", "not pinned"), absent=(RUN,)),
+    # base models
+    Case("missing-base-directory", missing_base_dir, 2, ("{tmp}/no-such-base", "does not exist"),
+         absent=(f"{RUN}/data",)),
+    Case("pickle-only-checkpoint", pickle_only_base, 2, ("{tmp}/base", "pickle", "allow_pickle")),
+    Case("truncated-safetensors", damaged_base_merge(truncate), 2, ("{tmp}/base/model.safetensors", "truncated"),
+         absent=("out/merged",)),
+    Case("corrupt-safetensors", damaged_base_merge(garbage), 2, ("{tmp}/base/model.safetensors", "corrupt"),
+         absent=("out/merged",)),
+    Case("safetensors-header-lies", damaged_base_merge(lie_about_sizes), 2,
+         ("{tmp}/base/model.safetensors", "lies about sizes"), absent=("out/merged",)),
+    Case("missing-tokenizer", missing_tokenizer, 2, ("{tmp}/base", "no tokenizer"), absent=("out",)),
+    Case("tokenizer-without-chat-template", no_chat_template, 2, ("{tmp}/base", "no chat template",
+                                                                  "base.chat_template"), absent=("out/merged",)),
+    # adapters
+    Case("adapter-from-another-base", adapter_from_another_base, 1, ("{tmp}/foreign-adapter", "does not fit"),
+         absent=("out/merged",)),
+    Case("adapter-rank-differs-from-config", adapter_rank_lies, 2,
+         ("{tmp}/adapter/adapter_config.json", "rank 16 in the weights but 32"), absent=("out",)),
+    Case("pickle-adapter", pickle_adapter, 2, ("{tmp}/adapter", "adapter_model.bin is not accepted"),
+         absent=("out",)),
+    Case("not-an-adapter", not_an_adapter, 2, ("{tmp}/adapter", "no adapter_config.json"), absent=("out",)),
+    # GGUF
+    Case("truncated-gguf", truncated_gguf, 2, ("{tmp}/model.gguf",), absent=("imported",)),
+    Case("gguf-wrong-magic", wrong_magic_gguf, 2, ("{tmp}/model.gguf", "not a GGUF file"), absent=("imported",)),
+    # runs
+    Case("manifest-invalid-json", manifest_invalid_json, 2, ("{tmp}/runs-copy/t/manifest.json", "invalid JSON")),
+    Case("manifest-newer-schema", manifest_newer_schema, 2, ("manifest.json", f"schema_version {SCHEMA_VERSION + 1}",
+                                                             "upgrade packager")),
+    Case("not-a-run", not_a_run, 2, ("{tmp}/somewhere", "not a packager run")),
+    Case("output-dir-holds-another-run", out_dir_holds_another_run, 2, ("{tmp}/target", "already holds run 't'"),
+         check=lambda c: None if read_manifest(c.tmp / "target").run == "t" else pytest.fail("overwritten")),
+    Case("output-dir-holds-other-files", out_dir_holds_other_files, 2, ("{tmp}/target", "not a packager run"),
+         absent=("target/manifest.json", "target/merged")),
+    Case("export-before-merge", export_before_merge, 2, ("has no merged model", f"packager merge {{tmp}}/{COPY}"),
+         absent=(f"{COPY}/export",)),
+    Case("resume-without-checkpoint", resume_without_checkpoint, 1, ("--resume: no checkpoint",),
+         absent=(f"{RUN}/train",)),
+    Case("tampered-run-is-not-pushed", tampered_run_refuses_push, 1, ("modified: merged/model.safetensors",),
+         check=nothing_recorded("push-oci-merged", COPY)),
+    # engines, registries, the Hub
+    Case("no-container-engine", no_engine, 1, ("docker or podman", "apt install podman"),
+         absent=(f"{COPY}/containers/vllm-image.json",), check=nothing_recorded("image-vllm", COPY)),
+    Case("engine-fails-mid-build", engine_fails_mid_build, 1, ("podman build of", "failed (exit 125)",
+                                                               "no space left on device"),
+         absent=(f"{COPY}/containers/vllm-image.json",), check=nothing_recorded("image-vllm", COPY)),
+    Case("registry-down", registry_down, 1, ("cannot reach the registry 127.0.0.1:", "connection refused"),
+         check=nothing_recorded("push-oci-merged", COPY)),
+    Case("wrong-registry-credentials", wrong_registry_credentials, 1, ("refused the credentials",),
+         check=lambda c: (nothing_recorded("push-oci-merged", COPY)(c), secret_not_echoed(c))),
+    Case("registry-ref-with-shell-characters", bad_registry_ref, 2, ("not a registry reference",)),
+    Case("hub-token-missing", hub_token_missing, 2, ("no Hugging Face token", "HF_TOKEN"),
+         check=nothing_recorded("push-hub-adapter", COPY)),
+    Case("hub-repo-id-traversal", hub_repo_traversal, 2, ("'../../etc'", "not a Hub repo id"),
+         absent=(f"{COPY}/.packager/publish",)),
+    Case("image-tag-with-shell-characters", image_tag_with_shell, 2, ("not a valid image reference",),
+         absent=(f"{COPY}/containers",)),
+    # endpoints
+    Case("endpoint-never-ready", smoke_against(NeverReadyHandler, ready_timeout_s=2), 1,
+         ("was not ready after 2 s", "503", "smoke.ready_timeout_s"),
+         absent=(f"{COPY}/smoke",), check=nothing_recorded("smoke-vllm", COPY)),
+    Case("endpoint-answers-200-with-garbage", smoke_against(GarbageForT), 1,
+         ("golden answers", "served model name", "no stop-token text"), check=failed_smoke_recorded_as_failed()),
+    Case("endpoint-never-emits-a-stop", smoke_against(NeverStopsHandler), 1,
+         ("answers stop", "concurrent requests"), check=failed_smoke_recorded_as_failed()),
+    Case("smoke-url-not-http", smoke_url_scheme, 2, ("must start with http:// or https://",)),
+    # the machine
+    Case("disk-full-during-export", disk_full_export, 1, ("no space left on device", "{tmp}/small-disk/t")),
+    Case("ctrl-c-during-training", ctrl_c_during_training, 130, ("train: interrupted", "checkpoint-", "--resume"),
+         absent=(f"{RUN}/train",), check=interrupted_keeps_checkpoint),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_catalogue(case: Case, tmp_path, request, runner):
+    ctx = Ctx(tmp_path, request)
+    ctx.absent_extra = []
+    made = case.make(ctx)
+    if isinstance(made, Outcome):
+        outcome = made
+    else:
+        result = runner.invoke(cli, made, env={"PACKAGER_DEBUG": "", **ctx.env})
+        outcome = Outcome(result.exit_code, result.output)
+    output = outcome.output
+    assert outcome.exit_code == case.exit_code, output
+    for fragment in case.message:
+        assert fragment.format(tmp=tmp_path) in output, (fragment, output)
+    assert "Traceback" not in output and "internal error" not in output, output
+    for rel in case.absent:
+        assert not (tmp_path / rel).exists(), f"{rel} exists after a failed {case.id}"
+    for path in ctx.absent_extra:
+        assert not path.exists(), f"{path} exists after a failed {case.id}"
+    if case.check is not None:
+        case.check(ctx)
+
+
+def test_catalogue_is_large_and_distinct():
+    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+
+
+def test_the_traceback_appears_only_with_packager_debug(runner, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "manifest.json").write_text("{")
+    quiet = runner.invoke(cli, ["verify", str(run)], env={"PACKAGER_DEBUG": ""})
+    assert quiet.exit_code == 2 and "Traceback" not in quiet.output and "invalid JSON" in quiet.output
+    loud = runner.invoke(cli, ["verify", str(run)], env={"PACKAGER_DEBUG": "1"})
+    assert loud.exit_code == 2 and "Traceback" in loud.output and "ManifestError" in loud.output
