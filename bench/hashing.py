@@ -246,7 +246,7 @@ def real_stages(*, with_merge: bool) -> dict:
     source = merged_run()
     run_dir = WORKDIR / "hashing" / "smol"
     shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("lock"))
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("lock", ".partial-*", "gguf-work-*"))
     # copytree keeps sizes and mtimes: move the hash cache to the new paths, as if the run had been made here
     cache = run_dir / ".packager" / "hash-cache.json"
     if cache.is_file():
