@@ -69,9 +69,9 @@ smoke:
   ready_timeout_s: 300
   concurrency: 4
 """
-DEMO_STEPS = 30
-DEMO_EVAL_STEPS = 15
-DEMO_EVAL_ROWS = 40
+DEMO_STEPS = 28
+DEMO_EVAL_STEPS = 28  # one evaluation, at the end: it picks the checkpoint and costs a pass over the split
+DEMO_EVAL_ROWS = 30
 
 
 @dataclass
