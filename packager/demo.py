@@ -259,7 +259,7 @@ def where_everything_is(result: DemoResult) -> str:
         f"{evaluated['base']['format_adherence']:.2f}).",
         f"  run:       {run.path}  (manifest lineage sha256:{lineage_digest(run.manifest)[:16]}…)",
         f"  report:    {result.report}",
-        f"  merged:    {run.path / 'merge' / 'model'}",
+        f"  merged:    {run.path / 'merged'}",
         f"  GGUF:      {run.path / 'export' / 'gguf'}",
         f"  contexts:  {run.path / 'containers' / 'vllm'}, {run.path / 'containers' / 'ollama'}",
         "",

@@ -70,9 +70,9 @@ def test_the_demo_runs_the_whole_job_and_a_second_run_reuses_it(runner, tmp_path
         assert fragment in html, fragment
 
     # idempotent: a second run reuses what verifies, trains and exports nothing
-    before = {p: (run_dir / p).stat().st_mtime_ns for p in ("manifest.json", "merge/model/config.json")}
+    before = {p: (run_dir / p).stat().st_mtime_ns for p in ("manifest.json", "merged/config.json")}
     again = runner.invoke(cli, ["demo", "--workdir", str(workdir)])
     assert again.exit_code == 0, again.output
     assert "nothing to do: every stage's record still holds" in again.output, again.output
-    assert (run_dir / "merge/model/config.json").stat().st_mtime_ns == before["merge/model/config.json"]
+    assert (run_dir / "merged/config.json").stat().st_mtime_ns == before["merged/config.json"]
     assert json.loads((run_dir / "manifest.json").read_text())["stages"].keys() == stages.keys()
