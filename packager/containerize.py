@@ -385,8 +385,7 @@ def containerize_run(run_dir: Path | str, *, target: str, build: bool = False, e
     digest = context_digest(files)
     recorded = run.manifest.stages.get(f"containerize-{target}")
     if recorded is not None and recorded.metrics.get("context_digest") == digest and \
-            all(run.resolve(o.path).is_file() and run.digest(run.resolve(o.path)).sha256 == o.sha256
-                for o in recorded.outputs):
+            run.outputs_intact(f"containerize-{target}"):
         result = ContainerResult(run.path, target, run.path / "containers" / target, digest,
                                  {**ctx.details, "lint": recorded.metrics.get("lint")}, unchanged=True)
         if build:

@@ -48,18 +48,6 @@ class DeployResult:
         return [s.name for s in self.steps if s.status == "done"]
 
 
-def _outputs_intact(run, stage_name: str) -> bool:
-    """Every output of the stage is there with its recorded size and digest (hash cache: cheap)."""
-    stage = run.manifest.stages.get(stage_name)
-    if stage is None:
-        return False
-    for rec in stage.outputs:
-        file = run.resolve(rec.path)
-        if not file.is_file() or run.digest(file).sha256 != rec.sha256:
-            return False
-    return True
-
-
 def _training_settings(cfg) -> dict:
     data = cfg.model_dump(mode="json")
     return {k: data[k] for k in ("base", "data", "train")}  # not run: where the run lives changes nothing
@@ -87,7 +75,7 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
             raise StageError("deploy", f"--skip-train: {run_dir} has no trained run")
         step("train", "skipped", "--skip-train")
     elif trained and _training_settings(_recorded(run_dir)) == _training_settings(cfg) \
-            and _outputs_intact(Run.open(run_dir), "train"):
+            and Run.open(run_dir).outputs_intact("train"):
         step("train", "skipped", "recorded with the same data, base and settings; outputs verify")
     else:
         from packager.train import train_model
@@ -99,7 +87,7 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
     # ---- eval gate
     recorded_eval = run.manifest.stages.get("eval")
     if recorded_eval and recorded_eval.parameters.get("eval_config") == cfg.eval.model_dump(mode="json") \
-            and _outputs_intact(run, "eval"):
+            and run.outputs_intact("eval"):
         step("eval", "skipped", "recorded with the same eval settings; outputs verify")
     else:
         from packager.evaluate import evaluate_run
@@ -121,7 +109,7 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
     # ---- merge
     if cfg.train.method == "full":
         step("merge", "skipped", "a full fine-tune has nothing to merge")
-    elif "merge" in run.manifest.stages and _outputs_intact(run, "merge"):
+    elif "merge" in run.manifest.stages and run.outputs_intact("merge"):
         step("merge", "skipped", "merged checkpoint verifies")
     else:
         from packager.merge import merge_run
@@ -135,7 +123,7 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
 
     run = Run.open(run_dir)
     if "safetensors" in cfg.export.formats:
-        if "export-safetensors" in run.manifest.stages and _outputs_intact(run, "export-safetensors"):
+        if "export-safetensors" in run.manifest.stages and run.outputs_intact("export-safetensors"):
             step("export safetensors", "skipped", "recorded and intact")
         else:
             export_run(run_dir, fmt="safetensors")
@@ -143,7 +131,7 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
     if "gguf" in cfg.export.formats:
         quants = [canonical_quant(q) for q in cfg.export.gguf_quants]
         recorded = run.manifest.stages.get("export-gguf")
-        if recorded and recorded.parameters.get("quants") == quants and _outputs_intact(run, "export-gguf"):
+        if recorded and recorded.parameters.get("quants") == quants and run.outputs_intact("export-gguf"):
             step("export gguf", "skipped", "recorded with the same quants and intact")
         else:
             exported = export_run(run_dir, fmt="gguf", quants=tuple(quants))
@@ -260,7 +248,7 @@ def _smoke(run_dir: Path, cfg, target: str, config_path, step) -> None:
 
     run = Run.open(run_dir)
     recorded = run.manifest.stages.get(f"smoke-{target}")
-    if recorded and recorded.metrics.get("passed") and _outputs_intact(run, f"smoke-{target}"):
+    if recorded and recorded.metrics.get("passed") and run.outputs_intact(f"smoke-{target}"):
         step(f"smoke {target}", "skipped", "passed for these files")
         return
     image = (run_dir / "containers" / f"{target}-image.json").is_file()

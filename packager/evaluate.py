@@ -174,12 +174,9 @@ def _base_eval_parameters(run: Run, ckpt, ecfg: EvalConfig, *, chat_template: st
 
 def _recorded_base_eval(run: Run, parameters: dict) -> tuple[dict, list[str]] | None:
     stage = run.manifest.stages.get(BASE_STAGE)
-    if stage is None or stage.parameters != parameters:
+    if stage is None or stage.parameters != parameters or not run.outputs_intact(BASE_STAGE):
         return None
     predictions = run.path / BASE_STAGE / "predictions.jsonl"
-    recorded = {o.path: o.sha256 for o in stage.outputs}
-    if not predictions.is_file() or recorded.get(run.relative(predictions)) != run.digest(predictions).sha256:
-        return None
     answers = [json.loads(line)["base"] for line in predictions.read_text(encoding="utf-8").splitlines() if line]
     return stage.metrics["base"], answers
 

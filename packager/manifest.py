@@ -155,6 +155,13 @@ class Run:
     def digest(self, file: Path) -> FileDigest:
         return self.hash_cache.digest(file)
 
+    def outputs_intact(self, stage_name: str) -> bool:
+        """The stage is recorded and every output is there with its recorded digest (hash cache: cheap)."""
+        stage = self.manifest.stages.get(stage_name)
+        return stage is not None and all(
+            self.resolve(rec.path).is_file() and self.digest(self.resolve(rec.path)).sha256 == rec.sha256
+            for rec in stage.outputs)
+
     def _write_manifest(self) -> None:
         text = json.dumps(self.manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
         atomic_write_text(self.manifest_path, text)
@@ -391,7 +398,8 @@ def verify_run(run_dir: Path | str) -> VerifyReport:
     for name, stage in manifest.stages.items():
         for rec in (*stage.inputs, *stage.outputs):
             every_record.setdefault(rec.path, []).append((name, rec))
-    for path, rec in manifest.recorded_files().items():
+    for path, records in every_record.items():
+        rec = records[-1][1]  # the last record wins, as in Manifest.recorded_files
         file = run.resolve(path)
         inside = not Path(path).is_absolute()
         if not file.is_file():
@@ -403,11 +411,11 @@ def verify_run(run_dir: Path | str) -> VerifyReport:
         actual = sha256_file(file)
         report.files_checked += 1
         report.bytes_checked += actual.size
-        wrong = [(name, r) for name, r in every_record[path] if r.sha256 != actual.sha256]
+        wrong = [(name, r) for name, r in records if r.sha256 != actual.sha256]
         if wrong:
             name, rec = wrong[-1]
             kind = "modified" if inside else "input changed since recorded"
-            by = "" if rec is every_record[path][-1][1] else f" by stage {name!r}"
+            by = "" if rec is records[-1][1] else f" by stage {name!r}"
             report.problems.append(f"{kind}: {path} (recorded sha256 {rec.sha256[:12]}… size {rec.size}{by}, "
                                    f"now {actual.sha256[:12]}… size {actual.size})")
 
