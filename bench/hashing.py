@@ -144,9 +144,8 @@ def throughput(files: list[Path], run_dir: Path, record_dir: Path, repeat: int) 
 
 # ---------------------------------------------------------------- bytes read per stage
 
-STAGES = r"""
-import json, os, shutil, sys
-from pathlib import Path
+# Prepended to both scripts: counts the bytes packager hashes, and reads the process's rchar.
+COUNTING = r"""
 import packager.hashing as hashing
 
 hashed = {"bytes": 0}
@@ -161,6 +160,11 @@ manifest.sha256_file = counting_sha256_file
 
 def rchar():
     return int(next(l for l in open("/proc/self/io") if l.startswith("rchar:")).split()[1])
+"""
+
+STAGES = COUNTING + r"""
+import json, os, shutil, sys
+from pathlib import Path
 
 def measured(fn):
     before, hashed_before = rchar(), hashed["bytes"]
@@ -200,26 +204,13 @@ results["verify (re-hash everything, no cache)"] = {**measured(verify), "consume
 print(json.dumps(results))
 """
 
-REAL_STAGE = r"""
+REAL_STAGE = COUNTING + r"""
 import json, sys
 from pathlib import Path
-import packager.hashing as hashing
-hashed = {"bytes": 0}
-_sha256_file = hashing.sha256_file
-def counting_sha256_file(path):
-    d = _sha256_file(path)
-    hashed["bytes"] += d.size
-    return d
-hashing.sha256_file = counting_sha256_file
-import packager.manifest as manifest
-manifest.sha256_file = counting_sha256_file
 import torch, transformers, peft, safetensors.torch  # imported before counting: module files are not the stage
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import packager.merge, packager.export, packager.base, packager.data, packager.tokenizer
 from packager.cli import cli
-
-def rchar():
-    return int(next(l for l in open("/proc/self/io") if l.startswith("rchar:")).split()[1])
 
 args = sys.argv[1:]
 before, hashed_before = rchar(), hashed["bytes"]
