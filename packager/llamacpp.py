@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
 import re
 import subprocess
 import sys
@@ -128,27 +130,89 @@ def quantize_gguf(source: Path, out_file: Path, *, quant: str) -> dict:
             "total_tensors": int(fallback.group(2)) if fallback else None}
 
 
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_WANTED = {"general.architecture": "architecture", "general.file_type": "file_type",
+           "tokenizer.chat_template": "chat_template", "tokenizer.ggml.eos_token_id": "eos_token_id",
+           "tokenizer.ggml.bos_token_id": "bos_token_id", "general.base_model.0.repo_url": "base_model"}
+
+
 def read_gguf_metadata(path: Path) -> dict:
-    """The GGUF header fields packager checks. Raises InputFileError on a wrong magic or truncated file."""
-    from gguf import GGUFReader
+    """The GGUF header fields packager checks, read from the header alone (gguf's GGUFReader builds a view
+    of every vocabulary entry and tensor: seconds per file). Checks that every tensor's data lies inside the
+    file. Raises InputFileError on a wrong magic, an unknown version or value type, or a truncated file."""
+    import mmap
+    import struct
 
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != b"GGUF":
-        raise InputFileError(path, f"not a GGUF file (first bytes {magic!r})")
+        if magic != b"GGUF":
+            raise InputFileError(path, f"not a GGUF file (first bytes {magic!r})")
+        size = os.fstat(f.fileno()).st_size
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    pos = 4
+
+    def take(fmt: str):
+        nonlocal pos
+        value = struct.unpack_from(fmt, buf, pos)[0]
+        pos += struct.calcsize(fmt)
+        return value
+
+    def string(keep: bool = True) -> str | None:
+        nonlocal pos
+        length = take("<Q")
+        if pos + length > size:
+            raise struct.error("a string runs past the end of the file")
+        pos += length
+        return buf[pos - length:pos].decode("utf-8", "replace") if keep else None
+
+    def value(kind: int, keep: bool):
+        """The value at ``pos``, or None past it when not kept (the vocabulary is ~100k strings)."""
+        nonlocal pos
+        if kind in _GGUF_SCALARS:
+            return take(_GGUF_SCALARS[kind])
+        if kind == _GGUF_STRING:
+            return string(keep)
+        if kind != _GGUF_ARRAY:
+            raise ValueError(f"unknown GGUF value type {kind}")
+        item, count = take("<I"), take("<Q")
+        if item in _GGUF_SCALARS and not keep:
+            pos += count * struct.calcsize(_GGUF_SCALARS[item])
+            return None
+        items = [value(item, keep) for _ in range(count)]
+        return items if keep else None
+
     try:
-        reader = GGUFReader(path)
-    except (ValueError, IndexError, OSError) as exc:
+        version = take("<I")
+        if version not in (2, 3):
+            raise ValueError(f"unsupported GGUF version {version} (packager reads versions 2 and 3)")
+        n_tensors, n_fields = take("<Q"), take("<Q")
+        fields = {}
+        for _ in range(n_fields):
+            key = string()
+            kind = take("<I")
+            fields[key] = value(kind, key in _WANTED or key == "general.alignment")
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        tensors_end = 0
+        for _ in range(n_tensors):
+            string()
+            dims = [take("<Q") for _ in range(take("<I"))]
+            block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(take("<I"))]
+            offset = take("<Q")
+            elements = math.prod(dims)
+            tensors_end = max(tensors_end, offset + elements // block * block_bytes)
+        alignment = fields.get("general.alignment", 32)
+        data_start = pos + (-pos % alignment)
+    except (struct.error, ValueError, KeyError) as exc:
         raise InputFileError(path, f"unreadable or truncated GGUF: {exc}") from None
-
-    def value(key):
-        field = reader.get_field(key)
-        return None if field is None else field.contents()
-
-    return {"architecture": value("general.architecture"), "file_type": value("general.file_type"),
-            "chat_template": value("tokenizer.chat_template"), "eos_token_id": value("tokenizer.ggml.eos_token_id"),
-            "bos_token_id": value("tokenizer.ggml.bos_token_id"), "tensors": len(reader.tensors),
-            "base_model": value("general.base_model.0.repo_url")}
+    finally:
+        buf.close()
+    if data_start + tensors_end > size:
+        raise InputFileError(path, f"truncated GGUF: its tensors need {data_start + tensors_end} bytes, the file "
+                                   f"has {size}")
+    return {**{name: fields.get(key) for key, name in _WANTED.items()}, "tensors": n_tensors}
 
 
 def check_gguf_carries_chat_format(path: Path, *, chat_template: str, stop_ids: list[int]) -> dict:

@@ -35,6 +35,27 @@ def test_a_truncated_gguf_is_named(tmp_path, example_gguf):
     assert str(truncated) in str(info.value)
 
 
+def test_a_gguf_one_byte_short_is_named(tmp_path, example_gguf):
+    short = tmp_path / "model.gguf"
+    short.write_bytes(example_gguf.read_bytes()[:-1])
+    with pytest.raises(InputFileError, match="truncated GGUF: its tensors need") as info:
+        read_gguf_metadata(short)
+    assert str(short) in str(info.value)
+
+
+def test_the_header_reader_agrees_with_gguf_py(example_gguf):
+    """packager reads only the header; llama.cpp's own reader parses the whole file."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(example_gguf)
+    meta = read_gguf_metadata(example_gguf)
+    for key, name in [("general.architecture", "architecture"), ("general.file_type", "file_type"),
+                      ("tokenizer.chat_template", "chat_template"), ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+                      ("tokenizer.ggml.bos_token_id", "bos_token_id")]:
+        assert meta[name] == reader.get_field(key).contents(), key
+    assert meta["tensors"] == len(reader.tensors)
+
+
 def test_a_gguf_with_the_wrong_magic_is_named(tmp_path):
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"GGML" + bytes(100))
