@@ -270,8 +270,10 @@ def train(config_path: Path, dry_run: bool, resume: bool, max_steps: int | None)
     m = result.metrics
     best = "no evaluation ran" if m["eval_loss_best"] is None else \
         f"best eval loss {m['eval_loss_best']:.4f} at {m['best_checkpoint']}"
-    click.echo(f"trained {m['global_step']} steps on {m['device']} ({m['backend']}: {m['backend_reason']}); {best}; "
-               f"{m['tokens_per_second']} tokens/s, {m['seconds_per_step']} s/step")
+    click.echo(f"trained {m['global_step']} steps on {m['device']} ({m['backend']}: {m['backend_reason']}; {m['precision']}); "
+               f"{best}; "
+               f"{m['tokens_per_second']} tokens/s, {m['seconds_per_step']} s/step ({m['step_tokens_per_second']} "
+               f"tokens/s in the training steps; evaluation {m['eval_seconds']} s, samples {m['sample_seconds']} s)")
     click.echo(f"run: {result.run_dir} (report: {result.run_dir / 'train' / 'report.html'})")
 
 

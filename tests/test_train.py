@@ -98,6 +98,38 @@ def test_qlora_dry_run_on_cpu(runner, tmp_path, tiny_llama_64_dir):
     assert len(stage.metrics["eval_losses"]) >= 1, "evaluation (eval mode, packed 4-bit kernels) ran mid-training"
 
 
+def test_packed_rows_attend_within_each_sequence_only(tiny_llama_dir):
+    """On CPU, packing keeps packed rows as rows; each sequence in a row must see only itself."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.train import packed_rows_collator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    a, b, c = list(range(40, 47)), list(range(60, 65)), list(range(80, 89))
+    batch = packed_rows_collator(pad_token_id=0)([
+        {"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]},
+        {"input_ids": c, "labels": c, "seq_lengths": [len(c)]}])
+    assert batch["input_ids"].shape == (2, 12) and "attention_mask" not in batch
+    assert batch["position_ids"][0].tolist() == list(range(7)) + list(range(5))
+    assert batch["labels"][0, 7] == -100, "the first token of a packed sequence is not predicted from the one before"
+    assert batch["labels"][0, 1:7].tolist() == a[1:] and (batch["labels"][1, 9:] == -100).all()
+    with torch.inference_mode():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        for row, start, seq in [(0, 0, a), (0, len(a), b), (1, 0, c)]:
+            alone = model(input_ids=torch.tensor([seq])).logits[0]
+            torch.testing.assert_close(packed[row, start:start + len(seq)], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_packing_dry_run(runner, tmp_path, tiny_llama_dir):
+    config = write_config(tmp_path, tiny_llama_dir, packing=True)
+    result = runner.invoke(cli, ["train", "-c", str(config), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    stage = read_manifest(load_config(config).run_dir).stages["train"]
+    assert stage.parameters["config"]["train"]["packing"] is True
+    assert stage.metrics["global_step"] == 3 and stage.metrics["tokens_seen"] > 0
+
+
 def test_bad_data_fails_before_any_model_loads(runner, tmp_path, tiny_llama_dir):
     config = write_config(tmp_path, tiny_llama_dir)
     with open(tmp_path / "data.jsonl", "a") as f:
