@@ -85,6 +85,29 @@ def trl_side(model: Path, data: Path, *, steps: int, batch_size: int, lr: float)
     return result
 
 
+def padding_share(run_dir: Path, base: Path, *, batch_size: int, draws: int = 2000) -> dict:
+    """The share of a random unpacked batch that is padding (rows padded to the batch's longest): all that
+    packing can remove, so 1 / (1 - share) bounds its gain over the same steps unpacked."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from packager.data import read_split
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    lengths = [len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])
+               for c in read_split(run_dir / "data" / "train.jsonl")]
+    rng = random.Random(0)
+    real = padded = 0
+    for _ in range(draws):
+        batch = rng.sample(lengths, batch_size)
+        real += sum(batch)
+        padded += max(batch) * batch_size
+    share = 1 - real / padded
+    return {"share": round(share, 4), "packing_gain_bound": round(1 / (1 - share), 3),
+            "lengths": {"min": min(lengths), "median": sorted(lengths)[len(lengths) // 2], "max": max(lengths)}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=16)
@@ -116,6 +139,11 @@ def main() -> int:
               "whole_train_packing_vs_trl": round(sides["packager_packing"]["whole_tokens_per_second"] / reference, 3),
               "process_time_packager_vs_trl": round(sides["packager"]["process"]["seconds"]
                                                     / sides["plain_trl"]["process"]["seconds"], 3)}
+    padding = padding_share(run_dir, base, batch_size=args.batch_size)
+    ceiling = round(ratios["packager_vs_trl"] * padding["packing_gain_bound"], 3)
+    print(f"    padding in a random unpacked batch of {args.batch_size}: {padding['share']:.1%} (conversation "
+          f"lengths {padding['lengths']}), so packing can gain at most {padding['packing_gain_bound']:.2f}x over "
+          f"the unpacked steps: {ceiling:.2f}x TRL")
     missed = []
     if ratios["packager_vs_trl"] < TARGET:
         missed.append(f"packager {ratios['packager_vs_trl']:.2f}x TRL tokens/s")
@@ -126,6 +154,7 @@ def main() -> int:
               f"with packing {ratios['packager_packing_vs_trl']:.2f}x (target >= {TARGET_PACKED}x; "
               f"{ratios['whole_train_packing_vs_trl']:.2f}x whole)")
     return finish("train", {"steps": args.steps, "batch_size": args.batch_size, "sides": sides, "ratios": ratios,
+                            "padding": padding, "packing_ceiling_vs_trl": ceiling,
                             "targets": {"packager": TARGET, "packing": TARGET_PACKED}}, missed=missed, figure=figure)
 
 

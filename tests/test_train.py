@@ -103,19 +103,22 @@ def test_packed_rows_attend_within_each_sequence_only(tiny_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from packager.train import packed_rows_collator
+    from packager.train import for_the_model, packed_rows_collator
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     a, b, c = list(range(40, 47)), list(range(60, 65)), list(range(80, 89))
     batch = packed_rows_collator(pad_token_id=0)([
         {"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]},
         {"input_ids": c, "labels": c, "seq_lengths": [len(c)]}])
-    assert batch["input_ids"].shape == (2, 12) and "attention_mask" not in batch
+    assert batch["input_ids"].shape == (2, 12)
+    assert batch["attention_mask"].sum() == len(a + b + c), "the Trainer counts every real token, none of the padding"
     assert batch["position_ids"][0].tolist() == list(range(7)) + list(range(5))
     assert batch["labels"][0, 7] == -100, "the first token of a packed sequence is not predicted from the one before"
     assert batch["labels"][0, 1:7].tolist() == a[1:] and (batch["labels"][1, 9:] == -100).all()
+    inputs = for_the_model(batch)
+    assert "attention_mask" not in inputs
     with torch.inference_mode():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        packed = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
         for row, start, seq in [(0, 0, a), (0, len(a), b), (1, 0, c)]:
             alone = model(input_ids=torch.tensor([seq])).logits[0]
             torch.testing.assert_close(packed[row, start:start + len(seq)], alone, atol=1e-4, rtol=1e-4)
