@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.errors import MissingPathError, StageError
-from packager.llamacpp import (GGUF_TYPES, PARITY_THRESHOLDS, canonical_quant, check_gguf_carries_chat_format,
-                               convert_to_gguf, gguf_parity, parity_failures, quantize_gguf, reference_outputs,
-                               require_gguf_tools, tool_versions, write_lora_gguf)
+from packager.llamacpp import (GGUF_TYPES, PARITY_THRESHOLDS, Conversion, canonical_quant,
+                               check_gguf_carries_chat_format, convert_to_gguf, gguf_parity, parity_failures,
+                               quantize_gguf, reference_outputs, require_gguf_tools, tool_versions, write_lora_gguf)
 
 @dataclass
 class ExportResult:
@@ -42,6 +42,20 @@ def _stop_ids(model_dir: Path) -> list[int]:
     gen = json.loads((model_dir / "generation_config.json").read_text())
     eos = gen.get("eos_token_id")
     return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+def merge_recorded_greedy(run, model_dir: Path, conversations: list[list[dict]]) -> list[list[int]] | None:
+    """The merged model's greedy answers to the parity questions as the merge stage recorded them, if they
+    are answers to these very questions by these very files (else None, and they are generated again)."""
+    from packager.golden import golden_questions
+
+    merge = run.manifest.stages.get("merge")
+    if merge is None or model_dir != run.path / "merged" or not run.outputs_intact("merge"):
+        return None
+    golden = merge.metrics.get("golden") or []
+    if [g["messages"] for g in golden] != golden_questions(conversations):
+        return None
+    return [g["tokens"] for g in golden]
 
 
 def export_safetensors(run, cfg, *, shard_size: str | None = None) -> ExportResult:
@@ -114,15 +128,25 @@ def export_gguf(run, cfg, *, quants: list[str], conversations: list[list[dict]])
         out = st.output_dir("export/gguf")
         work = Path(tempfile.mkdtemp(prefix="gguf-work-", dir=run.path / ".packager"))
         metadata = _gguf_metadata(run, cfg)
+        # The first conversion runs while the merged model's reference outputs are computed (another core).
         f16 = None
         if any(GGUF_TYPES[q][0] == "quantize" for q in quants):
             f16 = (out if "f16" in quants else work) / f"{name}-f16.gguf"
-            started = time.perf_counter()
-            convert_to_gguf(merged, f16, outtype="f16", metadata=metadata)
-            timings["f16"] = round(time.perf_counter() - started, 2)
+            first, first_type = "f16", "f16"
+        else:
+            first, first_type = quants[0], GGUF_TYPES[quants[0]][1]
+        first_file = f16 or out / f"{name}-{first}.gguf"
+        started = time.perf_counter()
+        with Conversion(merged, first_file, outtype=first_type, metadata=metadata) as conversion:
+            greedy = merge_recorded_greedy(run, merged, conversations)
+            ref = reference_outputs(merged, conversations, stop_ids=stop_ids, greedy=greedy)
+            st.metrics["reference_greedy"] = "recorded by merge" if greedy else "generated"
+            st.metrics["reference_seconds"] = round(time.perf_counter() - started, 2)
+            conversion.wait()
+        timings[first] = conversion.seconds
         for quant in quants:
             target = out / f"{name}-{quant}.gguf"
-            if quant == "f16" and f16 is not None:
+            if quant == first:
                 continue
             started = time.perf_counter()
             how, arg = GGUF_TYPES[quant]
@@ -131,11 +155,12 @@ def export_gguf(run, cfg, *, quants: list[str], conversations: list[list[dict]])
             else:
                 quant_info[quant] = quantize_gguf(f16, target, quant=quant)
             timings[quant] = round(time.perf_counter() - started, 2)
-        ref = reference_outputs(merged, conversations, stop_ids=stop_ids)
         for quant in quants:
             target = out / f"{name}-{quant}.gguf"
+            started = time.perf_counter()
             meta = check_gguf_carries_chat_format(target, chat_template=chat_template, stop_ids=stop_ids)
             result = gguf_parity(target, ref)
+            result["seconds"] = round(time.perf_counter() - started, 2)
             result.update(quant_info.get(quant, {}))
             result["failures"] = parity_failures(quant, result)
             result["passed"] = not result["failures"]
@@ -195,7 +220,9 @@ def export_adapter_gguf(run, cfg, *, conversations: list[list[dict]]) -> ExportR
         convert_to_gguf(ckpt.path, base_gguf, outtype="f16", metadata=_gguf_metadata(run, cfg))
         info = write_lora_gguf(read_adapter(adapter_dir), json.loads((ckpt.path / "config.json").read_text()),
                                adapter_gguf)
-        ref = reference_outputs(merged, conversations, stop_ids=_stop_ids(merged))
+        greedy = merge_recorded_greedy(run, merged, conversations)
+        ref = reference_outputs(merged, conversations, stop_ids=_stop_ids(merged), greedy=greedy)
+        st.metrics["reference_greedy"] = "recorded by merge" if greedy else "generated"
         parity = gguf_parity(base_gguf, ref, lora_path=adapter_gguf)
         parity["failures"] = parity_failures("q8_0", parity)
         parity["passed"] = not parity["failures"]

