@@ -245,7 +245,13 @@ def ollama_context(run, cfg) -> Context:
                                      num_ctx=num_ctx, num_ctx_note=num_ctx_note, sampling=sampling,
                                      license=_license_text(cfg))
     ctx.command = ["serve"]
+    # Podman 4 (Debian and Ubuntu's) reuses a cached `RUN --mount=type=bind` step when only the mounted files
+    # changed [buildah 5400]: a re-exported GGUF would be served stale under the new digest's label. The
+    # step's own text names the digest of what it reads, which every builder keys its cache on.
+    baked = {rel: run.digest(source).sha256 for rel, source in ctx.links.items()}
+    baked["Modelfile"] = hashlib.sha256(ctx.texts["Modelfile"].encode()).hexdigest()
     ctx.details = {"model_note": note, "gguf": gguf.name, "adapter": adapter.name if adapter else None,
+                   "baked_digest": context_digest(baked),
                    "template_parity": parity, "stops": stop_tokens(model_dir), "num_ctx": num_ctx}
     return ctx
 
@@ -311,6 +317,7 @@ def render_context(run, cfg, target: str, *, tag: str | None = None) -> Context:
     port = VLLM_PORT if target == "vllm" else OLLAMA_PORT
     common = {"tag": tag, "base_image": base_image, "model_note": ctx.details["model_note"]}
     ctx.texts["Dockerfile"] = _render(f"{target}.Dockerfile.j2", run, ctx, command=ctx.command,
+                                      baked_digest=ctx.details.get("baked_digest"),
                                       lora=ctx.details.get("lora", False),
                                       model_source=ctx.details.get("model_source"),
                                       model_path=ctx.details.get("model_path"),

@@ -10,6 +10,7 @@ Ollama binary or image); its Modelfile TEMPLATE is checked with Go's text/templa
 is smoke-tested through llama.cpp's server in test_smoke.py.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import yaml
 
 from packager.chat_format import check_parity, expected_prompt, infer_chat_format, render_go_template
 from packager.cli import cli
+from packager.containerize import context_digest
 from packager.errors import StageError
 from packager.manifest import read_manifest, verify_run
 from packager.tokenizer import ChatTemplate
@@ -256,6 +258,11 @@ def test_the_ollama_context_carries_a_proven_template_and_every_stop(runner, smo
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     dockerfile = (context / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=docker.io/ollama/ollama:0.13.0" in dockerfile and "ollama create smol" in dockerfile
+    # Podman 4 keys a RUN --mount=type=bind step's cache on its text alone: the text names what it reads.
+    baked = {"Modelfile": hashlib.sha256(modelfile.encode()).hexdigest(),
+             "smol-q8_0.gguf": hashlib.sha256((context / "smol-q8_0.gguf").read_bytes()).hexdigest()}
+    assert f': "bakes sha256:{context_digest(baked)}"' in dockerfile
+    assert stage.metrics["baked_digest"] == context_digest(baked)
     instructions = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
     assert "HEALTHCHECK" in instructions and "curl" not in instructions and "USER 10001:10001" in instructions
     assert hadolint_findings(context / "Dockerfile") == []
@@ -280,6 +287,14 @@ def test_ollama_refuses_the_quant_that_failed_parity_and_offers_adapter_mode(run
     modelfile = (run_dir / "containers" / "ollama" / "Modelfile").read_text()
     assert "FROM ./smol-base-f16.gguf" in modelfile and "ADAPTER ./smol-lora.gguf" in modelfile
     assert 'SYSTEM """Triage the support ticket."""' in modelfile
+    lora_stage = read_manifest(run_dir).stages["containerize-ollama"]
+    assert lora_stage.metrics["baked_digest"] in (run_dir / "containers" / "ollama" / "Dockerfile").read_text()
+
+    recorded["containers"]["ollama"]["system"] = "Triage it."  # only the Modelfile changes
+    config.write_text(yaml.safe_dump(recorded))
+    containerize(runner, run_dir, "ollama", "-c", str(config))
+    changed = read_manifest(run_dir).stages["containerize-ollama"]
+    assert changed.metrics["baked_digest"] != lora_stage.metrics["baked_digest"], "the baking step runs again"
 
 
 # ---------------------------------------------------------------- built and served with Podman
