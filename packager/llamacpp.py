@@ -314,18 +314,27 @@ def _perplexity(logprobs_per_seq, sequences) -> float:
     return math.exp(nll / max(1, count))
 
 
-def reference_outputs(merged_dir: Path, conversations: list[list[dict]], *, stop_ids: list[int],
-                      greedy: list[list[int]] | None = None) -> Reference:
-    """The merged model in float32 on the parity prompts. ``greedy``: its greedy answers to
-    ``golden_questions(conversations)`` when already known (the merge stage records them), which are then
-    not generated again."""
+def reference_outputs(model_dir: Path, conversations: list[list[dict]], *, stop_ids: list[int],
+                      greedy: list[list[int]] | None = None, adapter_dir: Path | None = None,
+                      tokenizer_dir: Path | None = None) -> Reference:
+    """A model in float32 on the parity prompts: the merged model, or with ``adapter_dir`` the base at
+    ``model_dir`` plus that LoRA unmerged (what a LoRA GGUF on the base GGUF computes; a bf16 merge rounds
+    it). ``greedy``: its greedy answers to ``golden_questions(conversations)`` when already known (the
+    merge stage records the merged model's), which are then not generated again."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from packager.golden import golden_questions, torch_golden
 
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
     sequences = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in conversations]
     questions = golden_questions(conversations)
     prompts = [tokenizer.apply_chat_template(q, tokenize=True, add_generation_prompt=True,
