@@ -266,7 +266,7 @@ def real_stages(*, with_merge: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gigabytes", type=float, default=1.0)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-stages", action="store_true", help="skip the real merge/export stages")
     parser.add_argument("--no-merge-stage", action="store_true", help="of the real stages, skip merge (slow)")
     args = parser.parse_args()
