@@ -1,10 +1,10 @@
 """Merge a LoRA adapter into its base, shard by shard, and prove the result.
 
-The merge streams: base tensors are read one at a time with ``safe_open``;
+The merge streams: base and adapter tensors are read one at a time by plain reads;
 for each targeted weight ``scale * B @ A`` (DoRA: rescaled by its magnitude
 vector) is computed in float32 and cast back; output shards are written
-tensor by tensor and hashed while writing. Peak memory is about one tensor
-plus the adapter, whatever the model size. QLoRA adapters are merged onto
+tensor by tensor and hashed while writing. Peak memory is a few tensors,
+whatever the model size. QLoRA adapters are merged onto
 the original 16-bit base weights, never onto dequantized 4-bit ones.
 
 Verification is always on: logits of base+adapter (PEFT, unmerged) and of the
@@ -186,17 +186,19 @@ def embedding_key(layout: Layout) -> str | None:
 # ---------------------------------------------------------------- merging
 
 class _TensorSource:
-    """Base tensors one at a time (plain reads), adapter tensors from a mapping (the adapter is small)."""
+    """Base and adapter tensors one at a time, by plain reads: a mapping's pages would stay resident, and
+    an adapter grows with the layer count (peak RSS grew with the model through it)."""
 
     def __init__(self, layout: Layout, adapter: Adapter):
-        from safetensors import safe_open
-
         self.layout = layout
-        self.adapter = safe_open(str(adapter.file), framework="pt")
+        self.adapter_layout = read_layout([adapter.file])
         self._scratch = None
 
     def base(self, key: str):
         return read_tensor(self.layout, key)
+
+    def adapter(self, key: str):
+        return read_tensor(self.adapter_layout, key)
 
     def float32(self, tensor):
         """``tensor`` in float32, in one buffer reused for every merged tensor.
@@ -219,7 +221,7 @@ def merged_tensor(spec: TensorSpec, *, adapter: Adapter, source: _TensorSource, 
 
     key = spec.name
     if key in adapter.replacements:
-        weight = source.adapter.get_tensor(adapter.replacements[key])
+        weight = source.adapter(adapter.replacements[key])
     elif untie and key == "lm_head.weight":
         weight = source.base(embedding_key(source.layout))  # the original tied weight, plus its own delta below
     else:
@@ -227,14 +229,14 @@ def merged_tensor(spec: TensorSpec, *, adapter: Adapter, source: _TensorSource, 
     module = adapter.modules.get(key)
     if module is not None:
         weight = source.float32(weight)
-        a = source.adapter.get_tensor(module.a_key).to(torch.float32)
-        b = source.adapter.get_tensor(module.b_key).to(torch.float32)
+        a = source.adapter(module.a_key).to(torch.float32)
+        b = source.adapter(module.b_key).to(torch.float32)
         if module.kind == "embedding" or adapter.config.get("fan_in_fan_out"):
             weight.add_((b @ a).T, alpha=module.scale)
         else:
             weight.addmm_(b, a, alpha=module.scale)  # in place, one kernel: W += scale * B @ A
         if module.magnitude_key is not None:  # DoRA: W' = m * (W + sBA) / ||W + sBA|| per output row
-            magnitude = source.adapter.get_tensor(module.magnitude_key).to(torch.float32)
+            magnitude = source.adapter(module.magnitude_key).to(torch.float32)
             weight = (magnitude / weight.norm(p=2, dim=1)).unsqueeze(1) * weight
     if weight.is_floating_point():
         dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[spec.dtype])
