@@ -245,9 +245,9 @@ def ollama_context(run, cfg) -> Context:
                                      num_ctx=num_ctx, num_ctx_note=num_ctx_note, sampling=sampling,
                                      license=_license_text(cfg))
     ctx.command = ["serve"]
-    # Podman 4 (Debian and Ubuntu's) reuses a cached `RUN --mount=type=bind` step when only the mounted files
-    # changed [buildah 5400]: a re-exported GGUF would be served stale under the new digest's label. The
-    # step's own text names the digest of what it reads, which every builder keys its cache on.
+    # Podman 4.3 (Debian's; reproduced here) reuses a cached `RUN --mount=type=bind` step when only the
+    # mounted files changed [buildah 5400]: a re-exported GGUF would be served stale under the new digest's
+    # label. The step's own text names the digest of what it reads, which every builder keys its cache on.
     baked = {rel: run.digest(source).sha256 for rel, source in ctx.links.items()}
     baked["Modelfile"] = hashlib.sha256(ctx.texts["Modelfile"].encode()).hexdigest()
     ctx.details = {"model_note": note, "gguf": gguf.name, "adapter": adapter.name if adapter else None,

@@ -258,7 +258,7 @@ def test_the_ollama_context_carries_a_proven_template_and_every_stop(runner, smo
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     dockerfile = (context / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=docker.io/ollama/ollama:0.13.0" in dockerfile and "ollama create smol" in dockerfile
-    # Podman 4 keys a RUN --mount=type=bind step's cache on its text alone: the text names what it reads.
+    # Podman 4.3 keys a RUN --mount=type=bind step's cache on its text alone: the text names what it reads.
     baked = {"Modelfile": hashlib.sha256(modelfile.encode()).hexdigest(),
              "smol-q8_0.gguf": hashlib.sha256((context / "smol-q8_0.gguf").read_bytes()).hexdigest()}
     assert f': "bakes sha256:{context_digest(baked)}"' in dockerfile
