@@ -92,7 +92,7 @@ def payload_run(run_dir: Path, files: list[Path]) -> Path:
     """A run recording copies of the files as one stage's outputs, for `verify` to re-hash."""
     import shutil
 
-    from packager.manifest import Run
+    from packager.run.directory import Run
 
     if (run_dir / "manifest.json").is_file():
         return run_dir

@@ -14,12 +14,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager.atomic import partial_sibling, replace_directory
+from packager.run.atomic import partial_sibling, replace_directory
 from packager.config import BaseModelConfig
 from packager.errors import (DependencyMissingError, InputFileError, MissingPathError, RunConflictError,
                              StageError, UnsafeInputError)
-from packager.manifest import MANIFEST_NAME, Run, StageWriter, read_manifest
-from packager.hashing import sha256_file
+from packager.run.directory import Run, StageWriter
+from packager.run.manifest import MANIFEST_NAME, read_manifest
+from packager.run.hashing import sha256_file
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.bin.index.json")
@@ -163,7 +164,7 @@ def _existing_import(out_dir: Path, gguf_sha256: str) -> bool:
     if (out_dir / MANIFEST_NAME).is_file():
         stage = read_manifest(out_dir).stages.get("import-gguf")
         if stage and any(i.sha256 == gguf_sha256 for i in stage.inputs):
-            from packager.manifest import verify_run
+            from packager.run.verify import verify_run
 
             if verify_run(out_dir).ok:
                 return True

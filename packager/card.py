@@ -8,8 +8,8 @@ import yaml
 
 import packager
 from packager.base import HUB_ID
-from packager.manifest import lineage_digest
-from packager.templating import render
+from packager.run.lineage import lineage_digest
+from packager.templates import render
 
 RELATIONS = {"merged": ("finetune", "transformers"), "adapter": ("adapter", "peft"), "gguf": ("quantized", None)}
 

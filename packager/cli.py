@@ -116,7 +116,7 @@ def base_inspect(model: str, allow_pickle: bool, as_json: bool) -> None:
     """
     from packager.base import resolve_base
     from packager.config import BaseModelConfig
-    from packager.hashing import sha256_file
+    from packager.run.hashing import sha256_file
 
     ckpt = resolve_base(BaseModelConfig(model=model, allow_pickle=allow_pickle))
     files = {str(f.relative_to(ckpt.path)): sha256_file(f).__dict__ for f in ckpt.files}
@@ -186,7 +186,7 @@ def verify(run_dir: Path, as_json: bool, public_key: Path | None) -> None:
       packager verify runs/example
     """
     from packager.errors import IntegrityError
-    from packager.manifest import verify_run
+    from packager.run.verify import verify_run
 
     report = verify_run(run_dir)
     if as_json:

@@ -292,7 +292,7 @@ def _license_text(cfg) -> str | None:
 # ---------------------------------------------------------------- rendering
 
 def _render(name: str, run, ctx: Context, **extra) -> str:
-    from packager.templating import render
+    from packager.templates import render
 
     return render(f"containers/{name}", run=run.manifest.run, version=packager.__version__,
                   model_digest=ctx.model_digest, served_name=ctx.served_name, uid=UID, **extra)
@@ -379,8 +379,8 @@ def kubernetes_check(manifest: Path) -> dict:
 def containerize_run(run_dir: Path | str, *, target: str, build: bool = False, engine: str | None = None,
                      tag: str | None = None, config_path: Path | None = None) -> ContainerResult:
     """``packager containerize RUN --target T [--build]``."""
-    from packager.config import deployment_config
-    from packager.manifest import Run
+    from packager.run.settings import deployment_config
+    from packager.run.directory import Run
 
     run = Run.open(run_dir)
     cfg = deployment_config(run, config_path)
@@ -445,7 +445,7 @@ def push_run_image(run_dir: Path | str, ref: str, *, target: str, engine: str | 
                    insecure: bool = False) -> dict:
     """Stage ``push-image-<target>``: push the built image with the engine; record the digest."""
     from packager.engine import check_image_ref, find_engine, push_image
-    from packager.manifest import Run
+    from packager.run.directory import Run
 
     run = Run.open(run_dir)
     check_image_ref(ref, what="image reference")

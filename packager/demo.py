@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import packager
-from packager.atomic import atomic_write_text
+from packager.run.atomic import atomic_write_text
 from packager.errors import IntegrityError, MissingPathError, StageError
 
 RUN_NAME = "smollm2-tickets"
@@ -139,7 +139,7 @@ def run_demo(workdir: Path | str, *, say: Callable[[str], None]) -> DemoResult:
     from packager.base import check_example_base, make_example_base
     from packager.config import load_config
     from packager.deploy import DeployOptions, deploy, format_summary
-    from packager.manifest import verify_run
+    from packager.run.verify import verify_run
     from packager.signing import generate_key, public_key_of, verify_signature
 
     workdir = Path(workdir)
@@ -200,7 +200,7 @@ def _data_check(cfg) -> str:
 
     from packager.base import resolve_base
     from packager.data import prepare_data
-    from packager.manifest import Run
+    from packager.run.directory import Run
     from packager.tokenizer import load_tokenizer
 
     ckpt = resolve_base(cfg.base)
@@ -220,7 +220,7 @@ def _side_by_side(run_dir: Path) -> str:
     import json
 
     from packager.evaluate import METRICS
-    from packager.manifest import read_manifest
+    from packager.run.manifest import read_manifest
 
     m = read_manifest(run_dir).stages["eval"].metrics
     lines = [f"  {'held-out tickets: ' + str(m['finetuned']['rows']):<28}{'fine-tune':>10}{'base':>10}"]
@@ -245,7 +245,8 @@ def _metrics_line(m: dict) -> str:
 
 def where_everything_is(result: DemoResult) -> str:
     """The closing text: the run, the report, and the commands to build and run the images elsewhere."""
-    from packager.manifest import Run, lineage_digest
+    from packager.run.directory import Run
+    from packager.run.lineage import lineage_digest
 
     run = Run.open(result.run_dir)
     stages = run.manifest.stages

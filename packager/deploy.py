@@ -56,7 +56,8 @@ def _training_settings(cfg) -> dict:
 def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[str], None] = click.echo
            ) -> DeployResult:
     from packager.config import load_config
-    from packager.manifest import Run, read_manifest
+    from packager.run.directory import Run
+    from packager.run.manifest import read_manifest
 
     cfg = load_config(config_path)
     run_dir = Path(options.run_dir or cfg.run_dir)
@@ -203,8 +204,8 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
 
 
 def _recorded(run_dir: Path):
-    from packager.config import recorded_config
-    from packager.manifest import Run
+    from packager.run.settings import recorded_config
+    from packager.run.directory import Run
 
     return recorded_config(Run.open(run_dir))
 
@@ -243,7 +244,7 @@ def _smoke(run_dir: Path, cfg, target: str, config_path, step) -> None:
     """Smoke the built image when it can run here (GPUs for vLLM), else the same model on a local CPU server."""
     import shutil
 
-    from packager.manifest import Run
+    from packager.run.directory import Run
     from packager.smoke import smoke_run
 
     run = Run.open(run_dir)

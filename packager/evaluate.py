@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.base import resolve_base
-from packager.config import EvalConfig, PackagerConfig, recorded_config
+from packager.config import EvalConfig, PackagerConfig
+from packager.run.settings import recorded_config
 from packager.data import read_split, tokenize_with_assistant_mask
 from packager.errors import StageError
-from packager.manifest import Run, read_manifest
+from packager.run.directory import Run
+from packager.run.manifest import read_manifest
 from packager.tokenizer import load_tokenizer
 
 METRICS = ("exact_match", "format_adherence", "field_accuracy", "eval_loss", "perplexity")

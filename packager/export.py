@@ -61,7 +61,7 @@ def merge_recorded_greedy(run, model_dir: Path, conversations: list[list[dict]])
 def export_safetensors(run, cfg, *, shard_size: str | None = None) -> ExportResult:
     """Stage ``export-safetensors``: the merged checkpoint as published, with a model card."""
     from packager.card import render_model_card
-    from packager.hashing import HashingWriter
+    from packager.run.hashing import HashingWriter
 
     merged = _merged_dir(run)
     with run.stage("export-safetensors", parameters={"shard_size": shard_size}) as st:
@@ -178,9 +178,9 @@ def export_gguf(run, cfg, *, quants: list[str], conversations: list[list[dict]])
 
 def export_run(run_dir: Path | str, *, fmt: str, quants: tuple[str, ...] = (),
                shard_size: str | None = None) -> ExportResult:
-    from packager.config import recorded_config
+    from packager.run.settings import recorded_config
     from packager.data import read_split
-    from packager.manifest import Run
+    from packager.run.directory import Run
     from packager.merge import FALLBACK_PROMPTS
 
     run = Run.open(run_dir)

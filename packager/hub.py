@@ -62,7 +62,8 @@ def plan_commit(run, cfg, *, what: str, repo_id: str, revision: str | None = Non
     import re
 
     from packager.card import base_hub_id, render_model_card
-    from packager.manifest import lineage_digest, published_files
+    from packager.publish.files import published_files
+    from packager.run.lineage import lineage_digest
 
     if not re.fullmatch(HUB_REPO_ID, repo_id):
         raise BadInputError(f"--repo-id {repo_id!r} is not a Hub repo id like your-org/model-name")
@@ -153,8 +154,9 @@ def push_hub(run_dir: Path | str, *, repo_id: str, what: str = "merged", private
              revision: str | None = None, dry_run: bool = False,
              client_factory: Callable[[], object] = default_client) -> HubResult:
     """``packager push hub RUN --repo-id ID``. ``client_factory`` returns an HfApi (tests pass their own)."""
-    from packager.config import recorded_config
-    from packager.manifest import Run, verify_run
+    from packager.run.settings import recorded_config
+    from packager.run.directory import Run
+    from packager.run.verify import verify_run
 
     if what not in KINDS:
         raise BadInputError(f"--what must be one of {', '.join(KINDS)}")

@@ -454,9 +454,10 @@ def merge_into_run(run, *, ckpt: Checkpoint, adapter_dir: Path, dtype: str, shar
 def merge_run(run_dir: Path | str, *, dtype: str | None = None) -> MergeResult:
     """``packager merge RUN``: merge the run's adapter onto the base it was trained on."""
     from packager.base import resolve_base
-    from packager.config import parse_size, recorded_config
+    from packager.config import parse_size
+    from packager.run.settings import recorded_config
     from packager.data import read_split
-    from packager.manifest import Run
+    from packager.run.directory import Run
 
     run = Run.open(run_dir)
     cfg = recorded_config(run)
@@ -478,7 +479,7 @@ def merge_external(adapter_dir: Path | str, base_model: str, out_dir: Path | str
     """``packager merge --adapter DIR --base MODEL --out RUN``: an adapter trained elsewhere."""
     from packager.base import resolve_base
     from packager.config import BaseModelConfig, parse_size
-    from packager.manifest import Run
+    from packager.run.directory import Run
 
     base_cfg = BaseModelConfig(model=base_model)
     ckpt = resolve_base(base_cfg)

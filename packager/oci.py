@@ -55,7 +55,7 @@ def _media_type(name: str) -> str:
 
 def artifact_files(run, what: str) -> tuple[list[Layer], dict]:
     """The recorded files of one kind (merged, adapter, gguf) and their ModelPack model config."""
-    from packager.manifest import published_files
+    from packager.publish.files import published_files
 
     layers = [Layer(run.resolve(rec.path), name, _media_type(name), rec.sha256, rec.size)
               for name, rec in published_files(run, what)]
@@ -70,7 +70,7 @@ def _model_config(run, what: str, layers: list[Layer]) -> dict:
     quants = [p.name.rsplit("-", 1)[-1][: -len(".gguf")] for p in (l.path for l in layers) if p.suffix == ".gguf"]
     precision = {"gguf": ",".join(quants), "merged": (merge.parameters.get("dtype") if merge else None),
                  "adapter": "float32"}[what]
-    from packager.manifest import PUBLISH_STAGES
+    from packager.run.lineage import PUBLISH_STAGES
 
     finished = max(s.finished_at for s in run.manifest.stages.values() if not s.name.startswith(PUBLISH_STAGES))
     return {
@@ -164,7 +164,9 @@ def push_oci(run_dir: Path | str, ref: str, *, what: str = "gguf", insecure: boo
 
     import requests
 
-    from packager.manifest import Run, lineage_digest, verify_run
+    from packager.run.directory import Run
+    from packager.run.lineage import lineage_digest
+    from packager.run.verify import verify_run
 
     host, repo, tag = parse_ref(ref)
     run = Run.open(run_dir)

@@ -6,7 +6,7 @@ import base64
 import json
 from pathlib import Path
 
-from packager.templating import render
+from packager.templates import render
 
 
 def loss_curve_png(log_history: list[dict], path: Path) -> None:
@@ -64,8 +64,9 @@ def _jsonl(path: Path) -> list[dict]:
 
 def run_report_context(run_dir: Path, *, timings: dict[str, float] | None = None, samples: int = 6) -> dict:
     """What ``report.html`` shows, read from the manifest and the files it records (nothing recomputed)."""
-    from packager.manifest import Run, lineage_digest
-    from packager.hashing import sha256_file
+    from packager.run.directory import Run
+    from packager.run.lineage import lineage_digest
+    from packager.run.hashing import sha256_file
 
     run = Run.open(run_dir)
     stages = run.manifest.stages
@@ -97,7 +98,7 @@ def write_run_report(run_dir: Path, out: Path, *, timings: dict[str, float] | No
     """One page about a run: loss curve, base vs fine-tune, sample answers, merge and export parity, serving
     contexts, smoke results and the manifest digest. Written outside the run (``out``): it is a view of what
     the manifest records, so writing it changes nothing the manifest or a signature describes."""
-    from packager.atomic import atomic_write_text
+    from packager.run.atomic import atomic_write_text
     from packager.evaluate import METRICS
 
     context = run_report_context(Path(run_dir), timings=timings)

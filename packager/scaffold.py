@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from packager.atomic import atomic_write_text
+from packager.run.atomic import atomic_write_text
 from packager.config import PackagerConfig, load_config
 from packager.errors import RunConflictError
 

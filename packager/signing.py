@@ -78,8 +78,10 @@ def sign_run(run_dir: Path | str, *, key: Path | str, public_key: Path | str | N
 
     With ``public_key``, a run whose signature already verifies is left alone (idempotent deploys).
     """
-    from packager.atomic import atomic_write_bytes
-    from packager.manifest import Run, lineage, verify_run
+    from packager.run.atomic import atomic_write_bytes
+    from packager.run.directory import Run
+    from packager.run.lineage import lineage
+    from packager.run.verify import verify_run
 
     run = Run.open(run_dir)
     key = Path(key)
@@ -131,7 +133,8 @@ def verify_signature(run_dir: Path | str, *, public_key: Path | str) -> int:
 
     Returns the number of signed files. Raises IntegrityError naming what differs.
     """
-    from packager.manifest import lineage, read_manifest
+    from packager.run.lineage import lineage
+    from packager.run.manifest import read_manifest
 
     run_dir = Path(run_dir)
     signature = run_dir / SIGNATURE

@@ -393,8 +393,8 @@ def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model
     Raises:
         StageError: after recording, when a check failed.
     """
-    from packager.config import deployment_config
-    from packager.manifest import Run
+    from packager.run.settings import deployment_config
+    from packager.run.directory import Run
 
     run = Run.open(run_dir)
     cfg = deployment_config(run, config_path)

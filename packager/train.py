@@ -21,7 +21,8 @@ from packager.base import Checkpoint, record_base, resolve_base
 from packager.config import PackagerConfig
 from packager.data import prepare_data, read_split, tokenize_with_assistant_mask
 from packager.errors import DependencyMissingError, InterruptedStageError, StageError
-from packager.manifest import STATE_DIR, Run
+from packager.run.directory import Run
+from packager.run.manifest import STATE_DIR
 from packager.tokenizer import load_tokenizer
 
 DRY_RUN_ROWS = 16

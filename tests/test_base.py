@@ -6,8 +6,10 @@ import pytest
 from packager.base import import_gguf, inspect_checkpoint, record_base, resolve_base
 from packager.config import BaseModelConfig
 from packager.errors import InputFileError, MissingPathError, RunConflictError, UnsafeInputError
-from packager.hashing import sha256_file
-from packager.manifest import Run, read_manifest, verify_run
+from packager.run.hashing import sha256_file
+from packager.run.directory import Run
+from packager.run.manifest import read_manifest
+from packager.run.verify import verify_run
 
 
 def test_inspect_a_good_checkpoint(tiny_llama_dir):

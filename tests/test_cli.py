@@ -35,7 +35,7 @@ def test_every_command_has_help_with_an_example(runner, path):
 
 
 def test_help_and_verify_do_not_import_heavy_libraries(tmp_path):
-    from packager.manifest import Run
+    from packager.run.directory import Run
 
     run = Run.create(tmp_path / "r")
     with run.stage("s") as st:
@@ -57,7 +57,7 @@ def test_help_and_verify_do_not_import_heavy_libraries(tmp_path):
 
 
 def test_verify_cli_reports_a_flipped_byte_with_exit_1(runner, tmp_path):
-    from packager.manifest import Run
+    from packager.run.directory import Run
 
     run = Run.create(tmp_path / "r")
     with run.stage("export") as st:

@@ -26,7 +26,8 @@ from packager.chat_format import check_parity, expected_prompt, infer_chat_forma
 from packager.cli import cli
 from packager.containerize import context_digest
 from packager.errors import StageError
-from packager.manifest import read_manifest, verify_run
+from packager.run.manifest import read_manifest
+from packager.run.verify import verify_run
 from packager.tokenizer import ChatTemplate
 
 from conftest import build_tokenizer, copy_run

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from packager.cli import cli
-from packager.manifest import read_manifest, verify_run
+from packager.run.manifest import read_manifest
+from packager.run.verify import verify_run
 
 
 def test_the_demo_project_is_written_once_and_loads(tmp_path):

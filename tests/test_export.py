@@ -14,7 +14,8 @@ import yaml
 from packager.cli import cli
 from packager.errors import InputFileError, StageError
 from packager.llamacpp import canonical_quant, read_gguf_metadata
-from packager.manifest import read_manifest, verify_run
+from packager.run.manifest import read_manifest
+from packager.run.verify import verify_run
 
 from conftest import copy_run
 
@@ -87,11 +88,11 @@ def test_gguf_parity_reuses_the_greedy_answers_merge_recorded_only_for_the_same_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from packager.config import recorded_config
+    from packager.run.settings import recorded_config
     from packager.data import read_split
     from packager.export import _stop_ids, merge_recorded_greedy
     from packager.golden import golden_questions, torch_golden
-    from packager.manifest import Run
+    from packager.run.directory import Run
 
     run_dir = merged_tiny_run(tmp_path, tiny_llama_copy, runner)
     run, merged = Run.open(run_dir), run_dir / "merged"

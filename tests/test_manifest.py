@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from packager.errors import ManifestError, RunConflictError, UnsafeInputError
-from packager.hashing import sha256_file
-from packager.manifest import SCHEMA_VERSION, Run, read_manifest, verify_run
+from packager.run.hashing import sha256_file
+from packager.run.directory import Run
+from packager.run.manifest import SCHEMA_VERSION, read_manifest
+from packager.run.verify import verify_run
 
 
 def make_run(tmp_path: Path) -> tuple[Run, Path]:
@@ -77,7 +79,7 @@ def test_rerunning_a_stage_replaces_its_outputs_and_record(tmp_path):
 
 CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from packager.manifest import Run
+    from packager.run.directory import Run
     run = Run.create(sys.argv[1])
     with run.stage("export") as st:
         out = st.output_dir("export")
@@ -106,8 +108,8 @@ def test_a_killed_stage_leaves_nothing_that_looks_finished(tmp_path):
 
 MANIFEST_CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    import packager.atomic as atomic
-    from packager.manifest import Run
+    import packager.run.atomic as atomic
+    from packager.run.directory import Run
     run = Run.open(sys.argv[1])
     real_replace = os.replace
     def die_before_rename(src, dst):

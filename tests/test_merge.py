@@ -215,7 +215,8 @@ def trained_run(tmp_path, base_dir, runner):
 
 def test_merge_a_run_end_to_end(runner, tmp_path, tiny_llama_copy):
     from packager.cli import cli
-    from packager.manifest import read_manifest, verify_run
+    from packager.run.manifest import read_manifest
+    from packager.run.verify import verify_run
 
     run_dir = trained_run(tmp_path, tiny_llama_copy, runner)
     result = runner.invoke(cli, ["merge", str(run_dir)])
@@ -269,7 +270,7 @@ def test_merge_refuses_an_untrained_adapter_as_behaving_like_the_base(runner, tm
 
 def test_merge_an_external_adapter(runner, tmp_path, tiny_llama_dir):
     from packager.cli import cli
-    from packager.manifest import verify_run
+    from packager.run.verify import verify_run
 
     adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
     result = runner.invoke(cli, ["merge", "--adapter", str(adapter), "--base", str(tiny_llama_dir),
@@ -291,7 +292,8 @@ def test_qlora_adapters_merge_onto_the_original_16_bit_weights(runner, tmp_path,
 
     from packager.cli import cli
     from packager.config import load_config
-    from packager.manifest import read_manifest, verify_run
+    from packager.run.manifest import read_manifest
+    from packager.run.verify import verify_run
     from test_train import write_config
 
     config = write_config(tmp_path, tiny_llama_64_dir, method="qlora", learning_rate=0.05)

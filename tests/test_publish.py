@@ -19,7 +19,7 @@ import yaml
 
 from packager.cli import cli
 from packager.errors import BadInputError, IntegrityError
-from packager.manifest import read_manifest
+from packager.run.manifest import read_manifest
 from packager.smoke import free_port
 
 from conftest import copy_run

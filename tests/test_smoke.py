@@ -12,7 +12,8 @@ import pytest
 
 from packager.cli import cli
 from packager.errors import StageError
-from packager.manifest import read_manifest, verify_run
+from packager.run.manifest import read_manifest
+from packager.run.verify import verify_run
 from packager.smoke import Expectations, check_endpoint, free_port, wait_ready
 
 from conftest import copy_run

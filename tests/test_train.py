@@ -14,7 +14,8 @@ import yaml
 from packager.cli import cli
 from packager.config import EvalConfig, load_config
 from packager.evaluate import check_gate, field_score, score
-from packager.manifest import read_manifest, verify_run
+from packager.run.manifest import read_manifest
+from packager.run.verify import verify_run
 
 from conftest import EXAMPLE_DATA
 from conftest import TICKET_FORMAT as FORMAT

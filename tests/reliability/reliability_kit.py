@@ -130,7 +130,7 @@ def run_copy(tiny_run, tmp_path):
 
 def digests_under(run_dir: Path, folder: str) -> dict[str, str]:
     """Recorded sha256 of every output under ``folder`` (as the manifest says)."""
-    from packager.manifest import read_manifest
+    from packager.run.manifest import read_manifest
 
     return {o.path: o.sha256 for s in read_manifest(run_dir).stages.values() for o in s.outputs
             if o.path.startswith(folder)}
@@ -230,7 +230,7 @@ def no_engine_path(tmp_path: Path) -> str:
 
 def copy_before(run_dir: Path, dest: Path, *, stages: tuple[str, ...], folders: tuple[str, ...]) -> Path:
     """A fresh copy of a run as it was before ``stages`` ran: their folders gone, their records dropped."""
-    from packager.manifest import MANIFEST_NAME
+    from packager.run.manifest import MANIFEST_NAME
 
     shutil.rmtree(dest, ignore_errors=True)
     copy_run(run_dir, dest)

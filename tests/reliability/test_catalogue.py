@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from packager.cli import cli
-from packager.manifest import SCHEMA_VERSION, read_manifest
+from packager.run.manifest import SCHEMA_VERSION, read_manifest
 
 from conftest import EXAMPLE_DATA, build_tiny_llama
 from reliability_kit import (NeverReadyHandler, NeverStopsHandler, http_server, no_engine_path, packager_process,

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from packager.cli import cli
-from packager.manifest import read_manifest
+from packager.run.manifest import read_manifest
 
 from conftest import copy_run
 from reliability_kit import ROOT, run_copy, tiny_config, tiny_run  # noqa: F401 (fixtures)

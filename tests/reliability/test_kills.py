@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from packager.manifest import read_manifest, verify_run
+from packager.run.manifest import read_manifest
+from packager.run.verify import verify_run
 from packager.train import last_complete_checkpoint, resume_point
 
 from reliability_kit import (copy_before, digests_under, packager_cli, packager_process, tiny_config,  # noqa: F401

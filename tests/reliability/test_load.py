@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from packager.cli import cli
-from packager.manifest import read_manifest
+from packager.run.manifest import read_manifest
 
 from conftest import copy_run
 from reliability_kit import packager_process, run_copy, tiny_gguf_run, tiny_run, wait_for  # noqa: F401 (fixtures)

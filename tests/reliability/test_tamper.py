@@ -57,7 +57,7 @@ def signed_run(tiny_gguf_run, tmp_path_factory):
 
 
 def read_config(run: Path) -> dict:
-    from packager.manifest import read_manifest
+    from packager.run.manifest import read_manifest
 
     return read_manifest(run).stages["train"].parameters["config"]
 
@@ -148,7 +148,7 @@ def test_verify_and_the_signature_name_the_tampered_file(signed_run, runner, tam
 def test_a_self_consistent_forged_record_is_caught_by_the_signature(signed_run, runner):
     """An attacker who adds a file *and* a matching record defeats plain verify by design (the manifest is
     the record); the signature, over every file present at signing time, names the added file."""
-    from packager.hashing import sha256_file
+    from packager.run.hashing import sha256_file
     from packager.signing import verify_signature
 
     run, public_key = signed_run

@@ -1,14 +1,10 @@
-"""Jinja templates from ``templates/`` (shipped in the wheel as ``packager/templates``)."""
+"""The Jinja templates packager renders (Dockerfiles, Modelfile, compose, Kubernetes, cards, reports), beside
+this module, and the one function that renders them."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-
-
-def templates_dir() -> Path:
-    shipped = Path(__file__).parent / "templates"
-    return shipped if shipped.is_dir() else Path(__file__).parent.parent / "templates"
 
 
 @lru_cache(maxsize=2)
@@ -17,7 +13,7 @@ def _environment(line_statements: bool):
 
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=jinja2.select_autoescape(
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=jinja2.select_autoescape(
         ["html", "html.j2"]), undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
         trim_blocks=line_statements, lstrip_blocks=line_statements)
     # JSON as Dockerfiles, compose files and Modelfiles read it (Jinja's tojson escapes < and > for HTML).

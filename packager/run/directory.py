@@ -1,10 +1,9 @@
-"""The run directory and its manifest: the spine of provenance.
+"""A run directory: open or create it, and record stages into its manifest atomically.
 
-A run is a directory holding ``manifest.json`` and the stage outputs. Every
-stage records the files it consumed and produced (sha256 + size), its
-parameters, metrics and environment; every output names its parents by digest.
-Stages commit atomically: outputs are built in ``.partial-*`` siblings, hashed,
-renamed into place, and only then recorded.
+A run is a directory holding ``manifest.json`` and the stage outputs. Stages
+commit atomically: outputs are built in ``.partial-*`` siblings, hashed,
+renamed into place, and only then recorded; a stage whose inputs changed makes
+the stages that consumed them stale, and their outputs are removed.
 """
 
 from __future__ import annotations
@@ -15,90 +14,18 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 import packager
-from packager.atomic import atomic_write_text, is_leftover, partial_sibling, replace_directory, sweep_leftovers
-from packager.errors import DiskFullError, ManifestError, MissingPathError, RunConflictError
-from packager.hashing import FileDigest, HashCache, sha256_file
+from packager.errors import DiskFullError, RunConflictError
 from packager.names import validate_name
-from packager.provenance import environment
-
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-STATE_DIR = ".packager"
-SIGNATURES_DIR = "signatures"  # the run's signature: about the recorded files, not one of them (packager.signing)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FileRecord(_Strict):
-    """One file as recorded: where, what digest, and what it was made from."""
-
-    path: str = Field(description="Relative to the run directory (POSIX), or absolute when outside it.")
-    sha256: str
-    size: int
-    parents: tuple[str, ...] = Field(default=(), description="sha256 digests of the files this was made from.")
-
-
-class StageRecord(_Strict):
-    name: str
-    started_at: str
-    finished_at: str
-    parameters: dict[str, Any] = {}
-    inputs: tuple[FileRecord, ...] = ()
-    outputs: tuple[FileRecord, ...] = ()
-    metrics: dict[str, Any] = {}
-    environment: dict[str, Any] = {}
-
-
-class Manifest(_Strict):
-    schema_version: int
-    run: str
-    created_at: str
-    packager_version: str
-    stages: dict[str, StageRecord] = {}
-
-    def recorded_files(self) -> dict[str, FileRecord]:
-        """Every file the manifest names, by path; a later stage's record of a path wins."""
-        files: dict[str, FileRecord] = {}
-        for stage in self.stages.values():
-            for rec in (*stage.inputs, *stage.outputs):
-                files[rec.path] = rec
-        return files
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def read_manifest(run_dir: Path) -> Manifest:
-    path = Path(run_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise MissingPathError(run_dir, f"not a packager run (no {MANIFEST_NAME})",
-                               hint="give the run directory a stage wrote, e.g. runs/<name>")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ManifestError(path, f"invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ManifestError(path, "expected a JSON object at the top level")
-    version = data.get("schema_version")
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise ManifestError(path, f"schema_version {version} is newer than this packager understands "
-                                  f"({SCHEMA_VERSION})", hint="upgrade packager to read this run")
-    try:
-        return Manifest.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
-        raise ManifestError(path, f"not a valid manifest: {problems}") from None
+from packager.run.atomic import atomic_write_text, partial_sibling, replace_directory, sweep_leftovers
+from packager.run.hash_cache import HashCache
+from packager.run.hashing import FileDigest, sha256_file
+from packager.run.manifest import (MANIFEST_NAME, SCHEMA_VERSION, STATE_DIR, FileRecord, Manifest, StageRecord, now,
+                                   read_manifest)
+from packager.run.provenance import environment
 
 
 class Run:
@@ -129,7 +56,7 @@ class Run:
             raise RunConflictError(path, "exists and is not a packager run (no manifest.json); "
                                          "refusing to write into it", hint="choose an empty or new directory")
         path.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(schema_version=SCHEMA_VERSION, run=name, created_at=_now(),
+        manifest = Manifest(schema_version=SCHEMA_VERSION, run=name, created_at=now(),
                             packager_version=packager.__version__)
         run = cls(path, manifest)
         run._write_manifest()
@@ -235,7 +162,7 @@ class StageWriter:
         self.name = name
         self.parameters = parameters
         self.metrics: dict[str, Any] = {}
-        self.started_at = _now()
+        self.started_at = now()
         self._inputs: dict[str, FileRecord] = {}
         self._dirs: dict[Path, Path] = {}  # final -> temporary
         self._files: dict[str, FileRecord] = {}
@@ -320,119 +247,6 @@ class StageWriter:
                 self.run.hash_cache.remember(dest, d)
                 rel = self.run.relative(dest)
                 outputs[rel] = FileRecord(path=rel, sha256=d.sha256, size=d.size, parents=parents)
-        return StageRecord(name=self.name, started_at=self.started_at, finished_at=_now(),
+        return StageRecord(name=self.name, started_at=self.started_at, finished_at=now(),
                            parameters=self.parameters, inputs=tuple(self._inputs.values()),
                            outputs=tuple(outputs.values()), metrics=self.metrics, environment=environment())
-
-
-# ---------------------------------------------------------------- lineage
-
-PUBLISH_STAGES = ("sign", "push-")
-"""Stages that sign or publish a run: recorded afterwards without changing what the run is."""
-
-
-def lineage(manifest: Manifest) -> dict[str, Any]:
-    """Every stage that made the run's artifacts (all but signing and publishing), as recorded."""
-    return {name: stage.model_dump(mode="json") for name, stage in sorted(manifest.stages.items())
-            if not name.startswith(PUBLISH_STAGES)}
-
-
-def lineage_digest(manifest: Manifest) -> str:
-    """sha256 of :func:`lineage`: names what was published, and stays put while publishing records more."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(lineage(manifest), sort_keys=True).encode()).hexdigest()
-
-
-# ---------------------------------------------------------------- what is published
-
-PUBLISHED_FOLDERS = {"merged": "export/safetensors/", "adapter": "train/adapter/", "gguf": "export/gguf/"}
-
-
-def published_files(run: "Run", what: str) -> list[tuple[str, FileRecord]]:
-    """The recorded files of one published kind, as (path inside the model, record), sorted.
-
-    Raises:
-        MissingPathError: the run has none yet; the hint names the command that makes them.
-    """
-    prefix = PUBLISHED_FOLDERS[what]
-    records = {o.path: o for s in run.manifest.stages.values() for o in s.outputs if o.path.startswith(prefix)}
-    if not records:
-        how = {"merged": f"export {run.path} --format safetensors", "adapter": "train -c packager.yaml",
-               "gguf": f"export {run.path} --format gguf"}[what]
-        raise MissingPathError(run.path / prefix, f"nothing to push: the run has no {what} files",
-                               hint=f"run: packager {how}")
-    return [(path[len(prefix):], rec) for path, rec in sorted(records.items())]
-
-
-# ---------------------------------------------------------------- verify
-
-@dataclass
-class VerifyReport:
-    run_dir: Path
-    files_checked: int = 0
-    bytes_checked: int = 0
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def verify_run(run_dir: Path | str) -> VerifyReport:
-    """Re-hash every recorded file (no cache) and report modified, missing and unrecorded files."""
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    run = Run(run_dir, manifest)
-    report = VerifyReport(run_dir)
-    known_digests: set[str] = set()
-    outputs: dict[str, FileRecord] = {}
-    for stage in manifest.stages.values():
-        for rec in stage.outputs:
-            outputs[rec.path] = rec
-        known_digests.update(r.sha256 for r in (*stage.inputs, *stage.outputs))
-
-    every_record: dict[str, list[tuple[str, FileRecord]]] = {}  # a file several stages recorded: check each record
-    for name, stage in manifest.stages.items():
-        for rec in (*stage.inputs, *stage.outputs):
-            every_record.setdefault(rec.path, []).append((name, rec))
-    for path, records in every_record.items():
-        rec = records[-1][1]  # the last record wins, as in Manifest.recorded_files
-        file = run.resolve(path)
-        inside = not Path(path).is_absolute()
-        if not file.is_file():
-            if inside or path in outputs:
-                report.problems.append(f"missing: {path} (recorded sha256 {rec.sha256[:12]}…)")
-            else:
-                report.warnings.append(f"input no longer present: {path}")
-            continue
-        actual = sha256_file(file)
-        report.files_checked += 1
-        report.bytes_checked += actual.size
-        wrong = [(name, r) for name, r in records if r.sha256 != actual.sha256]
-        if wrong:
-            name, rec = wrong[-1]
-            kind = "modified" if inside else "input changed since recorded"
-            by = "" if rec is records[-1][1] else f" by stage {name!r}"
-            report.problems.append(f"{kind}: {path} (recorded sha256 {rec.sha256[:12]}… size {rec.size}{by}, "
-                                   f"now {actual.sha256[:12]}… size {actual.size})")
-
-    for path, rec in outputs.items():
-        unknown = [p for p in rec.parents if p not in known_digests]
-        if unknown:
-            report.problems.append(f"broken lineage: {path} names parent {unknown[0][:12]}… "
-                                   "that no recorded file has")
-
-    recorded_inside = {p for p in manifest.recorded_files() if not Path(p).is_absolute()}
-    for file in sorted(run_dir.rglob("*")):
-        rel = file.relative_to(run_dir)
-        if rel.parts[0] in (STATE_DIR, SIGNATURES_DIR, MANIFEST_NAME) or not file.is_file():
-            continue
-        if any(is_leftover(part) for part in rel.parts):
-            report.warnings.append(f"leftover of an interrupted run (safe to delete): {rel.as_posix()}")
-            continue
-        if rel.as_posix() not in recorded_inside:
-            report.problems.append(f"unrecorded: {rel.as_posix()} (not in the manifest)")
-    return report

@@ -12,7 +12,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from packager.hashing import FileDigest, HashingWriter, fsync_dir
+from packager.run.hashing import FileDigest, HashingWriter, fsync_dir
 
 PARTIAL_PREFIX = ".partial-"
 REPLACED_PREFIX = ".replaced-"
