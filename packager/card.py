@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 import packager
-from packager.base import HUB_ID
+from packager.models.checkpoint import HUB_ID
 from packager.run.lineage import lineage_digest
 from packager.templates import render
 

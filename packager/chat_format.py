@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.errors import DependencyMissingError, StageError
-from packager.tokenizer import ChatTemplate
+from packager.models.chat_template import ChatTemplate
 
 ROLES = ("system", "user", "assistant")
 _MARK = {"system": "\x02PKGSYS{}\x03", "user": "\x02PKGUSR{}\x03", "assistant": "\x02PKGAST{}\x03"}

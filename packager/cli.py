@@ -114,7 +114,7 @@ def base_inspect(model: str, allow_pickle: bool, as_json: bool) -> None:
     Example:
       packager base inspect ./base --json
     """
-    from packager.base import resolve_base
+    from packager.models.checkpoint import resolve_base
     from packager.config import BaseModelConfig
     from packager.run.hashing import sha256_file
 
@@ -143,7 +143,7 @@ def base_import_gguf(gguf: Path, out_dir: Path, dtype: str, hub_id: str | None) 
     Example:
       packager base import-gguf model.Q8_0.gguf ./base
     """
-    from packager.base import import_gguf
+    from packager.models.gguf_import import import_gguf
 
     click.echo(f"imported {gguf} -> {import_gguf(gguf, out_dir, dtype=dtype, hub_id=hub_id)}")
 
@@ -161,7 +161,7 @@ def base_example(out_dir: Path, check: bool) -> None:
     Example:
       packager base example ./base
     """
-    from packager.base import check_example_base, make_example_base
+    from packager.models.example_base import check_example_base, make_example_base
 
     path = make_example_base(out_dir)
     click.echo(f"example base model ready: {path}")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import packager
 from packager.errors import MissingPathError, StageError
+from packager.models.stop_tokens import stop_token_texts
 
 UID = 10001
 VLLM_PORT = 8000
@@ -75,17 +76,6 @@ def _max_len(cfg, model_config: dict) -> tuple[int, str]:
     if limit and limit < trained:
         return limit, f"the model's limit (training used {trained})"
     return trained, f"the training max length (the model supports {limit or 'an unknown length'})"
-
-
-def stop_tokens(model_dir: Path) -> list[str]:
-    """The text of every stop token in generation_config.json."""
-    eos = _json(model_dir / "generation_config.json").get("eos_token_id")
-    ids = [eos] if isinstance(eos, int) else list(eos or [])
-    tokenizer = _json(model_dir / "tokenizer.json")
-    by_id = {t["id"]: t["content"] for t in tokenizer.get("added_tokens", [])}
-    vocab = {v: k for k, v in (tokenizer.get("model", {}).get("vocab") or {}).items()} \
-        if isinstance(tokenizer.get("model", {}).get("vocab"), dict) else {}
-    return [by_id.get(i) or vocab[i] for i in ids if i in by_id or i in vocab]
 
 
 def _lineage(run) -> dict:
@@ -154,8 +144,8 @@ def _vllm_flags(cfg, model_dir: Path, model_path: str, config: dict, *, served_n
 
 def _vllm_lora_context(run, cfg, ctx: Context) -> Context:
     """Base model plus the adapter, served with --enable-lora (vLLM's multi-LoRA path)."""
-    from packager.base import resolve_base
-    from packager.merge import read_adapter
+    from packager.models.checkpoint import resolve_base
+    from packager.models.adapter import read_adapter
 
     adapter_dir = run.path / "train" / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -203,7 +193,7 @@ def _vllm_rank(rank: int) -> int:
 
 def ollama_context(run, cfg) -> Context:
     from packager.chat_format import check_parity, infer_chat_format
-    from packager.tokenizer import ChatTemplate
+    from packager.models.chat_template import ChatTemplate
 
     ocfg = cfg.containers.ollama
     name = run.manifest.run
@@ -241,7 +231,7 @@ def ollama_context(run, cfg) -> Context:
     sampling = ollama_sampling(_json(model_dir / "generation_config.json"))
     ctx.texts["Modelfile"] = _render("Modelfile.j2", run, ctx, gguf=gguf.name,
                                      adapter=adapter.name if adapter else None, template=go_template,
-                                     parity=parity, system=ocfg.system, stops=stop_tokens(model_dir),
+                                     parity=parity, system=ocfg.system, stops=stop_token_texts(model_dir),
                                      num_ctx=num_ctx, num_ctx_note=num_ctx_note, sampling=sampling,
                                      license=_license_text(cfg))
     ctx.command = ["serve"]
@@ -252,7 +242,7 @@ def ollama_context(run, cfg) -> Context:
     baked["Modelfile"] = hashlib.sha256(ctx.texts["Modelfile"].encode()).hexdigest()
     ctx.details = {"model_note": note, "gguf": gguf.name, "adapter": adapter.name if adapter else None,
                    "baked_digest": context_digest(baked),
-                   "template_parity": parity, "stops": stop_tokens(model_dir), "num_ctx": num_ctx}
+                   "template_parity": parity, "stops": stop_token_texts(model_dir), "num_ctx": num_ctx}
     return ctx
 
 
@@ -262,7 +252,7 @@ def ollama_sampling(generation_config: dict) -> list[tuple[str, object]]:
 
 
 def _passed_gguf(run, quant: str) -> Path:
-    from packager.llamacpp import canonical_quant
+    from packager.models.gguf import canonical_quant
 
     quant = canonical_quant(quant)
     export = run.manifest.stages.get("export-gguf")

@@ -379,9 +379,9 @@ def _split_recorded(run, parameters: dict, texts: dict[str, str]) -> bool:
 
 def tokenizer_for_model(model: str, chat_template: Path | None = None):
     """(tokenizer, notes, model's max positions) for a base model given as a directory or Hub id."""
-    from packager.base import resolve_base
+    from packager.models.checkpoint import resolve_base
     from packager.config import BaseModelConfig
-    from packager.tokenizer import load_tokenizer
+    from packager.models.tokenizer import load_tokenizer
 
     ckpt = resolve_base(BaseModelConfig(model=model))
     prepared = load_tokenizer(ckpt.path, chat_template=chat_template)

@@ -136,7 +136,7 @@ class _Steps:
 
 def run_demo(workdir: Path | str, *, say: Callable[[str], None]) -> DemoResult:
     """The whole job into ``workdir``; raises StageError when the fine-tune does not beat the base."""
-    from packager.base import check_example_base, make_example_base
+    from packager.models.example_base import check_example_base, make_example_base
     from packager.config import load_config
     from packager.deploy import DeployOptions, deploy, format_summary
     from packager.run.verify import verify_run
@@ -198,10 +198,10 @@ def _data_check(cfg) -> str:
     """Check and split the data into the run (stage ``data``), as training will; one line of stats."""
     import json
 
-    from packager.base import resolve_base
+    from packager.models.checkpoint import resolve_base
     from packager.data import prepare_data
     from packager.run.directory import Run
-    from packager.tokenizer import load_tokenizer
+    from packager.models.tokenizer import load_tokenizer
 
     ckpt = resolve_base(cfg.base)
     tokenizer = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template).tokenizer

@@ -120,7 +120,7 @@ def deploy(config_path: Path | str, options: DeployOptions, *, say: Callable[[st
 
     # ---- export
     from packager.export import export_run
-    from packager.llamacpp import canonical_quant
+    from packager.models.gguf import canonical_quant
 
     run = Run.open(run_dir)
     if "safetensors" in cfg.export.formats:

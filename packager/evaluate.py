@@ -15,14 +15,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.base import resolve_base
+from packager.models.checkpoint import resolve_base
 from packager.config import EvalConfig, PackagerConfig
 from packager.run.settings import recorded_config
 from packager.data import read_split, tokenize_with_assistant_mask
 from packager.errors import StageError
+from packager.models.inference import greedy_answers, load_causal_lm, teacher_forced_logits
 from packager.run.directory import Run
 from packager.run.manifest import read_manifest
-from packager.tokenizer import load_tokenizer
+from packager.models.tokenizer import load_tokenizer
 
 METRICS = ("exact_match", "format_adherence", "field_accuracy", "eval_loss", "perplexity")
 
@@ -88,28 +89,21 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]]) -> float:
     import torch
 
     total, count = 0.0, 0
-    model.eval()
-    with torch.inference_mode():
-        for conv in conversations:
-            enc = tokenize_with_assistant_mask(tokenizer, conv)
-            ids = torch.tensor([enc["input_ids"]], device=model.device)
-            labels = ids.clone()
-            labels[0, torch.tensor(enc["assistant_masks"]) == 0] = -100
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            target = labels[0, 1:]
-            keep = target != -100
-            total += torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item()
-            count += int(keep.sum())
+    for conv in conversations:
+        enc = tokenize_with_assistant_mask(tokenizer, conv)
+        (logits,) = teacher_forced_logits(model, [enc["input_ids"]])
+        target = torch.tensor(enc["input_ids"][1:], device=logits.device)
+        keep = torch.tensor(enc["assistant_masks"][1:], device=logits.device) == 1
+        total += torch.nn.functional.cross_entropy(logits[:-1][keep], target[keep], reduction="sum").item()
+        count += int(keep.sum())
     return total / max(1, count)
 
 
 def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalConfig, *,
                    label: str = "answering") -> tuple[dict, list[str]]:
-    from packager.train import generate_answers
-
     prompts = [c[:-1] for c in conversations]
     references = [c[-1]["content"] for c in conversations]
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, progress=label)
+    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, progress=label)
     metrics = score(answers, references, cfg)
     metrics["eval_loss"] = assistant_loss(model, tokenizer, conversations)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
@@ -144,17 +138,10 @@ def check_gate(cfg: EvalConfig, finetuned: dict, base: dict | None) -> dict:
 # ---------------------------------------------------------------- the fine-tune
 
 def load_finetuned(run: Run, cfg: PackagerConfig, *, base_path: Path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
     model_dir, adapter_dir = run.path / "train" / "model", run.path / "train" / "adapter"
     if model_dir.is_dir():
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    from peft import PeftModel
-
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32,
-                                                trust_remote_code=cfg.base.trust_remote_code)
-    return PeftModel.from_pretrained(base, adapter_dir)
+        return load_causal_lm(model_dir)
+    return load_causal_lm(base_path, adapter_dir=adapter_dir, trust_remote_code=cfg.base.trust_remote_code)
 
 
 # ---------------------------------------------------------------- the base, once
@@ -191,15 +178,12 @@ def evaluate_base(run: Run, ckpt, ecfg: EvalConfig, *, tokenizer, conversations:
     the base is evaluated once per run: before training (``packager demo``) or at the first ``eval``.
     Returns (metrics, answers, reused).
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     parameters = _base_eval_parameters(run, ckpt, ecfg, chat_template=tokenizer.chat_template,
                                        rows=len(conversations))
     recorded = _recorded_base_eval(run, parameters)
     if recorded is not None:
         return (*recorded, True)
-    model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(ckpt.path, trust_remote_code=trust_remote_code)
     metrics, answers = evaluate_model(model, tokenizer, conversations, ecfg, label="the base answers")
     del model
     with run.stage(BASE_STAGE, parameters=parameters) as st:

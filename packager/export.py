@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.errors import MissingPathError, StageError
-from packager.llamacpp import (GGUF_TYPES, PARITY_THRESHOLDS, Conversion, canonical_quant,
-                               check_gguf_carries_chat_format, convert_to_gguf, gguf_parity, parity_failures,
-                               quantize_gguf, reference_outputs, require_gguf_tools, tool_versions, write_lora_gguf)
+from packager.models.stop_tokens import generation_stop_ids
+from packager.llamacpp import (PARITY_THRESHOLDS, Conversion, check_gguf_carries_chat_format, convert_to_gguf, gguf_parity, parity_failures, quantize_gguf, reference_outputs, require_gguf_tools, tool_versions, write_lora_gguf)
+from packager.models.gguf import GGUF_TYPES, canonical_quant
 
 @dataclass
 class ExportResult:
@@ -38,16 +38,10 @@ def _merged_dir(run) -> Path:
     return merged
 
 
-def _stop_ids(model_dir: Path) -> list[int]:
-    gen = json.loads((model_dir / "generation_config.json").read_text())
-    eos = gen.get("eos_token_id")
-    return [eos] if isinstance(eos, int) else list(eos or [])
-
-
 def merge_recorded_greedy(run, model_dir: Path, conversations: list[list[dict]]) -> list[list[int]] | None:
     """The merged model's greedy answers to the parity questions as the merge stage recorded them, if they
     are answers to these very questions by these very files (else None, and they are generated again)."""
-    from packager.golden import golden_questions
+    from packager.models.golden import golden_questions
 
     merge = run.manifest.stages.get("merge")
     if merge is None or model_dir != run.path / "merged" or not run.outputs_intact("merge"):
@@ -81,16 +75,16 @@ def export_safetensors(run, cfg, *, shard_size: str | None = None) -> ExportResu
         listed = [{"path": p.name, "size": p.stat().st_size, "sha256": st.digest_of(p).sha256}
                   for p in sorted(out.iterdir())]
         card = render_model_card(run, kind="merged", files=listed, license_cfg=cfg.export,
-                                 stop_ids=_stop_ids(merged))
+                                 stop_ids=generation_stop_ids(merged))
         (out / "README.md").write_text(card)
     return ExportResult(run.path, sorted((run.path / "export" / "safetensors").iterdir()), {}, {})
 
 
 def _reshard(merged: Path, out: Path, *, shard_size: str, stage) -> None:
-    from packager.base import inspect_checkpoint
+    from packager.models.checkpoint import inspect_checkpoint
     from packager.config import parse_size
     from packager.merge import read_base_layout
-    from packager.safetensors_stream import read_tensor, write_sharded
+    from packager.models.safetensors_stream import read_tensor, write_sharded
 
     layout = read_base_layout(inspect_checkpoint(merged))
     digests = write_sharded(out, list(layout.specs.values()), lambda spec: read_tensor(layout, spec.name),
@@ -116,7 +110,7 @@ def export_gguf(run, cfg, *, quants: list[str], conversations: list[list[dict]])
     require_gguf_tools()
     merged = _merged_dir(run)
     quants = [canonical_quant(q) for q in quants]
-    stop_ids = _stop_ids(merged)
+    stop_ids = generation_stop_ids(merged)
     chat_template = (merged / "chat_template.jinja").read_text() if (merged / "chat_template.jinja").is_file() \
         else json.loads((merged / "tokenizer_config.json").read_text()).get("chat_template")
     name = run.manifest.run
@@ -199,8 +193,8 @@ def export_run(run_dir: Path | str, *, fmt: str, quants: tuple[str, ...] = (),
 def export_adapter_gguf(run, cfg, *, conversations: list[list[dict]]) -> ExportResult:
     """Stage ``export-adapter-gguf``: the base as f16 GGUF plus the LoRA as a GGUF adapter (Ollama ADAPTER),
     checked by loading both in llama.cpp and comparing with the merged model."""
-    from packager.base import resolve_base
-    from packager.merge import read_adapter
+    from packager.models.checkpoint import resolve_base
+    from packager.models.adapter import read_adapter
 
     require_gguf_tools()
     adapter_dir = run.path / "train" / "adapter"
@@ -221,7 +215,7 @@ def export_adapter_gguf(run, cfg, *, conversations: list[list[dict]]) -> ExportR
         info = write_lora_gguf(read_adapter(adapter_dir), json.loads((ckpt.path / "config.json").read_text()),
                                adapter_gguf)
         # Compared with base + adapter unmerged, which the two files compute; a bf16 merge differs at near-ties.
-        ref = reference_outputs(ckpt.path, conversations, stop_ids=_stop_ids(merged), adapter_dir=adapter_dir,
+        ref = reference_outputs(ckpt.path, conversations, stop_ids=generation_stop_ids(merged), adapter_dir=adapter_dir,
                                 tokenizer_dir=merged)
         st.metrics["reference"] = "base + adapter (PEFT, float32)"
         parity = gguf_parity(base_gguf, ref, lora_path=adapter_gguf)

@@ -75,7 +75,10 @@ def plan_commit(run, cfg, *, what: str, repo_id: str, revision: str | None = Non
     files = [PlannedFile(name, rec.size, rec.sha256, local=run.resolve(rec.path))
              for name, rec in published_files(run, what) if name != "README.md"]
     listed = [{"path": f.path_in_repo, "size": f.size, "sha256": f.sha256} for f in files]
-    stop_ids = _stop_ids(run)
+    from packager.containerize import served_model_dir
+    from packager.models.stop_tokens import generation_stop_ids
+
+    stop_ids = generation_stop_ids(served_model_dir(run))
     card = render_model_card(run, kind=what, files=listed, license_cfg=cfg.export, stop_ids=stop_ids)
     files.append(_text_file("README.md", card))
     if what == "gguf":
@@ -85,26 +88,19 @@ def plan_commit(run, cfg, *, what: str, repo_id: str, revision: str | None = Non
     return CommitPlan(repo_id, what, revision, private, message, sorted(files, key=lambda f: f.path_in_repo))
 
 
-def _stop_ids(run) -> list[int]:
-    from packager.containerize import served_model_dir
-
-    gen = json.loads((served_model_dir(run) / "generation_config.json").read_text())
-    eos = gen.get("eos_token_id")
-    return [eos] if isinstance(eos, int) else list(eos or [])
-
-
 def _ollama_files(run, cfg) -> list[PlannedFile]:
     """Ollama's Hub integration reads ``template`` (Go) and ``params`` (JSON) beside the GGUF files."""
     from packager.chat_format import check_parity, infer_chat_format
-    from packager.containerize import _max_len, ollama_sampling, served_model_dir, stop_tokens
-    from packager.tokenizer import ChatTemplate
+    from packager.containerize import _max_len, ollama_sampling, served_model_dir
+    from packager.models.stop_tokens import stop_token_texts
+    from packager.models.chat_template import ChatTemplate
 
     model_dir = served_model_dir(run)
     template = ChatTemplate.from_model_dir(model_dir)
     fmt = infer_chat_format(template)
     check_parity(template, fmt)
     gen = json.loads((model_dir / "generation_config.json").read_text())
-    params = {"stop": stop_tokens(model_dir), "num_ctx": _max_len(cfg, json.loads(
+    params = {"stop": stop_token_texts(model_dir), "num_ctx": _max_len(cfg, json.loads(
         (model_dir / "config.json").read_text()))[0], **dict(ollama_sampling(gen))}
     files = [_text_file("template", fmt.go_template()), _text_file("params", json.dumps(params, indent=2) + "\n")]
     if cfg.containers.ollama.system:

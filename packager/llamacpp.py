@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import re
 import subprocess
@@ -20,15 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.errors import DependencyMissingError, InputFileError, StageError
+from packager.errors import DependencyMissingError, StageError
+from packager.models.gguf import GGUF_TYPES, read_gguf_metadata
 
 GGUF_INSTALL = "pip install 'packager[gguf]'  (llama-cpp-python builds once from source; pip caches the wheel)"
-# How each GGUF type is made: by the converter from the merged checkpoint, or by llama.cpp's quantize from f16.
-GGUF_TYPES = {
-    "f16": ("convert", "f16"), "bf16": ("convert", "bf16"), "q8_0": ("convert", "q8_0"),
-    "Q4_K_M": ("quantize", "LLAMA_FTYPE_MOSTLY_Q4_K_M"), "Q5_K_M": ("quantize", "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
-    "Q6_K": ("quantize", "LLAMA_FTYPE_MOSTLY_Q6_K"),
-}
 # Parity thresholds against the merged checkpoint (float32): teacher-forced top-1 agreement, mean KL
 # divergence per position, and greedy answers to golden prompts (share of tokens before they diverge).
 # Greedy answers diverge at near-ties even for good quants (q8_0 of SmolLM2 starts "Paris, France" where
@@ -41,13 +35,6 @@ PARITY_THRESHOLDS = {
     "Q5_K_M": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
     "Q4_K_M": {"min_top1": 0.90, "max_kl": 0.05, "min_greedy": 0.5},
 }
-
-
-def canonical_quant(name: str) -> str:
-    for known in GGUF_TYPES:
-        if known.lower() == name.lower():
-            return known
-    raise StageError("export", f"unknown GGUF type {name!r}; choose from {', '.join(GGUF_TYPES)}")
 
 
 def require_gguf_tools() -> None:
@@ -185,91 +172,6 @@ def quantize_gguf(source: Path, out_file: Path, *, quant: str) -> dict:
             "total_tensors": int(fallback.group(2)) if fallback else None}
 
 
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-                 12: "<d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-_WANTED = {"general.architecture": "architecture", "general.file_type": "file_type",
-           "tokenizer.chat_template": "chat_template", "tokenizer.ggml.eos_token_id": "eos_token_id",
-           "tokenizer.ggml.bos_token_id": "bos_token_id", "general.base_model.0.repo_url": "base_model"}
-
-
-def read_gguf_metadata(path: Path) -> dict:
-    """The GGUF header fields packager checks, read from the header alone (gguf's GGUFReader builds a view
-    of every vocabulary entry and tensor: seconds per file). Checks that every tensor's data lies inside the
-    file. Raises InputFileError on a wrong magic, an unknown version or value type, or a truncated file."""
-    import mmap
-    import struct
-
-    with open(path, "rb") as f:
-        magic = f.read(4)
-        if magic != b"GGUF":
-            raise InputFileError(path, f"not a GGUF file (first bytes {magic!r})")
-        size = os.fstat(f.fileno()).st_size
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    pos = 4
-
-    def take(fmt: str):
-        nonlocal pos
-        value = struct.unpack_from(fmt, buf, pos)[0]
-        pos += struct.calcsize(fmt)
-        return value
-
-    def string(keep: bool = True) -> str | None:
-        nonlocal pos
-        length = take("<Q")
-        if pos + length > size:
-            raise struct.error("a string runs past the end of the file")
-        pos += length
-        return buf[pos - length:pos].decode("utf-8", "replace") if keep else None
-
-    def value(kind: int, keep: bool):
-        """The value at ``pos``, or None past it when not kept (the vocabulary is ~100k strings)."""
-        nonlocal pos
-        if kind in _GGUF_SCALARS:
-            return take(_GGUF_SCALARS[kind])
-        if kind == _GGUF_STRING:
-            return string(keep)
-        if kind != _GGUF_ARRAY:
-            raise ValueError(f"unknown GGUF value type {kind}")
-        item, count = take("<I"), take("<Q")
-        if item in _GGUF_SCALARS and not keep:
-            pos += count * struct.calcsize(_GGUF_SCALARS[item])
-            return None
-        items = [value(item, keep) for _ in range(count)]
-        return items if keep else None
-
-    try:
-        version = take("<I")
-        if version not in (2, 3):
-            raise ValueError(f"unsupported GGUF version {version} (packager reads versions 2 and 3)")
-        n_tensors, n_fields = take("<Q"), take("<Q")
-        fields = {}
-        for _ in range(n_fields):
-            key = string()
-            kind = take("<I")
-            fields[key] = value(kind, key in _WANTED or key == "general.alignment")
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-        tensors_end = 0
-        for _ in range(n_tensors):
-            string()
-            dims = [take("<Q") for _ in range(take("<I"))]
-            block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(take("<I"))]
-            offset = take("<Q")
-            elements = math.prod(dims)
-            tensors_end = max(tensors_end, offset + elements // block * block_bytes)
-        alignment = fields.get("general.alignment", 32)
-        data_start = pos + (-pos % alignment)
-    except (struct.error, ValueError, KeyError) as exc:
-        raise InputFileError(path, f"unreadable or truncated GGUF: {exc}") from None
-    finally:
-        buf.close()
-    if data_start + tensors_end > size:
-        raise InputFileError(path, f"truncated GGUF: its tensors need {data_start + tensors_end} bytes, the file "
-                                   f"has {size}")
-    return {**{name: fields.get(key) for key, name in _WANTED.items()}, "tensors": n_tensors}
-
-
 def check_gguf_carries_chat_format(path: Path, *, chat_template: str, stop_ids: list[int]) -> dict:
     meta = read_gguf_metadata(path)
     if meta["chat_template"] != chat_template:
@@ -321,26 +223,18 @@ def reference_outputs(model_dir: Path, conversations: list[list[dict]], *, stop_
     ``model_dir`` plus that LoRA unmerged (what a LoRA GGUF on the base GGUF computes; a bf16 merge rounds
     it). ``greedy``: its greedy answers to ``golden_questions(conversations)`` when already known (the
     merge stage records the merged model's), which are then not generated again."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from packager.golden import golden_questions, torch_golden
+    from packager.models.golden import golden_questions, torch_golden
+    from packager.models.inference import load_causal_lm, teacher_forced_logits
+    from packager.models.tokenizer import chat_ids
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    model.eval()
-    sequences = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in conversations]
+    model = load_causal_lm(model_dir, adapter_dir=adapter_dir, vocab_size=len(tokenizer))
+    sequences = [chat_ids(tokenizer, c) for c in conversations]
     questions = golden_questions(conversations)
-    prompts = [tokenizer.apply_chat_template(q, tokenize=True, add_generation_prompt=True,
-                                             return_dict=True)["input_ids"] for q in questions]
-    with torch.inference_mode():
-        logprobs = [_log_softmax(model(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids in sequences]
+    prompts = [chat_ids(tokenizer, q, generation_prompt=True) for q in questions]
+    logprobs = [_log_softmax(logits.numpy()) for logits in teacher_forced_logits(model, sequences)]
     if greedy is None:
         greedy = [g["tokens"] for g in torch_golden(model, tokenizer, questions, stop_ids=stop_ids)]
     return Reference(sequences, logprobs, prompts, greedy, questions, stop_ids, _perplexity(logprobs, sequences))
@@ -351,7 +245,7 @@ def gguf_parity(gguf_path: Path, ref: Reference, *, lora_path: Path | None = Non
     import numpy as np
     from llama_cpp import Llama
 
-    from packager.golden import GOLDEN_TOKENS, golden_record, token_agreement
+    from packager.models.golden import GOLDEN_TOKENS, golden_record, token_agreement
 
     n_ctx = max(max(map(len, ref.sequences)), max(map(len, ref.prompts)) + GOLDEN_TOKENS) + 8
     llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False,

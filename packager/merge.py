@@ -15,118 +15,21 @@ differ from the base by more than rounding noise.
 from __future__ import annotations
 
 import json
-import math
-import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from packager.base import Checkpoint
-from packager.errors import InputFileError, MissingPathError, StageError
-from packager.safetensors_stream import Layout, TensorSpec, read_header, read_layout, read_tensor, write_sharded
+from packager.errors import InputFileError, StageError
+from packager.models.adapter import ADAPTER_FILES, Adapter, read_adapter
+from packager.models.checkpoint import TOKENIZER_FILES, Checkpoint
+from packager.models.inference import load_causal_lm, teacher_forced_logits
+from packager.models.safetensors_stream import Layout, TensorSpec, read_layout, read_tensor, write_sharded
+from packager.models.tokenizer import chat_ids
 
-PEFT_PREFIX = "base_model.model."
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
 # Greedy-token agreement and logit tolerances, per output dtype: bf16 keeps 8 mantissa bits, fp16 11.
 # The mean |logit difference| is measured relative to the standard deviation of the reference logits.
 TOLERANCE = {"bfloat16": {"min_agreement": 0.95, "max_relative_mean_abs": 0.15},
              "float16": {"min_agreement": 0.98, "max_relative_mean_abs": 0.01}}
-
-
-@dataclass
-class LoraModule:
-    """One adapted base weight: its A/B (and DoRA magnitude) tensors and scale."""
-
-    base_key: str
-    a_key: str
-    b_key: str
-    kind: str  # "linear" or "embedding"
-    scale: float
-    rank: int
-    magnitude_key: str | None = None
-
-
-@dataclass
-class Adapter:
-    path: Path
-    config: dict
-    modules: dict[str, LoraModule]  # by base weight key
-    replacements: dict[str, str]  # base tensor key -> adapter tensor key (modules_to_save, resized embeddings)
-    header: dict = field(repr=False, default_factory=dict)
-
-    @property
-    def file(self) -> Path:
-        return self.path / "adapter_model.safetensors"
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.header[key]["shape"])
-
-
-def _matches(pattern_key: str, module: str) -> bool:
-    return module == pattern_key or module.endswith("." + pattern_key) or re.fullmatch(pattern_key, module) is not None
-
-
-def read_adapter(adapter_dir: Path | str) -> Adapter:
-    """Read a PEFT LoRA adapter directory and map every tensor to the base weight it changes.
-
-    Raises:
-        MissingPathError / InputFileError: files missing, corrupt, or of an unsupported PEFT type.
-    """
-    adapter_dir = Path(adapter_dir)
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise MissingPathError(adapter_dir, "not a PEFT adapter directory (no adapter_config.json)")
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise MissingPathError(adapter_dir, "no adapter_model.safetensors (pickle adapter_model.bin is not accepted)")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as exc:
-        raise InputFileError(config_file, f"invalid JSON: {exc}") from None
-    if config.get("peft_type", "LORA") != "LORA":
-        raise InputFileError(config_file, f"peft_type {config.get('peft_type')!r} cannot be merged; only LoRA can",
-                             field="peft_type")
-    header = {k: v for k, v in read_header(weights).items() if k != "__metadata__"}
-    modules, replacements = {}, {}
-    for key in header:
-        if not key.startswith(PEFT_PREFIX):
-            raise InputFileError(weights, f"unexpected tensor name {key!r} (expected the {PEFT_PREFIX!r} prefix)",
-                                 field=key)
-        name = key[len(PEFT_PREFIX):]
-        if "trainable_tokens" in name or "token_adapter" in name:
-            raise InputFileError(weights, "trainable-token adapters cannot be merged by packager yet", field=key)
-        lora = re.fullmatch(r"(.+)\.(lora_A|lora_embedding_A)(?:\.weight)?", name)
-        if lora:
-            module, kind = lora.group(1), "embedding" if "embedding" in lora.group(2) else "linear"
-            b_key = key.replace("lora_embedding_A", "lora_embedding_B").replace("lora_A", "lora_B")
-            if b_key not in header:
-                raise InputFileError(weights, f"{key} has no matching {b_key}", field=key)
-            magnitude = next((PEFT_PREFIX + f"{module}.lora_magnitude_vector{s}" for s in ("", ".weight")
-                              if PEFT_PREFIX + f"{module}.lora_magnitude_vector{s}" in header), None)
-            rank = header[key]["shape"][0]
-            modules[f"{module}.weight"] = LoraModule(f"{module}.weight", key, b_key, kind,
-                                                     _scale(config, module, rank, config_file), rank, magnitude)
-        elif re.search(r"\.(lora_B|lora_embedding_B|lora_magnitude_vector)(\.weight)?$", name):
-            continue
-        else:
-            replacements[name] = key
-    if not modules and not replacements:
-        raise InputFileError(weights, "holds no LoRA tensors")
-    return Adapter(adapter_dir, config, modules, replacements, header)
-
-
-def _scale(config: dict, module: str, rank: int, config_file: Path) -> float:
-    """alpha / r (or alpha / sqrt(r) with rslora), honouring rank_pattern and alpha_pattern."""
-    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
-    expected_rank = next((r for k, r in rank_pattern.items() if _matches(k, module)), config.get("r", rank))
-    if expected_rank != rank:
-        raise InputFileError(config_file, f"module {module} has rank {rank} in the weights but "
-                                                          f"{expected_rank} in adapter_config.json: the adapter "
-                                                          "and its config do not belong together", field="r")
-    alpha = next((a for k, a in alpha_pattern.items() if _matches(k, module)), config.get("lora_alpha", rank))
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
 # ---------------------------------------------------------------- planning
@@ -256,7 +159,7 @@ class MergeOutput:
 def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: str,
                  shard_bytes: int) -> MergeOutput:
     """Write the merged weights, config, generation config and tokenizer into ``out_dir``."""
-    from packager.tokenizer import no_chat_template_error, read_chat_template
+    from packager.models.tokenizer import no_chat_template_error, read_chat_template
 
     layout = read_base_layout(ckpt)
     check_adapter_fits_base(adapter, layout, base_name=ckpt.hub_id or str(ckpt.path))
@@ -296,7 +199,7 @@ def copy_tokenizer(source: Path, out_dir: Path) -> None:
 
 def write_generation_config(base_dir: Path, out_dir: Path) -> list[int]:
     """generation_config.json whose eos_token_id lists every stop token of the chat template."""
-    from packager.tokenizer import chat_stop_token_ids
+    from packager.models.stop_tokens import chat_stop_token_ids
 
     chat_stops = chat_stop_token_ids(out_dir)  # refuses a tokenizer without a chat template
     base_file = base_dir / "generation_config.json"
@@ -321,13 +224,6 @@ FALLBACK_PROMPTS = [
 ]
 
 
-def _logits(model, batches):
-    import torch
-
-    with torch.inference_mode():
-        return [model(input_ids=ids).logits[0].float() for ids in batches]
-
-
 def compare_logits(reference, candidate) -> dict:
     """Max and mean absolute logit difference and greedy (argmax) agreement over every position."""
     import torch
@@ -350,32 +246,26 @@ def verify_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, convers
     Raises:
         StageError: logits differ beyond the dtype's tolerance, or the merged model behaves like the base.
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from packager.golden import golden_questions, torch_golden
+    from packager.models.golden import golden_questions, torch_golden
 
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    batches = [torch.tensor([tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]])
-               for c in conversations]
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        base.resize_token_embeddings(len(tokenizer))
-    reference_model = PeftModel.from_pretrained(base, adapter_dir)
-    reference = _logits(reference_model, batches)
+    sequences = [chat_ids(tokenizer, c) for c in conversations]
+    reference_model = load_causal_lm(base_dir, adapter_dir=adapter_dir, vocab_size=len(tokenizer))
+    reference = teacher_forced_logits(reference_model, sequences)
     with reference_model.disable_adapter():
-        base_logits = _logits(reference_model, batches)
-    del reference_model, base
-    merged_model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
-    merged = _logits(merged_model, batches)
+        base_logits = teacher_forced_logits(reference_model, sequences)
+    del reference_model
+    merged_model = load_causal_lm(merged_dir)
+    merged = teacher_forced_logits(merged_model, sequences)
     golden = torch_golden(merged_model, tokenizer, golden_questions(conversations), stop_ids=stop_ids)
     del merged_model
 
     result = compare_logits(reference, merged)
     vs_base = compare_logits(base_logits, merged)
     adapter_effect = compare_logits(base_logits, reference)["mean_abs"]
-    result.update({"prompts": len(batches), "dtype": dtype, "mean_abs_vs_base": vs_base["mean_abs"],
+    result.update({"prompts": len(sequences), "dtype": dtype, "mean_abs_vs_base": vs_base["mean_abs"],
                    "adapter_effect_mean_abs": adapter_effect, "tolerance": TOLERANCE[dtype]})
     tol = TOLERANCE[dtype]
     if adapter_effect == 0.0:
@@ -424,7 +314,7 @@ def _base_matches_recorded(run, ckpt: Checkpoint) -> None:
 def merge_into_run(run, *, ckpt: Checkpoint, adapter_dir: Path, dtype: str, shard_bytes: int,
                    conversations: list[list[dict]], method: str, base_cfg) -> MergeResult:
     """Stage ``merge``: stream-merge into RUN/merged, verify, record digests (hashed while writing)."""
-    from packager.base import record_base
+    from packager.models.checkpoint import record_base
 
     adapter = read_adapter(adapter_dir)
     with run.stage("merge", parameters={"dtype": dtype, "shard_bytes": shard_bytes, "method": method}) as st:
@@ -453,7 +343,7 @@ def merge_into_run(run, *, ckpt: Checkpoint, adapter_dir: Path, dtype: str, shar
 
 def merge_run(run_dir: Path | str, *, dtype: str | None = None) -> MergeResult:
     """``packager merge RUN``: merge the run's adapter onto the base it was trained on."""
-    from packager.base import resolve_base
+    from packager.models.checkpoint import resolve_base
     from packager.config import parse_size
     from packager.run.settings import recorded_config
     from packager.data import read_split
@@ -477,7 +367,7 @@ def merge_run(run_dir: Path | str, *, dtype: str | None = None) -> MergeResult:
 def merge_external(adapter_dir: Path | str, base_model: str, out_dir: Path | str, *, dtype: str = "bfloat16",
                    shard_size: str = "2GB") -> MergeResult:
     """``packager merge --adapter DIR --base MODEL --out RUN``: an adapter trained elsewhere."""
-    from packager.base import resolve_base
+    from packager.models.checkpoint import resolve_base
     from packager.config import BaseModelConfig, parse_size
     from packager.run.directory import Run
 
@@ -492,7 +382,7 @@ def merge_external(adapter_dir: Path | str, base_model: str, out_dir: Path | str
 
 def _refuse_named_mismatch(adapter: Adapter, ckpt: Checkpoint) -> None:
     """When both the adapter's recorded base and ours are Hub ids, they must be the same model."""
-    from packager.base import HUB_ID
+    from packager.models.checkpoint import HUB_ID
 
     named = adapter.config.get("base_model_name_or_path") or ""
     ours = ckpt.hub_id or ""

@@ -143,7 +143,7 @@ def check_endpoint(url: str, model: str, expect: Expectations, *, target: str | 
                    ready_timeout_s: float = 600, alive: Callable[[], str | None] | None = None,
                    echo: Callable[[str], None] = click.echo) -> SmokeReport:
     """Every check against a running endpoint; returns the report (it never raises for a failed check)."""
-    from packager.golden import token_agreement
+    from packager.models.golden import token_agreement
 
     report = SmokeReport(url, model, target)
     report.timings["ready_s"] = round(wait_ready(url, model, timeout_s=ready_timeout_s, alive=alive, echo=echo), 2)
@@ -256,8 +256,9 @@ def _ollama_native_check(report: SmokeReport, url: str, model: str, expect: Expe
 
 def expectations(run, cfg, target: str) -> Expectations:
     """Golden answers, stop texts and tokenizer of what ``target`` serves, as the run recorded them."""
-    from packager.containerize import served_model_dir, stop_tokens
-    from packager.llamacpp import canonical_quant
+    from packager.containerize import served_model_dir
+    from packager.models.stop_tokens import stop_token_texts
+    from packager.models.gguf import canonical_quant
 
     model_dir = served_model_dir(run)
     if target == "vllm":
@@ -273,7 +274,7 @@ def expectations(run, cfg, target: str) -> Expectations:
         golden = parity.get("golden", [])
     specials = [t["content"] for t in json.loads((model_dir / "tokenizer.json").read_text()).get("added_tokens", [])
                 if t.get("special")]
-    return Expectations(golden=golden, stop_texts=sorted(set(stop_tokens(model_dir)) | set(specials)),
+    return Expectations(golden=golden, stop_texts=sorted(set(stop_token_texts(model_dir)) | set(specials)),
                         tokenizer_file=model_dir / "tokenizer.json",
                         min_agreement=getattr(cfg.smoke.min_token_agreement, target),
                         concurrency=cfg.smoke.concurrency)

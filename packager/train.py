@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.base import Checkpoint, record_base, resolve_base
+from packager.models.checkpoint import Checkpoint, record_base, resolve_base
 from packager.config import PackagerConfig
 from packager.data import prepare_data, read_split, tokenize_with_assistant_mask
+from packager.models.inference import greedy_answers
 from packager.errors import DependencyMissingError, InterruptedStageError, StageError
 from packager.run.directory import Run
 from packager.run.manifest import STATE_DIR
-from packager.tokenizer import load_tokenizer
+from packager.models.tokenizer import load_tokenizer
 
 DRY_RUN_ROWS = 16
 DRY_RUN_STEPS = 3
@@ -308,7 +309,7 @@ def make_callbacks(cfg: PackagerConfig, *, tokenizer, eval_conversations, sample
 
         def _sample(self, step: int, model, final: bool = False) -> None:
             started = time.perf_counter()
-            answers = generate_answers(model, tokenizer, prompts, max_new_tokens=SAMPLE_MAX_NEW_TOKENS)
+            answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=SAMPLE_MAX_NEW_TOKENS)
             self.generating_seconds += time.perf_counter() - started
             with open(samples_file, "a", encoding="utf-8") as f:
                 for prompt, answer in zip(prompts, answers):
@@ -334,35 +335,6 @@ def quiet_progress():
                     self.training_bar.set_postfix(shown, refresh=False)
 
     return QuietProgress()
-
-
-def generate_answers(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
-                     batch_size: int = 8, progress: str | None = None) -> list[str]:
-    """Greedy answers for prompts (conversations ending before the answer), left-padded batches.
-
-    ``progress``: a label for a progress bar over the batches (shown on a terminal only).
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    was_training = model.training
-    model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    answers = []
-    try:
-        starts = range(0, len(conversations), batch_size)
-        for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=None if progress else True):
-            batch = conversations[start:start + batch_size]
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return [a.strip() for a in answers]
 
 
 # ---------------------------------------------------------------- the stage

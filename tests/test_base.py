@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 
-from packager.base import import_gguf, inspect_checkpoint, record_base, resolve_base
+from packager.models.checkpoint import inspect_checkpoint, record_base, resolve_base
+from packager.models.gguf_import import import_gguf
 from packager.config import BaseModelConfig
 from packager.errors import InputFileError, MissingPathError, RunConflictError, UnsafeInputError
 from packager.run.hashing import sha256_file
@@ -76,7 +77,7 @@ def test_import_gguf_refuses_a_file_with_the_wrong_magic(tmp_path):
 
 
 def test_import_gguf_reports_a_truncated_file_and_leaves_nothing(tmp_path):
-    from packager.base import example_gguf_path
+    from packager.models.example_base import example_gguf_path
 
     truncated = tmp_path / "truncated.gguf"
     with open(example_gguf_path(), "rb") as f:
@@ -87,7 +88,7 @@ def test_import_gguf_reports_a_truncated_file_and_leaves_nothing(tmp_path):
 
 
 def test_import_gguf_refuses_to_overwrite_something_else(tmp_path):
-    from packager.base import example_gguf_path
+    from packager.models.example_base import example_gguf_path
 
     out = tmp_path / "out"
     out.mkdir()
@@ -99,10 +100,9 @@ def test_import_gguf_refuses_to_overwrite_something_else(tmp_path):
 
 @pytest.mark.slow
 def test_example_base_answers_paris_and_verifies(smollm2_dir):
-    from packager.base import EXAMPLE_QUESTION, greedy_chat_answer
+    from packager.models.example_base import check_example_base
 
-    answer = greedy_chat_answer(smollm2_dir, EXAMPLE_QUESTION)
-    assert "Paris" in answer
+    assert "Paris" in check_example_base(smollm2_dir).split(" -> ", 1)[1]
     ckpt = inspect_checkpoint(smollm2_dir)
     assert ckpt.architecture == "LlamaForCausalLM"
     assert (smollm2_dir / "chat_template.jinja").read_text().count("<|im_start|>") >= 2
@@ -122,7 +122,7 @@ def test_example_base_answers_paris_and_verifies(smollm2_dir):
 
 @pytest.mark.slow
 def test_example_import_is_idempotent_and_refuses_a_tampered_copy(smollm2_dir, tmp_path):
-    from packager.base import make_example_base
+    from packager.models.example_base import make_example_base
 
     before = (smollm2_dir / "manifest.json").read_bytes()
     assert make_example_base(smollm2_dir) == smollm2_dir

@@ -28,7 +28,7 @@ from packager.containerize import context_digest
 from packager.errors import StageError
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
-from packager.tokenizer import ChatTemplate
+from packager.models.chat_template import ChatTemplate
 
 from conftest import build_tokenizer, copy_run
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from packager.data import check_dataset, read_rows, split_rows, tokenize_with_assistant_mask
-from packager.tokenizer import load_tokenizer
+from packager.models.tokenizer import load_tokenizer
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "data" / "tickets.jsonl"
 

@@ -13,7 +13,7 @@ import yaml
 
 from packager.cli import cli
 from packager.errors import InputFileError, StageError
-from packager.llamacpp import canonical_quant, read_gguf_metadata
+from packager.models.gguf import canonical_quant, read_gguf_metadata
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 
@@ -22,7 +22,7 @@ from conftest import copy_run
 
 @pytest.fixture
 def example_gguf():
-    from packager.base import example_gguf_path
+    from packager.models.example_base import example_gguf_path
 
     return example_gguf_path()
 
@@ -90,8 +90,9 @@ def test_gguf_parity_reuses_the_greedy_answers_merge_recorded_only_for_the_same_
 
     from packager.run.settings import recorded_config
     from packager.data import read_split
-    from packager.export import _stop_ids, merge_recorded_greedy
-    from packager.golden import golden_questions, torch_golden
+    from packager.export import merge_recorded_greedy
+    from packager.models.stop_tokens import generation_stop_ids
+    from packager.models.golden import golden_questions, torch_golden
     from packager.run.directory import Run
 
     run_dir = merged_tiny_run(tmp_path, tiny_llama_copy, runner)
@@ -100,7 +101,7 @@ def test_gguf_parity_reuses_the_greedy_answers_merge_recorded_only_for_the_same_
     recorded = merge_recorded_greedy(run, merged, conversations)
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     fresh = torch_golden(model, AutoTokenizer.from_pretrained(merged), golden_questions(conversations),
-                         stop_ids=_stop_ids(merged))
+                         stop_ids=generation_stop_ids(merged))
     assert recorded == [g["tokens"] for g in fresh], "what merge recorded is what export would generate"
     assert merge_recorded_greedy(run, merged, conversations[:1]) is None, "other questions: generated again"
     config = merged / "config.json"

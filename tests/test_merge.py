@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from packager.base import inspect_checkpoint
+from packager.models.checkpoint import inspect_checkpoint
 from packager.errors import InputFileError, StageError
-from packager.merge import read_adapter, stream_merge
-from packager.tokenizer import chat_stop_token_ids
+from packager.merge import stream_merge
+from packager.models.adapter import read_adapter
+from packager.models.stop_tokens import chat_stop_token_ids
 
 from conftest import build_tiny_llama
 

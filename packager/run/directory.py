@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import packager
-from packager.errors import DiskFullError, RunConflictError
+from packager.errors import DiskFullError, MissingPathError, RunConflictError
 from packager.names import validate_name
 from packager.run.atomic import atomic_write_text, partial_sibling, replace_directory, sweep_leftovers
 from packager.run.hash_cache import HashCache

@@ -88,7 +88,7 @@ def build_tiny_llama_with_smollm2_tokenizer(directory: Path) -> Path:
     """
     from transformers import AutoTokenizer
 
-    from packager.base import example_gguf_path
+    from packager.models.example_base import example_gguf_path
 
     gguf = example_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

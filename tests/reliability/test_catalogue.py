@@ -260,7 +260,7 @@ def no_chat_template(c: Ctx):
 
 
 def truncated_gguf(c: Ctx):
-    from packager.base import example_gguf_path
+    from packager.models.example_base import example_gguf_path
 
     with open(example_gguf_path(), "rb") as f:
         (c.tmp / "model.gguf").write_bytes(f.read(3_000_000))

@@ -7,6 +7,8 @@ wrong weights, the base instead of the fine-tune, or a template that lost its st
 
 from __future__ import annotations
 
+from packager.models.inference import greedy_generate
+
 GOLDEN_QUESTIONS = ["What is the capital of France?"]
 GOLDEN_TOKENS = 64
 """Greedy tokens generated per prompt; answers that stop earlier are recorded as stopped."""
@@ -24,19 +26,9 @@ def golden_record(messages: list[dict], tokens: list[int], text: str, *, stopped
 
 def torch_golden(model, tokenizer, questions: list[list[dict]], *, stop_ids: list[int]) -> list[dict]:
     """Greedy answers of a transformers model, without the stop token."""
-    import torch
-
-    records = []
-    with torch.inference_mode():
-        for messages in questions:
-            ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                                return_dict=True)["input_ids"]
-            out = model.generate(torch.tensor([ids]), max_new_tokens=GOLDEN_TOKENS, do_sample=False,
-                                 eos_token_id=stop_ids, pad_token_id=stop_ids[0])[0, len(ids):].tolist()
-            stopped = bool(out) and out[-1] in stop_ids
-            tokens = [t for t in out if t not in stop_ids]
-            records.append(golden_record(messages, tokens, tokenizer.decode(tokens), stopped=stopped))
-    return records
+    answers = greedy_generate(model, tokenizer, questions, max_new_tokens=GOLDEN_TOKENS, stop_ids=stop_ids)
+    return [golden_record(q, a.tokens, tokenizer.decode(a.tokens), stopped=a.stopped)
+            for q, a in zip(questions, answers)]
 
 
 def token_agreement(expected: list[int], got: list[int]) -> float:

@@ -1,0 +1,130 @@
+"""Base models: a local Hugging Face checkpoint or a Hub id, inspected and recorded by digest."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packager.config import BaseModelConfig
+from packager.errors import InputFileError, MissingPathError, UnsafeInputError
+from packager.run.directory import StageWriter
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+CONFIG_FILES = ("config.json", "generation_config.json")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A local checkpoint directory, its files by kind, and where it came from."""
+
+    path: Path
+    weights: tuple[Path, ...]
+    tokenizer: tuple[Path, ...]
+    config: tuple[Path, ...]
+    architecture: str
+    weight_format: str  # "safetensors" or "pickle"
+    hub_id: str | None = None
+    revision: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (*self.config, *self.tokenizer, *self.weights)
+
+
+def _glob(directory: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return sorted({p for pat in patterns for p in directory.glob(pat) if p.is_file()})
+
+
+def inspect_checkpoint(directory: Path | str, *, allow_pickle: bool = False) -> Checkpoint:
+    """Check that ``directory`` is a usable checkpoint: config, safetensors weights, tokenizer.
+
+    Raises:
+        MissingPathError: the directory, its config.json, its weights or its tokenizer is missing.
+        UnsafeInputError: only pickle weights are present and ``allow_pickle`` is false.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MissingPathError(directory, "base model directory does not exist",
+                               hint="give a local checkpoint directory or a Hub id; "
+                                    "`packager base example DIR` makes the default one offline")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise MissingPathError(directory, "no config.json: not a Hugging Face checkpoint directory "
+                                          f"(found: {', '.join(sorted(p.name for p in directory.iterdir())[:8]) or 'nothing'})")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise InputFileError(config_file, f"invalid JSON: {exc}") from None
+    architectures = config.get("architectures") or [config.get("model_type", "unknown")]
+
+    weights = _glob(directory, WEIGHT_PATTERNS)
+    weight_format = "safetensors"
+    if not weights:
+        pickles = _glob(directory, PICKLE_PATTERNS)
+        if not pickles:
+            raise MissingPathError(directory, "no weights found (*.safetensors)")
+        if not allow_pickle:
+            raise UnsafeInputError(
+                str(directory),
+                f"only pickle weights ({', '.join(p.name for p in pickles[:3])}); loading pickle can run "
+                "arbitrary code, so packager refuses by default",
+                hint="convert the checkpoint to safetensors, or set base.allow_pickle: true "
+                     "(recorded in the manifest) if you trust its source")
+        weights, weight_format = pickles, "pickle"
+
+    tokenizer = _glob(directory, TOKENIZER_FILES)
+    if not any(p.name in ("tokenizer.json", "tokenizer.model", "vocab.json") for p in tokenizer):
+        raise MissingPathError(directory, "no tokenizer (tokenizer.json, tokenizer.model or vocab.json)",
+                               hint="copy the base model's tokenizer files into this directory")
+    config_files = [p for p in (directory / name for name in CONFIG_FILES) if p.is_file()]
+    return Checkpoint(path=directory, weights=tuple(weights), tokenizer=tuple(tokenizer),
+                      config=tuple(config_files), architecture=architectures[0], weight_format=weight_format)
+
+
+def resolve_base(cfg: BaseModelConfig) -> Checkpoint:
+    """A local directory as is; a Hub id through huggingface_hub's cache, pinned to the resolved commit."""
+    local = Path(cfg.model).expanduser()
+    if local.exists() or not HUB_ID.fullmatch(cfg.model):
+        ckpt = inspect_checkpoint(local, allow_pickle=cfg.allow_pickle)
+        return Checkpoint(**{**ckpt.__dict__, "hub_id": cfg.hub_id})
+    directory, commit = _download_from_hub(cfg.model, revision=cfg.revision, allow_pickle=cfg.allow_pickle)
+    ckpt = inspect_checkpoint(directory, allow_pickle=cfg.allow_pickle)
+    return Checkpoint(**{**ckpt.__dict__, "hub_id": cfg.model, "revision": commit})
+
+
+def _download_from_hub(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple[Path, str]:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = [*WEIGHT_PATTERNS, *TOKENIZER_FILES, *CONFIG_FILES]
+    if allow_pickle:
+        patterns += list(PICKLE_PATTERNS)
+    try:
+        commit = HfApi().model_info(repo_id, revision=revision).sha
+        path = snapshot_download(repo_id, revision=commit, allow_patterns=patterns)
+    except RepositoryNotFoundError:
+        raise MissingPathError(repo_id, "no such model repository on the Hub (or it is gated/private "
+                                        "and no token is set)", hint="check the id, or run `hf auth login`") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise MissingPathError(repo_id, f"could not fetch from the Hugging Face Hub: {exc}",
+                               hint="check the network, or give a local checkpoint directory") from None
+    return Path(path), commit
+
+
+def record_base(stage: StageWriter, ckpt: Checkpoint, cfg: BaseModelConfig) -> None:
+    """Record the base model in a stage: id, revision and the digest of every weight/tokenizer/config file."""
+    for file in ckpt.files:
+        stage.add_input(file)
+    stage.parameters.update({
+        "base_model": cfg.model, "hub_id": ckpt.hub_id, "revision": ckpt.revision,
+        "local_path": str(ckpt.path.resolve()), "architecture": ckpt.architecture,
+        "weight_format": ckpt.weight_format, "allow_pickle": cfg.allow_pickle,
+        "trust_remote_code": cfg.trust_remote_code,
+    })
