@@ -46,7 +46,7 @@ print(time.perf_counter() - started, file=sys.stderr)
 """
 PACKAGER_FILE = """
 import sys, time
-from packager.hashing import sha256_file
+from packager.run.hashing import sha256_file
 started = time.perf_counter()
 for name in sys.argv[1:]:
     print(sha256_file(name).sha256, name)
@@ -54,7 +54,7 @@ print(time.perf_counter() - started, file=sys.stderr)
 """
 PACKAGER_VERIFY = """
 import sys, time
-from packager.manifest import verify_run
+from packager.run.verify import verify_run
 started = time.perf_counter()
 report = verify_run(sys.argv[1])
 assert report.ok, report.problems
@@ -63,7 +63,7 @@ print(time.perf_counter() - started, file=sys.stderr)
 PACKAGER_RECORD = """
 import shutil, sys, time
 from pathlib import Path
-from packager.manifest import Run
+from packager.run.directory import Run
 run_dir = Path(sys.argv[1])
 shutil.rmtree(run_dir, ignore_errors=True)
 run = Run.create(run_dir, name="record")
@@ -146,7 +146,7 @@ def throughput(files: list[Path], run_dir: Path, record_dir: Path, repeat: int) 
 
 # Prepended to both scripts: counts the bytes packager hashes, and reads the process's rchar.
 COUNTING = r"""
-import packager.hashing as hashing
+import packager.run.hashing as hashing
 
 hashed = {"bytes": 0}
 _sha256_file = hashing.sha256_file
@@ -155,8 +155,12 @@ def counting_sha256_file(path):
     hashed["bytes"] += d.size
     return d
 hashing.sha256_file = counting_sha256_file
-import packager.manifest as manifest
-manifest.sha256_file = counting_sha256_file
+import packager.run.directory as directory
+import packager.run.verify as verify
+directory.sha256_file = counting_sha256_file
+verify.sha256_file = counting_sha256_file
+import packager.run.hash_cache as hash_cache
+hash_cache.sha256_file = counting_sha256_file
 
 def rchar():
     return int(next(l for l in open("/proc/self/io") if l.startswith("rchar:")).split()[1])
@@ -174,12 +178,12 @@ def measured(fn):
 files = [Path(p) for p in sys.argv[2:]]
 total = sum(f.stat().st_size for f in files)
 work = Path(sys.argv[1]); shutil.rmtree(work, ignore_errors=True)
-run = manifest.Run.create(work, name="bytes")
+run = directory.Run.create(work, name="bytes")
 chunks = {f: f.read_bytes() for f in files}  # the payload, in memory: the write stage produces it from nothing
 results = {}
 
 def write_stage():
-    from packager.hashing import HashingWriter
+    from packager.run.hashing import HashingWriter
     with run.stage("write") as st:
         out = st.output_dir("payload")
         for f, data in chunks.items():
@@ -199,7 +203,7 @@ results["consume them in a later stage (hash cache)"] = {**measured(consume_stag
                                                          "produced": 3}
 
 def verify():
-    assert manifest.verify_run(work).ok
+    assert verify.verify_run(work).ok
 results["verify (re-hash everything, no cache)"] = {**measured(verify), "consumed": total, "produced": 0}
 print(json.dumps(results))
 """
@@ -209,7 +213,7 @@ import json, sys
 from pathlib import Path
 import torch, transformers, peft, safetensors.torch  # imported before counting: module files are not the stage
 from transformers import AutoModelForCausalLM, AutoTokenizer
-import packager.merge, packager.export, packager.base, packager.data, packager.tokenizer
+import packager.stages.merge.stage, packager.stages.export.formats, packager.models.checkpoint, packager.stages.data.split
 from packager.cli import cli
 
 args = sys.argv[1:]

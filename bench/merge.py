@@ -71,8 +71,9 @@ model.save_pretrained(out)
 STREAM_MERGE = """
 import sys
 from pathlib import Path
-from packager.base import inspect_checkpoint
-from packager.merge import read_adapter, stream_merge
+from packager.models.checkpoint import inspect_checkpoint
+from packager.models.adapter import read_adapter
+from packager.stages.merge.stream import stream_merge
 base, adapter, out = map(Path, sys.argv[1:4])
 out.mkdir()
 stream_merge(inspect_checkpoint(base), read_adapter(adapter), out, dtype="bfloat16", shard_bytes=2 * 10**9)

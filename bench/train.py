@@ -7,7 +7,7 @@ examples/data/tickets.jsonl), same number of optimizer steps and batch size, the
 (r=16, alpha=16, all linear projections) and learning rate, each in a fresh process:
 (a) `packager train` with its defaults, (b) TRL's SFTTrainer with its defaults otherwise, given the
 same split as a `messages` dataset, and (c) `packager train` with `train.packing: true` (TRL's best-fit
-packing; on a CPU each packed row stays a row with attention per sequence, see packager.train.packed_batches).
+packing; on a CPU each packed row stays a row with attention per sequence, see packager.stages.train.packing).
 Tokens are the non-padding tokens the Trainer itself counted on every side
 (`include_num_input_tokens_seen="non_padding"`; without an attention mask, packed rows are counted as tokens
 other than the pad token, which for SmolLM2 is also <|im_end|>, so (c) is undercounted by about 4%).
@@ -93,7 +93,7 @@ def padding_share(run_dir: Path, base: Path, *, batch_size: int, draws: int = 20
 
     from transformers import AutoTokenizer
 
-    from packager.data import read_split
+    from packager.stages.data.split import read_split
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     lengths = [len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])

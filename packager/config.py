@@ -16,8 +16,9 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
-from packager.errors import ConfigError, MissingPathError
+from packager.errors import BadInputError, ConfigError, MissingPathError
 from packager.names import check_name
+
 
 CONFIG_VERSION = 1
 
@@ -276,7 +277,9 @@ class PackagerConfig(Section):
     """Config schema version."""
     run: RunConfig = {}
     base: BaseModelConfig
-    data: DataConfig
+    data: DataConfig | None = None
+    """What to train on. Needed to train and evaluate; absent for a run merged from an adapter trained
+    elsewhere (`packager merge --adapter`)."""
     train: TrainConfig = {}
     eval: EvalConfig = {}
     merge: MergeConfig = {}
@@ -288,6 +291,29 @@ class PackagerConfig(Section):
     @property
     def run_dir(self) -> Path:
         return self.run.root / self.run.name
+
+    @property
+    def training_data(self) -> DataConfig:
+        """The data section, which training and evaluation need."""
+        if self.data is None:
+            raise BadInputError("data: the config has no data section, so there is nothing to train on",
+                                hint="add data.train: path/to/train.jsonl to packager.yaml")
+        return self.data
+
+    @property
+    def trained_max_length(self) -> int | None:
+        """The longest sequence training saw (data.max_seq_length); None for an adapter trained elsewhere."""
+        return self.data.max_seq_length if self.data is not None else None
+
+
+def section_type(annotation):
+    """The section model of a field typed ``Section`` or ``Section | None`` (an optional section), else the type."""
+    import types
+
+    if isinstance(annotation, types.UnionType):
+        models = [a for a in annotation.__args__ if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if len(models) == 1 else annotation
+    return annotation
 
 
 def _pinned_image(value: str) -> str:

@@ -6,7 +6,10 @@ import re
 
 from packager.errors import UnsafeInputError
 
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""A Hugging Face Hub repository id: owner/name."""
 NAME_RULE = ("must be 1-128 characters of letters, digits, '.', '_' or '-', start with a letter or digit, "
              "and contain no '..'")
 

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from packager.config import PackagerConfig, load_config, parse_config, parse_size
+from packager.config import PackagerConfig, load_config, parse_config, parse_size, section_type
 from packager.errors import ConfigError, MissingPathError
-from packager.scaffold import init_project
+from packager.pipeline.scaffold import init_project
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 MINIMAL = {"base": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}, "data": {"train": "data/train.jsonl"}}
@@ -144,7 +144,7 @@ def test_init_lists_every_schema_key(tmp_path):
         if section == "version":
             continue
         assert section in loaded
-        assert set(loaded[section]) == set(model.annotation.model_fields), section
+        assert set(loaded[section]) == set(section_type(model.annotation).model_fields), section
 
 
 def test_init_refuses_to_overwrite(tmp_path):

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from packager.chat_format import check_parity, expected_prompt, infer_chat_format, render_go_template
+from packager.serve.chat_format import check_parity, expected_prompt, infer_chat_format
+from packager.serve.go_template import render_go_template
 from packager.cli import cli
-from packager.containerize import context_digest
+from packager.serve.context import context_digest
 from packager.errors import StageError
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
@@ -397,7 +398,7 @@ def test_the_vllm_image_builds_with_podman_and_passes_the_smoke_test(runner, smo
 
 def test_image_references_are_qualified_pinned_and_checked():
     from packager.config import OllamaConfig
-    from packager.engine import check_image_ref, qualified
+    from packager.serve.engine import check_image_ref, qualified
     from packager.errors import BadInputError
 
     assert qualified("vllm/vllm-openai:v0.33.0") == "docker.io/vllm/vllm-openai:v0.33.0"
@@ -413,7 +414,7 @@ def test_image_references_are_qualified_pinned_and_checked():
 
 
 def test_sampling_parameters_come_from_generation_config():
-    from packager.containerize import ollama_sampling
+    from packager.serve.ollama import ollama_sampling
 
     assert ollama_sampling({"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.1, "eos_token_id": 2}) == \
         [("temperature", 0.6), ("top_p", 0.9), ("repeat_penalty", 1.1)]

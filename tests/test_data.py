@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from packager.data import check_dataset, read_rows, split_rows, tokenize_with_assistant_mask
+from packager.stages.data.check import check_dataset, split_rows
+from packager.stages.data.masks import tokenize_with_assistant_mask
+from packager.stages.data.rows import read_rows
 from packager.models.tokenizer import load_tokenizer
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "data" / "tickets.jsonl"
@@ -87,7 +89,7 @@ def test_a_datasets_directory_is_accepted(tmp_path):
 
 
 def test_split_is_deterministic_disjoint_and_independent_of_file_order():
-    from packager.data import Row
+    from packager.stages.data.rows import Row
 
     rows = [Row("f", i, [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}], "chat")
             for i in range(1, 101)]

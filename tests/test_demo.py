@@ -14,7 +14,7 @@ from packager.run.verify import verify_run
 
 def test_the_demo_project_is_written_once_and_loads(tmp_path):
     from packager.config import load_config
-    from packager.demo import write_demo_project
+    from packager.pipeline.demo import write_demo_project
 
     (tmp_path / "base").mkdir()
     config = write_demo_project(tmp_path)

@@ -89,8 +89,8 @@ def test_gguf_parity_reuses_the_greedy_answers_merge_recorded_only_for_the_same_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from packager.run.settings import recorded_config
-    from packager.data import read_split
-    from packager.export import merge_recorded_greedy
+    from packager.stages.data.split import read_split
+    from packager.stages.merge.stage import recorded_golden_tokens
     from packager.models.stop_tokens import generation_stop_ids
     from packager.models.golden import golden_questions, torch_golden
     from packager.run.directory import Run
@@ -98,15 +98,15 @@ def test_gguf_parity_reuses_the_greedy_answers_merge_recorded_only_for_the_same_
     run_dir = merged_tiny_run(tmp_path, tiny_llama_copy, runner)
     run, merged = Run.open(run_dir), run_dir / "merged"
     conversations = read_split(run_dir / "data" / "eval.jsonl")[: recorded_config(run).merge.verify_prompts]
-    recorded = merge_recorded_greedy(run, merged, conversations)
+    recorded = recorded_golden_tokens(run, merged, conversations)
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     fresh = torch_golden(model, AutoTokenizer.from_pretrained(merged), golden_questions(conversations),
                          stop_ids=generation_stop_ids(merged))
     assert recorded == [g["tokens"] for g in fresh], "what merge recorded is what export would generate"
-    assert merge_recorded_greedy(run, merged, conversations[:1]) is None, "other questions: generated again"
+    assert recorded_golden_tokens(run, merged, conversations[:1]) is None, "other questions: generated again"
     config = merged / "config.json"
     config.write_text(config.read_text() + " ")
-    assert merge_recorded_greedy(Run.open(run_dir), merged, conversations) is None, "other files: generated again"
+    assert recorded_golden_tokens(Run.open(run_dir), merged, conversations) is None, "other files: generated again"
 
 
 def test_safetensors_export_publishes_the_merged_model_with_a_card(runner, tmp_path, tiny_llama_copy):

@@ -7,7 +7,7 @@ import pytest
 
 from packager.models.checkpoint import inspect_checkpoint
 from packager.errors import InputFileError, StageError
-from packager.merge import stream_merge
+from packager.stages.merge.stream import stream_merge
 from packager.models.adapter import read_adapter
 from packager.models.stop_tokens import chat_stop_token_ids
 

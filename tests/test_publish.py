@@ -20,7 +20,7 @@ import yaml
 from packager.cli import cli
 from packager.errors import BadInputError, IntegrityError
 from packager.run.manifest import read_manifest
-from packager.smoke import free_port
+from packager.serve.smoke import free_port
 
 from conftest import copy_run
 
@@ -94,7 +94,7 @@ def sha256(path: Path) -> str:
 
 @pytest.mark.slow
 def test_gguf_and_merged_push_as_modelpack_artifacts_and_pull_back_identical(runner, served, registry, tmp_path):
-    from packager.oci import pull_oci
+    from packager.publish.oci import pull_oci
 
     assert runner.invoke(cli, ["export", str(served), "--format", "safetensors"]).exit_code == 0
     for what in ("gguf", "merged"):
@@ -149,7 +149,7 @@ def test_registry_credentials_down_and_wrong(runner, served, auth_registry, tmp_
 
 
 def test_references_are_checked():
-    from packager.oci import parse_ref
+    from packager.publish.oci import parse_ref
 
     assert parse_ref("127.0.0.1:5000/models/smol:v1") == ("127.0.0.1:5000", "models/smol", "v1")
     with pytest.raises(BadInputError, match="not a registry reference"):
@@ -170,7 +170,7 @@ def test_signing_detects_a_changed_byte_a_deleted_and_an_added_file_and_an_edite
     ok = runner.invoke(cli, ["verify", str(served), "--key", public])
     assert ok.exit_code == 0 and "signature OK" in ok.output
 
-    from packager.signing import verify_signature
+    from packager.publish.signing import verify_signature
 
     def tampered(paths: list[str], change, expect: str):
         """Change the signed run in place, expect verification to name it, put it back (no 1 GB copies)."""
@@ -263,7 +263,7 @@ class FakeHub:
 
 @pytest.mark.slow
 def test_hub_push_is_idempotent_and_uploads_only_what_changed(served):
-    from packager.hub import push_hub
+    from packager.publish.hub import push_hub
 
     hub = FakeHub()
     first = push_hub(served, repo_id="me/smol-GGUF", what="gguf", client_factory=lambda: hub)

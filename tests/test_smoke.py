@@ -14,7 +14,8 @@ from packager.cli import cli
 from packager.errors import StageError
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
-from packager.smoke import Expectations, check_endpoint, free_port, wait_ready
+from packager.serve.endpoint import Expectations, check_endpoint, wait_ready
+from packager.serve.smoke import free_port
 
 from conftest import copy_run
 

@@ -13,7 +13,7 @@ import yaml
 
 from packager.cli import cli
 from packager.config import EvalConfig, load_config
-from packager.evaluate import check_gate, field_score, score
+from packager.stages.evaluate.metrics import check_gate, field_score, score
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 
@@ -104,7 +104,7 @@ def test_packed_rows_attend_within_each_sequence_only(tiny_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from packager.train import for_the_model, packed_rows_collator
+    from packager.stages.train.packing import for_the_model, packed_rows_collator
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     a, b, c = list(range(40, 47)), list(range(60, 65)), list(range(80, 89))

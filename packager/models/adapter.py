@@ -12,6 +12,7 @@ from pathlib import Path
 from packager.errors import InputFileError, MissingPathError
 from packager.models.safetensors_stream import read_header
 
+
 PEFT_PREFIX = "base_model.model."
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
-import re
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packager.config import BaseModelConfig
 from packager.errors import InputFileError, MissingPathError, UnsafeInputError
+from packager.names import HUB_ID
 from packager.run.directory import StageWriter
+from packager.run.hashing import sha256_file
+
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 CONFIG_FILES = ("config.json", "generation_config.json")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass(frozen=True)
@@ -128,3 +130,28 @@ def record_base(stage: StageWriter, ckpt: Checkpoint, cfg: BaseModelConfig) -> N
         "weight_format": ckpt.weight_format, "allow_pickle": cfg.allow_pickle,
         "trust_remote_code": cfg.trust_remote_code,
     })
+
+
+@dataclass(frozen=True)
+class CheckpointListing:
+    """``packager base inspect``: a checkpoint and the sha256 of each of its files."""
+
+    checkpoint: Checkpoint
+    files: dict[str, dict]  # path inside the checkpoint -> {"sha256", "size"}
+
+    def to_json(self) -> dict:
+        c = self.checkpoint
+        return {"path": str(c.path), "hub_id": c.hub_id, "revision": c.revision, "architecture": c.architecture,
+                "weight_format": c.weight_format, "files": self.files}
+
+    def summary(self) -> str:
+        c = self.checkpoint
+        lines = [f"{c.path}: {c.architecture}, {c.weight_format} weights, {len(self.files)} files"]
+        lines += [f"  {d['sha256'][:16]}  {d['size']:>12,}  {name}" for name, d in self.files.items()]
+        return "\n".join(lines)
+
+
+def list_checkpoint(model: str, *, allow_pickle: bool = False) -> CheckpointListing:
+    """Resolve ``model`` (a directory or Hub id) and hash every file it is made of."""
+    ckpt = resolve_base(BaseModelConfig(model=model, allow_pickle=allow_pickle))
+    return CheckpointListing(ckpt, {str(f.relative_to(ckpt.path)): sha256_file(f).__dict__ for f in ckpt.files})

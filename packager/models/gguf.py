@@ -12,6 +12,7 @@ from pathlib import Path
 
 from packager.errors import InputFileError, MissingPathError, StageError
 
+
 GGUF_MAGIC = b"GGUF"
 # How each GGUF type is made: by the converter from the merged checkpoint, or by llama.cpp's quantize from f16.
 GGUF_TYPES = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from packager.models.inference import greedy_generate
 
+
 GOLDEN_QUESTIONS = ["What is the capital of France?"]
 GOLDEN_TOKENS = 64
 """Greedy tokens generated per prompt; answers that stop earlier are recorded as stopped."""

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 from packager.errors import InputFileError
 from packager.run.hashing import FileDigest, HashingWriter
 
+
 DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
                "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
                "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}

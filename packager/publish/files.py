@@ -6,6 +6,7 @@ from packager.errors import MissingPathError
 from packager.run.directory import Run
 from packager.run.manifest import FileRecord
 
+
 PUBLISHED_FOLDERS = {"merged": "export/safetensors/", "adapter": "train/adapter/", "gguf": "export/gguf/"}
 
 

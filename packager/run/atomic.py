@@ -14,6 +14,7 @@ from pathlib import Path
 
 from packager.run.hashing import FileDigest, HashingWriter, fsync_dir
 
+
 PARTIAL_PREFIX = ".partial-"
 REPLACED_PREFIX = ".replaced-"
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import packager
+
 from packager.errors import DiskFullError, MissingPathError, RunConflictError
 from packager.names import validate_name
 from packager.run.atomic import atomic_write_text, partial_sibling, replace_directory, sweep_leftovers
 from packager.run.hash_cache import HashCache
 from packager.run.hashing import FileDigest, sha256_file
-from packager.run.manifest import (MANIFEST_NAME, SCHEMA_VERSION, STATE_DIR, FileRecord, Manifest, StageRecord, now,
-                                   read_manifest)
+from packager.run.manifest import (MANIFEST_NAME, SCHEMA_VERSION, STATE_DIR, FileRecord, Manifest, StageRecord,
+                                   now, read_manifest)
 from packager.run.provenance import environment
 
 

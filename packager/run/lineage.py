@@ -8,6 +8,7 @@ from typing import Any
 
 from packager.run.manifest import Manifest
 
+
 PUBLISH_STAGES = ("sign", "push-")
 """Stages that sign or publish a run: recorded afterwards without changing what the run is."""
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from packager.errors import ManifestError, MissingPathError
 
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 STATE_DIR = ".packager"

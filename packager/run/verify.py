@@ -10,6 +10,7 @@ from packager.run.directory import Run
 from packager.run.hashing import sha256_file
 from packager.run.manifest import MANIFEST_NAME, SIGNATURES_DIR, STATE_DIR, FileRecord, read_manifest
 
+
 @dataclass
 class VerifyReport:
     run_dir: Path
@@ -21,6 +22,13 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def to_json(self) -> dict:
+        return {"run": str(self.run_dir), "ok": self.ok, "files_checked": self.files_checked,
+                "bytes_checked": self.bytes_checked, "problems": self.problems, "warnings": self.warnings}
+
+    def summary(self) -> str:
+        return f"{self.run_dir}: OK, {self.files_checked} files, {self.bytes_checked:,} bytes match the manifest"
 
 
 def verify_run(run_dir: Path | str) -> VerifyReport:

@@ -356,7 +356,7 @@ def engine_fails_mid_build(c: Ctx):
 
 
 def registry_down(c: Ctx):
-    from packager.smoke import free_port
+    from packager.serve.smoke import free_port
 
     c.port = free_port()  # nothing listens there
     return ["push", "oci", str(c.run()), f"127.0.0.1:{c.port}/models/t:v1", "--what", "merged", "--insecure"]

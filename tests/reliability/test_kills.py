@@ -23,7 +23,7 @@ import pytest
 
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
-from packager.train import last_complete_checkpoint, resume_point
+from packager.stages.train.checkpoints import last_complete_checkpoint, resume_point
 
 from reliability_kit import (copy_before, digests_under, packager_cli, packager_process, tiny_config,  # noqa: F401
                              tiny_gguf_run, tiny_run, unmerged_copy)

@@ -127,7 +127,7 @@ def test_verify_and_the_signature_name_the_tampered_file(signed_run, runner, tam
             kind = {"one-byte": "modified", "deleted": "missing", "added": "unrecorded"}[tamper.variant]
             assert f"{kind}: {named}" in result.output, result.output
         with pytest.raises(PackagerError) as signature:
-            from packager.signing import verify_signature
+            from packager.publish.signing import verify_signature
 
             verify_signature(run, public_key=public_key)
         message = str(signature.value)
@@ -149,7 +149,7 @@ def test_a_self_consistent_forged_record_is_caught_by_the_signature(signed_run, 
     """An attacker who adds a file *and* a matching record defeats plain verify by design (the manifest is
     the record); the signature, over every file present at signing time, names the added file."""
     from packager.run.hashing import sha256_file
-    from packager.signing import verify_signature
+    from packager.publish.signing import verify_signature
 
     run, public_key = signed_run
     manifest = run / "manifest.json"

@@ -1,0 +1,270 @@
+"""The checks of a smoke test against a running OpenAI-compatible endpoint: it must generate the right thing,
+not just answer 200 on /health.
+
+Through the OpenAI-compatible API (the official ``openai`` client) and, for Ollama, its native
+``/api/chat``, it checks that answers are non-empty and stop (finish_reason ``stop``, no stop-token text in
+the answer), that the served model name is right, that concurrent requests all succeed, and that greedy
+answers reproduce the **golden answers** recorded when the model was made (:mod:`packager.models.golden`): from the
+merged checkpoint for vLLM, from the served GGUF for Ollama.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from packager.errors import BadInputError, StageError
+from packager.models.golden import token_agreement
+
+
+FALLBACK_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+OPEN_MAX_TOKENS = 256
+REQUEST_TIMEOUT_S = 300
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str = ""
+    skipped: bool = False
+
+
+@dataclass
+class SmokeReport:
+    url: str
+    model: str
+    target: str | None
+    checks: list[Check] = field(default_factory=list)
+    answers: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed or c.skipped for c in self.checks)
+
+    def add(self, name: str, passed: bool, detail: str = "", *, skipped: bool = False) -> None:
+        self.checks.append(Check(name, passed, detail, skipped))
+
+    def to_dict(self) -> dict:
+        return {"url": self.url, "model": self.model, "target": self.target, "passed": self.passed,
+                "checks": [c.__dict__ for c in self.checks], "answers": self.answers, "timings": self.timings}
+
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.passed and not c.skipped]
+
+
+@dataclass
+class Expectations:
+    """What the run says the endpoint must do."""
+
+    golden: list[dict] = field(default_factory=list)
+    stop_texts: list[str] = field(default_factory=list)
+    tokenizer_file: Path | None = None
+    min_agreement: float = 1.0
+    concurrency: int = 8
+
+
+# ---------------------------------------------------------------- talking to the endpoint
+
+def _client(url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=url.rstrip("/") + "/v1", api_key="packager-smoke", timeout=REQUEST_TIMEOUT_S,
+                  max_retries=0)
+
+
+def _served_models(url: str) -> list[str]:
+    import httpx2
+
+    response = httpx2.get(url.rstrip("/") + "/v1/models", timeout=10)
+    response.raise_for_status()
+    return [m["id"] for m in response.json().get("data", [])]
+
+
+def wait_ready(url: str, model: str, *, timeout_s: float, alive: Callable[[], str | None] | None = None,
+               echo: Callable[[str], None] = click.echo) -> float:
+    """Poll ``/v1/models`` until ``model`` is listed; show progress; fail early when the server died.
+
+    Raises:
+        StageError: not ready within ``timeout_s``, or ``alive()`` reported the server gone.
+    """
+    started = time.monotonic()
+    last_error, next_note = "no answer yet", started + 10
+    while True:
+        try:
+            models = _served_models(url)
+            if model in models:
+                return time.monotonic() - started
+            last_error = f"/v1/models lists {models}, not {model!r}"
+        except Exception as exc:  # connection refused, 503 while loading, bad JSON
+            last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if alive is not None and (dead := alive()) is not None:
+            raise StageError("smoke", f"the server stopped before it was ready: {dead}")
+        now = time.monotonic()
+        if now - started > timeout_s:
+            raise StageError("smoke", f"{url} was not ready after {timeout_s:.0f} s ({last_error})",
+                             hint="raise smoke.ready_timeout_s if the model is large")
+        if now >= next_note:
+            echo(f"  waiting for {url} ({now - started:.0f} s; {last_error})")
+            next_note = now + 10
+        time.sleep(0.5)
+
+
+def _chat(client, model: str, messages: list[dict], max_tokens: int) -> dict:
+    started = time.monotonic()
+    response = client.chat.completions.create(model=model, messages=messages, temperature=0, seed=0,
+                                              max_tokens=max_tokens)
+    choice = response.choices[0]
+    usage = response.usage
+    return {"text": choice.message.content or "", "finish_reason": choice.finish_reason, "model": response.model,
+            "seconds": round(time.monotonic() - started, 3),
+            "completion_tokens": usage.completion_tokens if usage else None}
+
+
+def _tokenizer(path: Path | None):
+    if path is None or not Path(path).is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def check_endpoint(url: str, model: str, expect: Expectations, *, target: str | None = None,
+                   ready_timeout_s: float = 600, alive: Callable[[], str | None] | None = None,
+                   echo: Callable[[str], None] = click.echo) -> SmokeReport:
+    """Every check against a running endpoint; returns the report (it never raises for a failed check)."""
+    report = SmokeReport(url, model, target)
+    report.timings["ready_s"] = round(wait_ready(url, model, timeout_s=ready_timeout_s, alive=alive, echo=echo), 2)
+    report.add("model listed", True, f"/v1/models lists {model!r}")
+    client = _client(url)
+    tokenizer = _tokenizer(expect.tokenizer_file)
+    prompts = [(g["messages"], g) for g in expect.golden] or [(FALLBACK_QUESTION, None)]
+    agreements = []
+    for messages, golden in prompts:
+        max_tokens = (len(golden["tokens"]) + 16 if golden["stopped"] else len(golden["tokens"])) if golden \
+            else OPEN_MAX_TOKENS
+        try:
+            answer = _chat(client, model, messages, max_tokens)
+        except Exception as exc:
+            report.add("chat completion", False, f"{type(exc).__name__}: {str(exc)[:300]}")
+            return report
+        answer["question"] = messages[-1]["content"][:200]
+        if golden is not None:
+            got = tokenizer.encode(answer["text"], add_special_tokens=False).ids if tokenizer else None
+            answer["golden"] = golden["text"]
+            answer["exact"] = answer["text"] == golden["text"]
+            answer["token_agreement"] = token_agreement(golden["tokens"], got) if got is not None else \
+                float(answer["exact"])
+            agreements.append(answer["token_agreement"])
+        report.answers.append(answer)
+    _answer_checks(report, expect, model)
+    if agreements:
+        mean = sum(agreements) / len(agreements)
+        exact = sum(bool(a.get("exact")) for a in report.answers)
+        report.add("golden answers", mean >= expect.min_agreement,
+                   f"token agreement {mean:.3f} (min {expect.min_agreement}); {exact}/{len(agreements)} identical")
+    else:
+        report.add("golden answers", True, "no golden answers to compare (no run given)", skipped=True)
+    _concurrency_check(report, client, model, prompts, expect.concurrency)
+    if target == "ollama":
+        _ollama_native_check(report, url, model, expect, prompts[-1][0])
+    return report
+
+
+def _answer_checks(report: SmokeReport, expect: Expectations, model: str) -> None:
+    answers = report.answers
+    empty = [a["question"] for a in answers if not a["text"].strip()]
+    report.add("non-empty answers", not empty, f"empty answer to {empty[0]!r}" if empty else
+               f"{len(answers)} answers")
+    leaks = [(a["question"], s) for a in answers for s in expect.stop_texts if s and s in a["text"]]
+    report.add("no stop-token text", not leaks, f"{leaks[0][1]!r} in the answer to {leaks[0][0]!r}" if leaks
+               else f"none of {len(expect.stop_texts)} special tokens ({', '.join(expect.stop_texts[:3])}"
+                    f"{', ...' if len(expect.stop_texts) > 3 else ''}) in any answer")
+    should_stop = [a for a, g in zip(answers, expect.golden or [None] * len(answers)) if g is None or g["stopped"]]
+    running = [a["question"] for a in should_stop if a["finish_reason"] != "stop"]
+    report.add("answers stop", bool(should_stop) and not running,
+               f"finish_reason was not 'stop' for {running[0]!r} (the stop token is not honoured)" if running else
+               f"{len(should_stop)} answers ended with finish_reason 'stop'")
+    names = sorted({a["model"] for a in answers})
+    report.add("served model name", names == [model], f"responses name {names}, expected {model!r}")
+    seconds = [a["seconds"] for a in answers]
+    tokens = sum(a["completion_tokens"] or 0 for a in answers)
+    report.timings.update({"requests": len(answers), "mean_latency_s": round(sum(seconds) / len(seconds), 3),
+                           "completion_tokens_per_s": round(tokens / sum(seconds), 2) if sum(seconds) else None})
+
+
+def _concurrency_check(report: SmokeReport, client, model: str, prompts: list, n: int) -> None:
+    jobs = [prompts[i % len(prompts)] for i in range(n)]
+    started = time.monotonic()
+
+    def one(job):
+        messages, golden = job
+        try:
+            answer = _chat(client, model, messages, len(golden["tokens"]) + 16 if golden else OPEN_MAX_TOKENS)
+            return answer["text"].strip() != "" and (golden is None or not golden["stopped"] or
+                                                     answer["finish_reason"] == "stop"), None
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(one, jobs))
+    ok = sum(1 for good, _ in results if good)
+    errors = [e for _, e in results if e]
+    report.timings["concurrent_s"] = round(time.monotonic() - started, 2)
+    report.add(f"{n} concurrent requests", ok == n, f"{ok}/{n} answered and stopped" +
+               (f"; first error: {errors[0]}" if errors else ""))
+
+
+def _ollama_native_check(report: SmokeReport, url: str, model: str, expect: Expectations,
+                         messages: list[dict]) -> None:
+    import httpx2
+
+    base = url.rstrip("/")
+    try:
+        version = httpx2.get(base + "/api/version", timeout=10)
+    except Exception as exc:
+        version = None
+        why = f"{type(exc).__name__}"
+    if version is None or version.status_code != 200:
+        why = f"GET /api/version answered {version.status_code}" if version is not None else why
+        report.add("ollama /api/chat", False, f"not checked: the server at {url} is not Ollama ({why})",
+                   skipped=True)
+        return
+    response = httpx2.post(base + "/api/chat", timeout=REQUEST_TIMEOUT_S, json={
+        "model": model, "messages": messages, "stream": False, "options": {"temperature": 0, "seed": 0}})
+    body = response.json() if response.status_code == 200 else {}
+    text = (body.get("message") or {}).get("content", "")
+    leaks = [s for s in expect.stop_texts if s and s in text]
+    good = response.status_code == 200 and text.strip() and body.get("done_reason") == "stop" and not leaks
+    report.add("ollama /api/chat", bool(good), f"status {response.status_code}, done_reason "
+               f"{body.get('done_reason')!r}, {len(text)} characters" + (f", leaked {leaks}" if leaks else ""))
+
+
+def smoke_url(url: str, model: str, *, target: str | None = None, concurrency: int = 8,
+              ready_timeout_s: float = 600, echo: Callable[[str], None] = click.echo) -> SmokeReport:
+    """``packager smoke --url URL --model NAME`` without a run: every check but the golden answers."""
+    if not url.startswith(("http://", "https://")):
+        raise BadInputError(f"--url {url!r} must start with http:// or https://")
+    report = check_endpoint(url, model, Expectations(concurrency=concurrency), target=target,
+                            ready_timeout_s=ready_timeout_s, echo=echo)
+    echo(format_report(report))
+    if not report.passed:
+        raise StageError("smoke", "; ".join(report.failures()))
+    return report
+
+
+def format_report(report: SmokeReport) -> str:
+    lines = [f"smoke test of {report.model} at {report.url}:"]
+    for c in report.checks:
+        mark = "skip" if c.skipped else ("ok" if c.passed else "FAIL")
+        lines.append(f"  [{mark:>4}] {c.name}: {c.detail}")
+    t = report.timings
+    lines.append(f"  ready in {t.get('ready_s')} s; mean latency {t.get('mean_latency_s')} s; "
+                 f"{t.get('completion_tokens_per_s')} tokens/s; concurrent batch {t.get('concurrent_s')} s")
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Ollama: the build context (a Modelfile whose Go TEMPLATE is proven equal to the Jinja chat template), and how
+its endpoint is smoke-tested.
+
+On a machine without Ollama, llama.cpp's OpenAI-compatible server on the same GGUF stands in (``smoke
+--local``); the golden answers an Ollama endpoint must reproduce are the served GGUF's, from the export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from packager.errors import MissingPathError, StageError
+from packager.models.chat_template import ChatTemplate
+from packager.models.gguf import canonical_quant
+from packager.models.stop_tokens import stop_token_texts
+from packager.run.artifacts import merged_model_dir
+from packager.serve.chat_format import check_parity, infer_chat_format
+from packager.serve.context import (Context, LocalServer, Target, context_digest, links_digest, read_json,
+                                    render_file, served_context_length)
+
+
+PORT = 11434
+SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                 "repetition_penalty": "repeat_penalty"}
+"""generation_config.json's sampling keys and the Modelfile PARAMETER each becomes."""
+
+
+def ollama_context(run, cfg) -> Context:
+    ocfg = cfg.containers.ollama
+    ctx = Context("ollama", run.manifest.run)
+    model_dir = merged_model_dir(run)
+    gguf, adapter = served_files(run, cfg) if ocfg.serve_mode == "lora" else (*served_files(run, cfg), None)
+    note = f"{gguf.name} + ADAPTER {adapter.name}" if adapter else \
+        f"GGUF {run.relative(gguf)} (passed the parity check)"
+    for file in filter(None, (adapter, gguf)):
+        ctx.links[file.name] = file
+    ctx.model_digest = links_digest(run, ctx.links)
+    go_template, parity = ollama_template(model_dir, ocfg)
+    for text, what in ((go_template, "the TEMPLATE"), (ocfg.system or "", "containers.ollama.system")):
+        if '"""' in text:
+            raise StageError("containerize", f'{what} contains """, which ends a Modelfile string')
+    ctx.inputs = [f for f in (model_dir / n for n in ("config.json", "generation_config.json", "tokenizer.json",
+                                                       "tokenizer_config.json", "chat_template.jinja")) if f.is_file()]
+    if ocfg.template is not None:
+        ctx.inputs.append(Path(ocfg.template))
+    params = modelfile_parameters(cfg, model_dir)
+    ctx.texts["Modelfile"] = render_file("Modelfile.j2", run, ctx, gguf=gguf.name,
+                                         adapter=adapter.name if adapter else None, template=go_template,
+                                         parity=parity, system=ocfg.system, stops=params["stop"],
+                                         num_ctx=params["num_ctx"], num_ctx_note=params["num_ctx_note"],
+                                         sampling=params["sampling"], license=_license_text(cfg))
+    ctx.command = ["serve"]
+    # Podman 4.3 (Debian's; reproduced here) reuses a cached `RUN --mount=type=bind` step when only the
+    # mounted files changed [buildah 5400]: a re-exported GGUF would be served stale under the new digest's
+    # label. The step's own text names the digest of what it reads, which every builder keys its cache on.
+    baked = {rel: run.digest(source).sha256 for rel, source in ctx.links.items()}
+    baked["Modelfile"] = hashlib.sha256(ctx.texts["Modelfile"].encode()).hexdigest()
+    ctx.details = {"model_note": note, "gguf": gguf.name, "adapter": adapter.name if adapter else None,
+                   "baked_digest": context_digest(baked), "template_parity": parity, "stops": params["stop"],
+                   "num_ctx": params["num_ctx"]}
+    return ctx
+
+
+def ollama_template(model_dir: Path, ocfg) -> tuple[str, dict]:
+    """The Go TEMPLATE (the user's ``containers.ollama.template``, else one derived from the Jinja chat template)
+    and the proof that it renders the parity conversations as the Jinja template does."""
+    template = ChatTemplate.from_model_dir(model_dir)
+    fmt = infer_chat_format(template)
+    if ocfg.template is not None:
+        go_template = Path(ocfg.template).read_text()
+        return go_template, check_parity(template, fmt, go_template=go_template, use_go=True)
+    return fmt.go_template(), check_parity(template, fmt)
+
+
+def modelfile_parameters(cfg, model_dir: Path) -> dict:
+    """What the Modelfile's PARAMETERs say: every stop token, the context length (and why), the sampling
+    settings generation_config.json makes (as vLLM applies them)."""
+    num_ctx, why = served_context_length(cfg, read_json(model_dir / "config.json"))
+    sampling = ollama_sampling(read_json(model_dir / "generation_config.json"))
+    return {"stop": stop_token_texts(model_dir), "num_ctx": num_ctx, "num_ctx_note": why, "sampling": sampling}
+
+
+def ollama_sampling(generation_config: dict) -> list[tuple[str, object]]:
+    """Modelfile PARAMETERs for the sampling settings generation_config.json makes (as vLLM applies them)."""
+    return [(SAMPLING_KEYS[k], generation_config[k]) for k in SAMPLING_KEYS if generation_config.get(k) is not None]
+
+
+def passed_gguf(run, quant: str) -> Path:
+    """The exported GGUF of type ``quant``, which must have passed its parity check."""
+    quant = canonical_quant(quant)
+    export = run.manifest.stages.get("export-gguf")
+    if export is None:
+        raise MissingPathError(run.path, "has no GGUF export to serve with Ollama",
+                               hint=f"run: packager export {run.path} --format gguf --quant {quant}")
+    parity = export.metrics.get("parity", {}).get(quant)
+    if parity is None:
+        raise StageError("containerize", f"no {quant} GGUF was exported (exported: "
+                                         f"{', '.join(export.metrics.get('parity', {})) or 'none'})",
+                         hint=f"set containers.ollama.quant, or run: packager export {run.path} --format gguf "
+                              f"--quant {quant}")
+    if not parity.get("passed"):
+        raise StageError("containerize", f"the {quant} GGUF failed its parity check, so it is not served: "
+                                         + "; ".join(parity.get("failures", [])),
+                         hint="serve a quant that passed (containers.ollama.quant), e.g. q8_0")
+    return run.path / "export" / "gguf" / f"{run.manifest.run}-{quant}.gguf"
+
+
+def _license_text(cfg) -> str | None:
+    lic = cfg.export.license
+    if lic == "other":
+        return f"{cfg.export.license_name}: {cfg.export.license_link}"
+    return f"License: {lic} (the Hugging Face Hub's license id)" if lic else None
+
+
+# ---------------------------------------------------------------- the endpoint
+
+def served_files(run, cfg) -> list[Path]:
+    """The GGUF that passed parity; with ``serve_mode: lora`` the base GGUF and the LoRA GGUF, in that order."""
+    if cfg.containers.ollama.serve_mode != "lora":
+        return [passed_gguf(run, cfg.containers.ollama.quant)]
+    folder = run.path / "export" / "adapter-gguf"
+    files = [folder / f"{run.manifest.run}-base-f16.gguf", folder / f"{run.manifest.run}-lora.gguf"]
+    if not files[1].is_file():
+        raise MissingPathError(files[1], "no LoRA GGUF to serve (containers.ollama.serve_mode: lora)",
+                               hint=f"run: packager export {run.path} --format adapter-gguf")
+    return files
+
+
+def golden(run, cfg) -> list[dict]:
+    """The served GGUF's golden answers, recorded by its export (base + LoRA GGUF exported together)."""
+    if cfg.containers.ollama.serve_mode == "lora":
+        export = run.manifest.stages.get("export-adapter-gguf")
+        return export.metrics.get("parity", {}).get("golden", []) if export else []
+    export = run.manifest.stages.get("export-gguf")
+    parity = export.metrics.get("parity", {}).get(canonical_quant(cfg.containers.ollama.quant), {}) if export else {}
+    return parity.get("golden", [])
+
+
+def local_server(run, cfg, port: int) -> LocalServer:
+    """llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs)."""
+    files = served_files(run, cfg)
+    lora = ["--lora_path", str(files[1])] if len(files) > 1 else []
+    return LocalServer([sys.executable, "-m", "llama_cpp.server", "--model", str(files[0]),
+                        "--model_alias", run.manifest.run, "--host", "127.0.0.1", "--port", str(port),
+                        "--n_ctx", str(max(2048, cfg.trained_max_length or 0)),
+                        "--n_threads", str(min(4, os.cpu_count() or 1)), *lora])
+
+
+def on_host_network(run, port: int) -> tuple[list[str] | None, dict[str, str]]:
+    return None, {"OLLAMA_HOST": f"127.0.0.1:{port}"}
+
+
+TARGET = Target(
+    name="ollama", port=PORT, health_path="/", healthcheck=["CMD", "ollama", "list"],
+    start_period="60s", startup_minutes=10, shm_size=None,
+    local_description="llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs)",
+    context=ollama_context, golden=golden, served_files=served_files, local_server=local_server,
+    on_host_network=on_host_network, gpus=lambda cfg: 1)

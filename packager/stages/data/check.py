@@ -1,0 +1,169 @@
+"""``packager data check``: validate, de-duplicate and split a dataset, and with a tokenizer render and measure
+every row, all before any model loads. Every problem is reported at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packager.config import BaseModelConfig
+from packager.models.checkpoint import resolve_base
+from packager.models.tokenizer import load_tokenizer
+from packager.stages.data.masks import as_ids
+from packager.stages.data.rows import Problem, Row, read_rows
+
+
+MIN_ROWS = 200
+
+
+@dataclass
+class DataReport:
+    train_rows: list[Row]
+    eval_rows: list[Row]
+    problems: list[Problem] = field(default_factory=list)
+    token_stats: dict[str, int] | None = None
+    sample: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"train_rows": len(self.train_rows), "eval_rows": len(self.eval_rows),
+                "errors": [asdict(p) for p in self.errors], "warnings": [asdict(p) for p in self.warnings],
+                "token_stats": self.token_stats, "sample": self.sample, "notes": self.notes}
+
+    def summary(self) -> str:
+        """The human-readable report of ``packager data check``."""
+        report = self
+        lines = [f"{len(report.train_rows)} train rows, {len(report.eval_rows)} eval rows usable"]
+        if report.token_stats:
+            t = report.token_stats
+            lines.append(f"tokens per row: min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']} "
+                         f"-> suggested max_seq_length {t['suggested_max_seq_length']}")
+        lines += [f"note: {note}" for note in report.notes]
+        if report.sample:
+            lines.append("sample, rendered by the model's chat template:")
+            lines += [f"  | {line}" for line in report.sample.splitlines()]
+        lines += [f"warning: {p}" for p in report.warnings]
+        lines += [f"error: {p}" for p in report.errors]
+        if report.errors:
+            lines.append(f"{len(report.errors)} error(s): fix them before training")
+        return "\n".join(lines)
+
+
+def find_duplicates(rows: list[Row]) -> list[Problem]:
+    seen: dict[str, Row] = {}
+    problems = []
+    for row in rows:
+        first = seen.setdefault(row.key, row)
+        if first is not row:
+            problems.append(Problem(row.path, row.line, None, f"exact duplicate of line {first.line}"))
+    return problems
+
+
+def find_leakage(train: list[Row], eval_rows: list[Row]) -> list[Problem]:
+    train_keys = {row.key: row for row in train}
+    return [Problem(row.path, row.line, None, f"also in the training data ({train_keys[row.key].path}:"
+                                                f"{train_keys[row.key].line}): eval would measure memorization")
+            for row in eval_rows if row.key in train_keys]
+
+
+def split_rows(rows: list[Row], *, eval_fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Deterministic split by a seeded hash of each conversation: independent of file order and machine."""
+    def rank(row: Row) -> str:
+        return hashlib.sha256(f"{seed}\n{row.key}".encode()).hexdigest()
+
+    n_eval = max(1, math.ceil(len(rows) * eval_fraction)) if len(rows) > 1 else 0
+    eval_keys = {row.key for row in sorted(rows, key=rank)[:n_eval]}
+    train = [r for r in rows if r.key not in eval_keys]
+    eval_rows = [r for r in rows if r.key in eval_keys]
+    return train, eval_rows
+
+
+def token_lengths(tokenizer, rows: list[Row], *, max_seq_length: int) -> tuple[list[int], list[Problem]]:
+    lengths, problems = [], []
+    for row in rows:
+        try:
+            ids = tokenizer.apply_chat_template(row.messages, tokenize=True, return_dict=False)
+        except Exception as exc:  # the template's own raise_exception(), or a Jinja error  # noqa: BLE001
+            problems.append(Problem(row.path, row.line, "messages", f"the chat template cannot render this row: {exc}"))
+            continue
+        ids = as_ids(ids)
+        lengths.append(len(ids))
+        if len(ids) > max_seq_length:
+            problems.append(Problem(row.path, row.line, "messages",
+                                    f"{len(ids)} tokens, longer than max_seq_length {max_seq_length}; "
+                                    "shorten the row or raise data.max_seq_length"))
+    return lengths, problems
+
+
+def length_stats(lengths: list[int], *, model_max: int | None = None) -> dict[str, int]:
+    ordered = sorted(lengths)
+    p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+    suggested = 64 * math.ceil(ordered[-1] / 64)
+    if model_max:
+        suggested = min(suggested, model_max)
+    return {"min": ordered[0], "median": int(statistics.median(ordered)), "p95": p95, "max": ordered[-1],
+            "suggested_max_seq_length": suggested}
+
+
+def check_dataset(train_path: Path, *, eval_path: Path | None = None, eval_fraction: float = 0.1, seed: int = 42,
+                  max_seq_length: int = 1024, system_prompt: str | None = None,
+                  tokenizer=None, model_max: int | None = None) -> DataReport:
+    """Read, validate, de-duplicate and split; with a tokenizer, also render and measure every row."""
+    train_rows, problems = read_rows(train_path, system_prompt=system_prompt)
+    problems += find_duplicates(train_rows)
+    if eval_path is not None:
+        eval_rows, eval_problems = read_rows(eval_path, system_prompt=system_prompt)
+        problems += eval_problems + find_duplicates(eval_rows) + find_leakage(train_rows, eval_rows)
+    else:
+        unique = list({row.key: row for row in train_rows}.values())
+        train_rows, eval_rows = split_rows(unique, eval_fraction=eval_fraction, seed=seed)
+    report = DataReport(train_rows, eval_rows, problems)
+    usable = len(train_rows)
+    if usable < MIN_ROWS:
+        report.problems.append(Problem(str(train_path), None, None,
+                                       f"only {usable} usable training rows (fewer than {MIN_ROWS}): the model "
+                                       "will likely memorize them rather than learn the task", severity="warning"))
+    if tokenizer is not None and (train_rows or eval_rows):
+        lengths, length_problems = token_lengths(tokenizer, train_rows + eval_rows, max_seq_length=max_seq_length)
+        report.problems.extend(length_problems)
+        if lengths:
+            report.token_stats = length_stats(lengths, model_max=model_max)
+        report.problems.sort(key=lambda p: (p.severity != "error", p.path, p.line or 0))
+        sample_row = (train_rows or eval_rows)[0]
+        try:
+            report.sample = tokenizer.apply_chat_template(sample_row.messages, tokenize=False)
+        except Exception:  # already reported per row above  # noqa: BLE001
+            report.sample = None
+    return report
+
+
+def tokenizer_for_model(model: str, chat_template: Path | None = None):
+    """(tokenizer, notes, model's max positions) for a base model given as a directory or Hub id."""
+    ckpt = resolve_base(BaseModelConfig(model=model))
+    prepared = load_tokenizer(ckpt.path, chat_template=chat_template)
+    config = json.loads((ckpt.path / "config.json").read_text())
+    return prepared.tokenizer, prepared.notes, config.get("max_position_embeddings")
+
+
+def check_data(dataset: Path, *, eval_path: Path | None = None, model: str | None = None,
+               chat_template: Path | None = None, max_seq_length: int = 1024, eval_fraction: float = 0.1,
+               seed: int = 42) -> DataReport:
+    """``packager data check``: :func:`check_dataset`, rendering with ``model``'s tokenizer when one is given."""
+    tokenizer, notes, model_max = tokenizer_for_model(model, chat_template) if model else (None, [], None)
+    report = check_dataset(dataset, eval_path=eval_path, eval_fraction=eval_fraction, seed=seed,
+                           max_seq_length=max_seq_length, tokenizer=tokenizer, model_max=model_max)
+    report.notes.extend(notes)
+    return report

@@ -1,0 +1,64 @@
+"""Stage ``data``: the checked, deterministic train/eval split recorded in the run, before any training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from packager.errors import DatasetError
+from packager.stages.data.check import DataReport, check_dataset
+from packager.stages.data.rows import Row
+
+
+def rows_to_jsonl(rows: list[Row]) -> str:
+    return "".join(json.dumps({"messages": row.messages}, ensure_ascii=False) + "\n" for row in rows)
+
+
+def read_split(path: Path) -> list[list[dict[str, str]]]:
+    """Read a split file written by :func:`rows_to_jsonl` (already validated)."""
+    return [json.loads(line)["messages"] for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
+def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> DataReport:
+    """Check the configured data and record the split in the run (stage ``data``) before any training.
+
+    Raises:
+        DatasetError: any row has an error (warnings are let through and recorded).
+    """
+    report = check_dataset(data_cfg.train, eval_path=data_cfg.eval, eval_fraction=data_cfg.eval_fraction,
+                           seed=data_cfg.seed, max_seq_length=data_cfg.max_seq_length,
+                           system_prompt=data_cfg.system_prompt, tokenizer=tokenizer, model_max=model_max)
+    if report.errors:
+        raise DatasetError(report.errors)
+    parameters = {"train": str(data_cfg.train), "eval": str(data_cfg.eval) if data_cfg.eval else None,
+                  "eval_fraction": data_cfg.eval_fraction, "seed": data_cfg.seed,
+                  "max_seq_length": data_cfg.max_seq_length, "system_prompt": data_cfg.system_prompt}
+    texts = {"train.jsonl": rows_to_jsonl(report.train_rows), "eval.jsonl": rows_to_jsonl(report.eval_rows),
+             "report.json": json.dumps(report.to_json(), indent=2)}
+    if _split_recorded(run, parameters, texts):
+        return report  # the same split from the same files: recording it again would only change timestamps
+    with run.stage("data", parameters=parameters) as st:
+        for source in filter(None, (data_cfg.train, data_cfg.eval)):
+            if Path(source).is_dir():
+                st.add_input_dir(source, patterns=("**/*",))
+            else:
+                st.add_input(source)
+        out = st.output_dir("data")
+        for name, text in texts.items():
+            (out / name).write_text(text, encoding="utf-8")
+        st.metrics.update({"train_rows": len(report.train_rows), "eval_rows": len(report.eval_rows),
+                           "warnings": [str(w) for w in report.warnings], "token_stats": report.token_stats})
+    return report
+
+
+def _split_recorded(run, parameters: dict, texts: dict[str, str]) -> bool:
+    """The run records this exact split: same parameters, inputs unchanged, the same files intact."""
+    stage = run.manifest.stages.get("data")
+    if stage is None or stage.parameters != parameters:
+        return False
+    if any(not run.resolve(i.path).is_file() or run.digest(run.resolve(i.path)).sha256 != i.sha256
+           for i in stage.inputs):
+        return False
+    expected = {f"data/{name}": hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in texts.items()}
+    return {o.path: o.sha256 for o in stage.outputs} == expected and run.outputs_intact("data")

@@ -1,0 +1,45 @@
+"""One model on the held-out conversations: greedy answers scored, and the loss on assistant tokens."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from packager.config import EvalConfig, PackagerConfig
+from packager.models.inference import greedy_answers, load_causal_lm, teacher_forced_logits
+from packager.run.directory import Run
+from packager.stages.data.masks import tokenize_with_assistant_mask
+from packager.stages.evaluate.metrics import score
+
+
+def assistant_loss(model, tokenizer, conversations: list[list[dict]]) -> float:
+    """Mean cross-entropy over assistant tokens (teacher forcing), the same tokens training learns."""
+    import torch
+
+    total, count = 0.0, 0
+    for conv in conversations:
+        enc = tokenize_with_assistant_mask(tokenizer, conv)
+        (logits,) = teacher_forced_logits(model, [enc["input_ids"]])
+        target = torch.tensor(enc["input_ids"][1:], device=logits.device)
+        keep = torch.tensor(enc["assistant_masks"][1:], device=logits.device) == 1
+        total += torch.nn.functional.cross_entropy(logits[:-1][keep], target[keep], reduction="sum").item()
+        count += int(keep.sum())
+    return total / max(1, count)
+
+
+def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalConfig, *,
+                   label: str = "answering") -> tuple[dict, list[str]]:
+    prompts = [c[:-1] for c in conversations]
+    references = [c[-1]["content"] for c in conversations]
+    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, progress=label)
+    metrics = score(answers, references, cfg)
+    metrics["eval_loss"] = assistant_loss(model, tokenizer, conversations)
+    metrics["perplexity"] = math.exp(metrics["eval_loss"])
+    return metrics, answers
+
+
+def load_finetuned(run: Run, cfg: PackagerConfig, *, base_path: Path):
+    model_dir, adapter_dir = run.path / "train" / "model", run.path / "train" / "adapter"
+    if model_dir.is_dir():
+        return load_causal_lm(model_dir)
+    return load_causal_lm(base_path, adapter_dir=adapter_dir, trust_remote_code=cfg.base.trust_remote_code)

@@ -1,0 +1,98 @@
+"""Stage ``eval``: the fine-tune (and the base) on the held-out split, with the release gate."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from packager.config import EvalConfig
+from packager.errors import StageError
+from packager.models.checkpoint import resolve_base
+from packager.models.tokenizer import load_tokenizer
+from packager.run.directory import Run
+from packager.run.manifest import read_manifest
+from packager.run.settings import recorded_config
+from packager.stages.data.split import read_split
+from packager.stages.evaluate.base import BASE_STAGE, evaluate_base
+from packager.stages.evaluate.measure import evaluate_model, load_finetuned
+from packager.stages.evaluate.metrics import check_gate, format_table, task_metric_name
+from packager.stages.reports import write_eval_report
+
+
+@dataclass
+class EvalResult:
+    run_dir: Path
+    finetuned: dict
+    base: dict | None
+    gate: dict
+    task_metric: str
+
+    def summary(self) -> str:
+        report = self.run_dir / "eval" / "report.html"
+        verdict = "release gate: passed" if self.gate["passed"] else "release gate: FAILED"
+        return f"{format_table(self.finetuned, self.base, self.task_metric)}\nreport: {report}\n{verdict}"
+
+    def raise_for_gate(self) -> None:
+        """A failed release gate fails the command, after the metrics were recorded."""
+        if not self.gate["passed"]:
+            raise StageError("eval gate", "; ".join(self.gate["failures"]),
+                             hint=f"see {self.run_dir / 'eval' / 'report.html'}; deploy will refuse this run")
+
+
+def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int | None = None,
+                 eval_config: EvalConfig | None = None) -> EvalResult:
+    """Evaluate the run's fine-tune (and the base) on its held-out split; record stage ``eval``.
+
+    ``eval_config`` replaces the eval section the run was trained with (a release's gate may be stricter).
+    """
+    run = Run.open(run_dir)
+    cfg = recorded_config(run)
+    ecfg = eval_config or cfg.eval
+    against_base = against_base or ecfg.gate.must_beat_base
+    conversations = read_split(run.path / "data" / "eval.jsonl")[: limit or ecfg.limit or None]
+    if not conversations:
+        raise StageError("eval", f"{run.path / 'data' / 'eval.jsonl'} holds no rows to evaluate on")
+    ckpt = resolve_base(cfg.base)
+    weights = "model" if (run.path / "train" / "model").is_dir() else "adapter"
+    tokenizer = load_tokenizer(run.path / "train" / weights).tokenizer  # the template used in training
+
+    model = load_finetuned(run, cfg, base_path=ckpt.path)
+    finetuned, ft_answers = evaluate_model(model, tokenizer, conversations, ecfg, label="the fine-tune answers")
+    del model
+    base, base_answers = None, None
+    if against_base:
+        base, base_answers, _ = evaluate_base(run, ckpt, ecfg, tokenizer=tokenizer, conversations=conversations,
+                                              trust_remote_code=cfg.base.trust_remote_code)
+        run = Run.open(run.path)
+    gate = check_gate(ecfg, finetuned, base)
+    metric = task_metric_name(finetuned)
+
+    with run.stage("eval", parameters={"against_base": against_base, "limit": limit or ecfg.limit,
+                                       "max_new_tokens": ecfg.max_new_tokens, "format_regex": ecfg.format_regex,
+                                       "task_metric": metric, "decoding": "greedy",
+                                       "eval_config": ecfg.model_dump(mode="json")}) as st:
+        st.add_input(run.path / "data" / "eval.jsonl")
+        for file in sorted((run.path / "train" / weights).iterdir()):
+            st.add_input(file)
+        if against_base:
+            st.add_input(run.path / BASE_STAGE / "predictions.jsonl")
+        out = st.output_dir("eval")
+        rows = []
+        for i, conv in enumerate(conversations):
+            row = {"prompt": conv[-2]["content"], "reference": conv[-1]["content"], "finetuned": ft_answers[i]}
+            if base_answers is not None:
+                row["base"] = base_answers[i]
+            rows.append(row)
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        summary = {"finetuned": finetuned, "base": base, "gate": gate, "task_metric": metric}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        write_eval_report(out, run_name=cfg.run.name, summary=summary, rows=rows)
+        st.metrics.update(summary)
+    return EvalResult(run.path, finetuned, base, gate, metric)
+
+
+def gate_status(run_dir: Path) -> dict | None:
+    """The recorded gate of a run's last evaluation, for later stages (deploy) to enforce."""
+    stage = read_manifest(run_dir).stages.get("eval")
+    return None if stage is None else stage.metrics.get("gate")

@@ -1,0 +1,108 @@
+"""Stage ``export-gguf``: the merged model as GGUF files, each loaded back with llama.cpp and checked.
+
+The converter makes f16/bf16/q8_0; k-quants come from llama.cpp's quantize, always from the f16 file. A file
+that fails its type's parity thresholds is moved to ``export/rejected/`` and recorded as failed, so nothing
+downstream ships it. The first conversion runs while the merged model's float32 reference is computed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from packager.models.gguf import GGUF_TYPES, canonical_quant
+from packager.models.stop_tokens import generation_stop_ids
+from packager.models.tokenizer import read_chat_template
+from packager.run.artifacts import merged_model_dir
+from packager.run.directory import Run, StageWriter
+from packager.run.settings import base_hub_id
+from packager.stages.export.convert import Conversion, convert_to_gguf, require_gguf_tools, tool_versions
+from packager.stages.export.parity import (PARITY_THRESHOLDS, Reference, check_gguf_carries_chat_format,
+                                           gguf_parity, parity_failures, reference_outputs)
+from packager.stages.export.quantize import quantize_gguf
+from packager.stages.export.result import ExportResult
+from packager.stages.merge.stage import recorded_golden_tokens
+
+
+STAGE = "export-gguf"
+
+
+def gguf_metadata(run: Run) -> dict:
+    """GGUF lineage keys: the run's name, and the base model as a Hub repository when it has a Hub id."""
+    hub_id, _ = base_hub_id(run)
+    meta = {"general.name": run.manifest.run}
+    if hub_id:
+        org, name = hub_id.split("/", 1)
+        meta["general.base_models"] = [{"name": name, "organization": org,
+                                        "repo_url": f"https://huggingface.co/{hub_id}"}]
+    return meta
+
+
+def export_gguf(run: Run, *, quants: list[str], conversations: list[list[dict]]) -> ExportResult:
+    """Stage ``export-gguf``: convert, quantize from f16, check chat format and parity of every file."""
+    require_gguf_tools()
+    merged = merged_model_dir(run)
+    quants = [canonical_quant(q) for q in quants]
+    with run.stage(STAGE, parameters={"quants": quants, "tools": tool_versions(),
+                                      "thresholds": {q: PARITY_THRESHOLDS[q] for q in quants}}) as st:
+        for file in sorted(p for p in merged.iterdir() if p.is_file()):
+            st.add_input(file)
+        out = st.output_dir("export/gguf")
+        with tempfile.TemporaryDirectory(prefix="gguf-work-", dir=run.path / ".packager") as work:
+            ref, quant_info = _make_files(run, st, merged, out, Path(work), quants=quants, conversations=conversations)
+        parity, rejected = {}, {}
+        for quant in quants:
+            parity[quant] = _check_file(out / f"{run.manifest.run}-{quant}.gguf", quant, ref, merged,
+                                        extra=quant_info.get(quant, {}))
+            if not parity[quant]["passed"]:
+                shutil.move(str(out / f"{run.manifest.run}-{quant}.gguf"), st.output_dir("export/rejected"))
+                rejected[quant] = parity[quant]["failures"]
+        st.metrics.update({"parity": parity, "rejected": rejected})
+    return ExportResult(run.path, sorted((run.path / "export" / "gguf").glob("*.gguf")), parity, rejected)
+
+
+def _make_files(run: Run, st: StageWriter, merged: Path, out: Path, work: Path, *, quants: list[str],
+                conversations: list[list[dict]]) -> tuple[Reference, dict]:
+    """Every GGUF file into ``out`` (the f16 a k-quant needs goes to ``work`` unless asked for), and the float32
+    reference, computed while the first conversion runs. Records the time of each."""
+    name, metadata = run.manifest.run, gguf_metadata(run)
+    f16 = None
+    if any(GGUF_TYPES[q][0] == "quantize" for q in quants):
+        f16 = (out if "f16" in quants else work) / f"{name}-f16.gguf"
+        first, first_type = "f16", "f16"
+    else:
+        first, first_type = quants[0], GGUF_TYPES[quants[0]][1]
+    started = time.perf_counter()
+    with Conversion(merged, f16 or out / f"{name}-{first}.gguf", outtype=first_type, metadata=metadata) as conversion:
+        greedy = recorded_golden_tokens(run, merged, conversations)
+        ref = reference_outputs(merged, conversations, stop_ids=generation_stop_ids(merged), greedy=greedy)
+        st.metrics["reference_greedy"] = "recorded by merge" if greedy else "generated"
+        st.metrics["reference_seconds"] = round(time.perf_counter() - started, 2)
+        conversion.wait()
+    timings, quant_info = {first: conversion.seconds}, {}
+    for quant in (q for q in quants if q != first):
+        started = time.perf_counter()
+        how, arg = GGUF_TYPES[quant]
+        if how == "convert":
+            convert_to_gguf(merged, out / f"{name}-{quant}.gguf", outtype=arg, metadata=metadata)
+        else:
+            quant_info[quant] = quantize_gguf(f16, out / f"{name}-{quant}.gguf", quant=quant)
+        timings[quant] = round(time.perf_counter() - started, 2)
+    st.metrics["seconds"] = timings
+    return ref, quant_info
+
+
+def _check_file(target: Path, quant: str, ref: Reference, merged: Path, *, extra: dict) -> dict:
+    """The chat format and the parity of one GGUF file, with the verdict against its type's thresholds."""
+    started = time.perf_counter()
+    meta = check_gguf_carries_chat_format(target, chat_template=read_chat_template(merged),
+                                          stop_ids=generation_stop_ids(merged))
+    result = gguf_parity(target, ref)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result.update(extra)
+    result["failures"] = parity_failures(quant, result)
+    result["passed"] = not result["failures"]
+    result["gguf"] = {k: meta[k] for k in ("architecture", "file_type", "eos_token_id", "base_model")}
+    return result

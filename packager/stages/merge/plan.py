@@ -1,0 +1,61 @@
+"""What a merge will write, decided from safetensors headers alone: the adapter must fit the base, and each
+output tensor's name, dtype and shape is planned before any is computed."""
+
+from __future__ import annotations
+
+from packager.errors import InputFileError, StageError
+from packager.models.adapter import Adapter
+from packager.models.checkpoint import Checkpoint
+from packager.models.safetensors_stream import Layout, TensorSpec, read_layout
+
+
+def read_base_layout(ckpt: Checkpoint) -> Layout:
+    shards = [p for p in ckpt.weights if p.name.endswith(".safetensors")]
+    if not shards:
+        raise InputFileError(ckpt.path, "the base has no safetensors weights to merge into")
+    return read_layout(shards)
+
+
+def check_adapter_fits_base(adapter: Adapter, layout: Layout, *, base_name: str) -> None:
+    """Refuse an adapter trained on another base: every module must exist with matching shapes."""
+    trained_on = adapter.config.get("base_model_name_or_path") or "an unnamed base"
+    mismatch = []
+    for key, mod in adapter.modules.items():
+        base = layout.specs.get(key) or (layout.specs.get(embedding_key(layout)) if key == "lm_head.weight" else None)
+        if base is None:
+            mismatch.append(f"{key} does not exist in the base")
+            continue
+        a, b = adapter.shape(mod.a_key), adapter.shape(mod.b_key)
+        out_features, in_features = base.shape if mod.kind == "linear" else (base.shape[1], base.shape[0])
+        if a[1] != in_features or b[0] != out_features:
+            mismatch.append(f"{key}: adapter A{list(a)} B{list(b)} vs base weight {list(base.shape)}")
+    if mismatch:
+        raise StageError("merge", f"the adapter at {adapter.path} (trained on {trained_on}) does not fit the base "
+                                  f"{base_name}: " + "; ".join(mismatch[:3]) +
+                         (f" (and {len(mismatch) - 3} more)" if len(mismatch) > 3 else ""),
+                         hint="merge onto the base model the adapter was trained on")
+
+
+def plan_output(adapter: Adapter, layout: Layout, *, dtype: str, tied: bool) -> tuple[list[TensorSpec], bool]:
+    """Output tensors in the base's order (replacements may change shapes). Returns (specs, untie_lm_head)."""
+    out_dtype = {"bfloat16": "BF16", "float16": "F16"}[dtype]
+    specs = []
+    for key, spec in layout.specs.items():
+        shape = adapter.shape(adapter.replacements[key]) if key in adapter.replacements else spec.shape
+        float_dtype = spec.dtype in ("F32", "F16", "BF16", "F64")
+        specs.append(TensorSpec(key, out_dtype if float_dtype else spec.dtype, shape))
+    # With tied embeddings the base stores no lm_head. PEFT trains an adapted embedding (LoRA or
+    # modules_to_save) while lm_head keeps the original tied weight, so the merge must untie them.
+    embed = embedding_key(layout)
+    untie = tied and "lm_head.weight" not in layout.specs and any(
+        k in adapter.modules or k in adapter.replacements for k in (embed, "lm_head.weight"))
+    if untie:
+        shape = (adapter.shape(adapter.replacements["lm_head.weight"]) if "lm_head.weight" in adapter.replacements
+                 else layout.specs[embed].shape)
+        specs.append(TensorSpec("lm_head.weight", out_dtype, shape))
+    return specs, untie
+
+
+def embedding_key(layout: Layout) -> str | None:
+    return next((k for k in layout.specs if k.endswith(("embed_tokens.weight", "wte.weight",
+                                                        "word_embeddings.weight"))), None)
