@@ -17,7 +17,7 @@ from packager.stages.data.split import read_split
 from packager.stages.evaluate.base import BASE_STAGE, evaluate_base
 from packager.stages.evaluate.measure import evaluate_model, load_finetuned
 from packager.stages.evaluate.metrics import check_gate, format_table, task_metric_name
-from packager.stages.reports import write_eval_report
+from packager.stages.evaluate.report import write_eval_report
 
 
 @dataclass

@@ -24,7 +24,7 @@ from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
 from packager.stages.data.masks import tokenize_with_assistant_mask
 from packager.stages.data.split import prepare_data, read_split
-from packager.stages.reports import write_training_report
+from packager.stages.train.report import write_training_report
 from packager.stages.train.backend import Backend, choose_backend
 from packager.stages.train.callbacks import make_callbacks, quiet_progress
 from packager.stages.train.checkpoints import interrupted, last_complete_checkpoint, resume_point, working_dir
@@ -112,56 +112,19 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     ckpt = resolve_base(cfg.base)
     prepared = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
                               trust_remote_code=cfg.base.trust_remote_code)
-    tokenizer = prepared.tokenizer
     run = Run.create(cfg.run_dir, name=cfg.run.name) if state.is_main_process else None
     work = working_dir(cfg.run_dir)
     if state.is_main_process:
-        model_max = json.loads((ckpt.path / "config.json").read_text()).get("max_position_embeddings")
-        prepare_data(run, cfg.training_data, tokenizer=tokenizer, model_max=model_max)
-        if resume and last_complete_checkpoint(work / "checkpoints") is None:
-            raise StageError("train", f"--resume: no checkpoint in {work / 'checkpoints'} to resume from",
-                             hint="run without --resume to start from step 0")
-        if not resume:
-            shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
+        _prepare(run, cfg, ckpt, prepared.tokenizer, work=work, resume=resume)
     state.wait_for_everyone()
 
     backend = choose_backend(cfg.train.backend)
-    train_rows = read_split(cfg.run_dir / "data" / "train.jsonl")
-    eval_rows = read_split(cfg.run_dir / "data" / "eval.jsonl")
-    if dry_run:
-        train_rows, eval_rows = train_rows[:DRY_RUN_ROWS], eval_rows[:max(2, DRY_RUN_ROWS // 4)]
-
-    model, peft_config = load_model(ckpt, cfg, backend, tokenizer)
-    from trl import SFTTrainer
-
-    args = sft_config(cfg, output_dir=work / "checkpoints", backend=backend, max_steps=max_steps, dry_run=dry_run,
-                      train_rows=len(train_rows), world_size=state.num_processes)
-    trainer_class = packed_rows_trainer() if keeps_packed_rows(args, model) else SFTTrainer
-    trainer = trainer_class(model=model, args=args, train_dataset=tokenized_dataset(train_rows, tokenizer),
-                         eval_dataset=tokenized_dataset(eval_rows, tokenizer), processing_class=tokenizer,
-                         peft_config=peft_config,
-                         callbacks=make_callbacks(cfg, tokenizer=tokenizer, eval_conversations=eval_rows,
-                                                  samples_file=work / "samples.jsonl", dry_run=dry_run))
-    from transformers.trainer_callback import ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(quiet_progress())
+    trainer = _trainer(cfg, ckpt, backend, prepared.tokenizer, work=work, max_steps=max_steps, dry_run=dry_run,
+                       world_size=state.num_processes)
     last = resume_point(work / "checkpoints") if resume else None
     start_step = int(last.name.split("-")[1]) if last else 0
     started = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=str(last) if last else None)
-    except KeyboardInterrupt:
-        raise interrupted(work / "checkpoints") from None
-    except RuntimeError as exc:  # torch.OutOfMemoryError subclasses RuntimeError
-        message = str(exc).lower()
-        if "out of memory" in message or "can't allocate memory" in message or \
-                type(exc).__name__ == "OutOfMemoryError":
-            raise StageError("train", f"out of memory on {backend.device} ({str(exc).splitlines()[0]})",
-                             hint="lower train.batch_size (raise gradient_accumulation to compensate), lower "
-                                  "data.max_seq_length, or use train.method: qlora") from None
-        raise
+    _train(trainer, resume_from=last, work=work, device=backend.device)
     seconds = time.perf_counter() - started
     state.wait_for_everyone()
     metrics = training_metrics(trainer, seconds=seconds, steps=trainer.state.global_step - start_step,
@@ -170,6 +133,58 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     if state.is_main_process:
         record_training(run, cfg, ckpt, trainer=trainer, tokenizer=prepared, metrics=metrics, work=work)
     return TrainResult(cfg.run_dir, metrics)
+
+
+def _prepare(run: Run, cfg: PackagerConfig, ckpt: Checkpoint, tokenizer, *, work: Path, resume: bool) -> None:
+    """Main process only: check and split the data into the run, and clear (or keep, to resume) the work area."""
+    model_max = json.loads((ckpt.path / "config.json").read_text()).get("max_position_embeddings")
+    prepare_data(run, cfg.training_data, tokenizer=tokenizer, model_max=model_max)
+    if resume and last_complete_checkpoint(work / "checkpoints") is None:
+        raise StageError("train", f"--resume: no checkpoint in {work / 'checkpoints'} to resume from",
+                         hint="run without --resume to start from step 0")
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+
+def _trainer(cfg: PackagerConfig, ckpt: Checkpoint, backend: Backend, tokenizer, *, work: Path,
+             max_steps: int | None, dry_run: bool, world_size: int):
+    """The TRL trainer over the recorded split, with packager's callbacks and progress bar."""
+    from transformers.trainer_callback import ProgressCallback
+    from trl import SFTTrainer
+
+    train_rows = read_split(cfg.run_dir / "data" / "train.jsonl")
+    eval_rows = read_split(cfg.run_dir / "data" / "eval.jsonl")
+    if dry_run:
+        train_rows, eval_rows = train_rows[:DRY_RUN_ROWS], eval_rows[:max(2, DRY_RUN_ROWS // 4)]
+    model, peft_config = load_model(ckpt, cfg, backend, tokenizer)
+    args = sft_config(cfg, output_dir=work / "checkpoints", backend=backend, max_steps=max_steps, dry_run=dry_run,
+                      train_rows=len(train_rows), world_size=world_size)
+    trainer_class = packed_rows_trainer() if keeps_packed_rows(args, model) else SFTTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=tokenized_dataset(train_rows, tokenizer),
+                            eval_dataset=tokenized_dataset(eval_rows, tokenizer), processing_class=tokenizer,
+                            peft_config=peft_config,
+                            callbacks=make_callbacks(cfg, tokenizer=tokenizer, eval_conversations=eval_rows,
+                                                     samples_file=work / "samples.jsonl", dry_run=dry_run))
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(quiet_progress())
+    return trainer
+
+
+def _train(trainer, *, resume_from: Path | None, work: Path, device: str) -> None:
+    """``trainer.train()``, with Ctrl-C and out-of-memory turned into what the user can do next."""
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except KeyboardInterrupt:
+        raise interrupted(work / "checkpoints") from None
+    except RuntimeError as exc:  # torch.OutOfMemoryError subclasses RuntimeError
+        message = str(exc).lower()
+        if "out of memory" in message or "can't allocate memory" in message or \
+                type(exc).__name__ == "OutOfMemoryError":
+            raise StageError("train", f"out of memory on {device} ({str(exc).splitlines()[0]})",
+                             hint="lower train.batch_size (raise gradient_accumulation to compensate), lower "
+                                  "data.max_seq_length, or use train.method: qlora") from None
+        raise
 
 
 def sort_target_modules(adapter_config: Path) -> None:

@@ -1,4 +1,4 @@
-"""The train and eval stages' HTML reports (with a loss-curve PNG), written into the run beside what they describe."""
+"""``train/report.html``: the loss curve (a PNG, also in the run) and the sample answers along the way."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import base64
 import json
 from pathlib import Path
 
-from packager.stages.evaluate.metrics import METRICS
 from packager.templates import render
 
 
@@ -41,13 +40,6 @@ def write_training_report(out_dir: Path, *, run_name: str, log_history: list[dic
         samples = [json.loads(line) for line in samples_file.read_text(encoding="utf-8").splitlines() if line]
     html = render("train_report.html.j2", run_name=run_name, metrics=metrics, samples=samples,
                   loss_png=base64.b64encode(png.read_bytes()).decode())
-    report = out_dir / "report.html"
-    report.write_text(html, encoding="utf-8")
-    return report
-
-
-def write_eval_report(out_dir: Path, *, run_name: str, summary: dict, rows: list[dict]) -> Path:
-    html = render("eval_report.html.j2", run_name=run_name, summary=summary, rows=rows, metrics=METRICS)
     report = out_dir / "report.html"
     report.write_text(html, encoding="utf-8")
     return report

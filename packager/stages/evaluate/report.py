@@ -1,0 +1,15 @@
+"""``eval/report.html``: the metrics of the fine-tune and the base side by side, with every answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from packager.stages.evaluate.metrics import METRICS
+from packager.templates import render
+
+
+def write_eval_report(out_dir: Path, *, run_name: str, summary: dict, rows: list[dict]) -> Path:
+    html = render("eval_report.html.j2", run_name=run_name, summary=summary, rows=rows, metrics=METRICS)
+    report = out_dir / "report.html"
+    report.write_text(html, encoding="utf-8")
+    return report
