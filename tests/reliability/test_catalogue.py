@@ -9,11 +9,10 @@ finished exists afterwards. Tiny random-weight models stand in for real ones whe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,16 +22,15 @@ import yaml
 from packager.cli import cli
 from packager.run.manifest import SCHEMA_VERSION, read_manifest
 
-from conftest import EXAMPLE_DATA, build_tiny_llama
-from reliability_kit import (NeverReadyHandler, NeverStopsHandler, http_server, no_engine_path, packager_process,
-                             run_copy, subprocess_env, tiny_config, tiny_run, wait_for)  # noqa: F401 (fixtures)
-from test_publish import auth_registry  # noqa: F401 (fixture)
-from test_merge import lie_about_sizes
-from test_smoke import GarbageHandler
+from reliability_kit import (NeverReadyHandler, NeverStopsHandler, no_engine_path, packager_process, tiny_config,
+                             wait_for)
+from support.models import build_tiny_llama, lie_about_sizes
+from support.runs import EXAMPLE_DATA
+from support.servers import GarbageHandler
 
 
 class GarbageForT(GarbageHandler):
-    """tests/test_smoke.py's server that answers 200 with garbage, listing the tiny run's name."""
+    """support.servers' server that answers 200 with garbage, listing the tiny run's name."""
 
     def do_GET(self):
         self._send({"object": "list", "data": [{"id": "t", "object": "model"}]})
@@ -213,7 +211,7 @@ def garbage(path: Path) -> None:
 
 
 def adapter_from_another_base(c: Ctx):
-    from test_merge import make_adapter
+    from support.models import make_adapter
 
     other = build_tiny_llama(c.tmp / "other-base", hidden_size=64)
     adapter = make_adapter(other, c.tmp / "foreign-adapter")
@@ -439,17 +437,12 @@ def ctrl_c_during_training(c: Ctx):
     config = c.config(data=data, edit=lambda cfg: cfg["train"].update(max_steps=40, eval_steps=2))
     checkpoints = c.tmp / RUN / ".packager" / "train-work" / "checkpoints"
     out = c.tmp / "train.out"  # a file, not a pipe: progress bars cannot fill it and block training
-    with open(out, "w") as sink:
-        proc = packager_process("train", "-c", str(config), stdout=sink, stderr=subprocess.STDOUT)
-    try:
+    with open(out, "w") as sink, \
+            packager_process("train", "-c", str(config), stdout=sink, stderr=subprocess.STDOUT) as proc:
         assert wait_for(lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")), timeout=300, proc=proc)
         assert proc.poll() is None, "training finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     return Outcome(proc.returncode, out.read_text())
 
 

@@ -1,7 +1,7 @@
 """Secrets and containment: what reaches files, images, shells and file paths.
 
 * No secret from the environment reaches a file of the run, a log, a rendered file or a layer of the built
-  image (the full deploy's file scan is in tests/test_publish.py; the image layers are scanned here, after a
+  image (the full deploy's file scan is in tests/publish/test_publish.py; the image layers are scanned here, after a
   real Podman build with the secrets set).
 * Rendered images run as a non-root user and name their base by pinned tag (and digest when configured).
 * trust_remote_code is never enabled implicitly; pickle weights need an explicit flag, recorded.
@@ -23,9 +23,7 @@ import yaml
 from packager.cli import cli
 from packager.run.manifest import read_manifest
 
-from conftest import copy_run
-from reliability_kit import ROOT, run_copy, tiny_config, tiny_run  # noqa: F401 (fixtures)
-from test_containers import podman, vllm_standin  # noqa: F401 (fixtures)
+from reliability_kit import ROOT, tiny_config
 
 SECRETS = {"HF_TOKEN": "hf_reliabilityTestSecret9876543210", "PACKAGER_REGISTRY_USERNAME": "ci-robot-user",
            "PACKAGER_REGISTRY_PASSWORD": "registry-Secret-Reliability-99"}
@@ -191,7 +189,7 @@ def image_files(engine: str, tag: str, out: Path):
 def test_no_secret_reaches_the_run_its_logs_or_any_image_layer(runner, run_copy, tmp_path, vllm_standin):
     """containerize --build and push with HF_TOKEN and registry credentials in the environment (as deploy runs
     them), then scan every file of the run, every log, and every layer of the built image."""
-    from test_publish import Registry
+    from support.servers import Registry
 
     run = run_copy()
     built = runner.invoke(cli, ["containerize", str(run), "--target", "vllm", "--build", "--engine", "podman"],

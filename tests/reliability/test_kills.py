@@ -25,8 +25,8 @@ from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 from packager.stages.train.checkpoints import last_complete_checkpoint, resume_point
 
-from reliability_kit import (copy_before, digests_under, packager_cli, packager_process, tiny_config,  # noqa: F401
-                             tiny_gguf_run, tiny_run, unmerged_copy)
+from reliability_kit import (copy_before, digests_under, packager_cli, packager_process, tiny_config,
+                             unmerged_copy)
 
 SEED = 9_2026
 MERGE_KILLS, EXPORT_KILLS, TRAIN_KILLS = 8, 8, 5  # at least; training follows TRAIN_PLAN
@@ -54,12 +54,12 @@ def run_to_completion(args: list[str], *, marker) -> tuple[float, float]:
 
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: progress bars cannot fill it and block
-        proc = packager_process(*args, stdout=log, stderr=subprocess.STDOUT)
-        seen = None
-        while proc.poll() is None:
-            if seen is None and marker():
-                seen = time.monotonic() - started
-            time.sleep(0.01)
+        with packager_process(*args, stdout=log, stderr=subprocess.STDOUT) as proc:
+            seen = None
+            while proc.poll() is None:
+                if seen is None and marker():
+                    seen = time.monotonic() - started
+                time.sleep(0.01)
         log.seek(0)
         assert proc.returncode == 0, log.read()[-3000:]
     total = time.monotonic() - started
@@ -68,18 +68,14 @@ def run_to_completion(args: list[str], *, marker) -> tuple[float, float]:
 
 def kill_at(args: list[str], offset: float) -> bool:
     """Start the command and SIGKILL it ``offset`` seconds in; False when it finished first."""
-    proc = packager_process(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=offset)
-        return False
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with packager_process(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        try:
+            proc.wait(timeout=offset)
+            return False
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
             proc.wait()
+            return proc.returncode == -signal.SIGKILL
 
 
 def partial_of(run: Path, folder: str):
@@ -226,8 +222,7 @@ def kill_training(args: list[str], checkpoints: Path, *, when: str, rng: random.
                   after: int) -> bool:
     """Kill during start-up (random point), or a random moment after a checkpoint newer than ``after`` is
     complete. False when the process finished first."""
-    proc = packager_process(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with packager_process(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         if when == "startup":
             time.sleep(rng.uniform(0.5, startup_s * 0.9))
         else:
@@ -240,10 +235,6 @@ def kill_training(args: list[str], checkpoints: Path, *, when: str, rng: random.
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return True
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_training_killed_at_random_points_resumes_from_its_checkpoint(tmp_path, tiny_llama_dir):

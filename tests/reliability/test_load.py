@@ -16,8 +16,8 @@ import yaml
 from packager.cli import cli
 from packager.run.manifest import read_manifest
 
-from conftest import copy_run
-from reliability_kit import packager_process, run_copy, tiny_gguf_run, tiny_run, wait_for  # noqa: F401 (fixtures)
+from support.runs import copy_run
+from reliability_kit import packager_process, wait_for
 
 
 def servers_on(port: int | str) -> list[int]:
@@ -108,28 +108,24 @@ def test_the_server_is_stopped_when_the_smoke_test_is_interrupted(run_copy, tmp_
 
     run = run_copy()
     out = tmp_path / "smoke.out"
-    with open(out, "w") as sink:
-        proc = packager_process("smoke", str(run), "--target", "vllm", "--local", stdout=sink,
-                                stderr=subprocess.STDOUT)
     port = None
-    try:
-        assert wait_for(lambda: announced_port(out.read_text()), timeout=120, proc=proc), out.read_text()
-        port = announced_port(out.read_text())
+    try:  # the server is stopped after packager is, whatever happened
+        with open(out, "w") as sink, packager_process("smoke", str(run), "--target", "vllm", "--local",
+                                                      stdout=sink, stderr=subprocess.STDOUT) as proc:
+            assert wait_for(lambda: announced_port(out.read_text()), timeout=120, proc=proc), out.read_text()
+            port = announced_port(out.read_text())
 
-        def answers() -> bool:
-            try:
-                return httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200
-            except Exception:
-                return False
-        assert wait_for(answers, timeout=180, proc=proc, poll=0.2), out.read_text()
-        assert servers_on(port), "the server runs"
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
-        assert wait_for(lambda: not servers_on(port), timeout=30), f"still serving on {port}"
+            def answers() -> bool:
+                try:
+                    return httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200
+                except Exception:
+                    return False
+            assert wait_for(answers, timeout=180, proc=proc, poll=0.2), out.read_text()
+            assert servers_on(port), "the server runs"
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+            assert wait_for(lambda: not servers_on(port), timeout=30), f"still serving on {port}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         stop_leftovers(port)
     output = out.read_text()
     assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), output

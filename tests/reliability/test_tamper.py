@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -19,8 +18,7 @@ import yaml
 from packager.cli import cli
 from packager.errors import IntegrityError, PackagerError
 
-from conftest import copy_run
-from reliability_kit import tiny_gguf_run  # noqa: F401 (fixture)
+from support.runs import copy_run
 
 KINDS = {  # artifact kind -> (recorded file, an added file beside it)
     "adapter": ("train/adapter/adapter_model.safetensors", "train/adapter/adapter_model.extra.safetensors"),

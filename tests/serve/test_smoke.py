@@ -5,7 +5,7 @@ Every server is started by the test and stopped afterwards, pass or fail (the `s
 import json
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,8 @@ from packager.run.verify import verify_run
 from packager.serve.endpoint import Expectations, check_endpoint, wait_ready
 from packager.serve.smoke import free_port
 
-from conftest import copy_run
+from support.runs import copy_run
+from support.servers import GarbageHandler
 
 
 def transformers_serve(serve, model_dir: Path, name: str):
@@ -74,31 +75,6 @@ def test_the_merged_model_passes_through_transformers_serve_and_the_base_does_no
     assert "golden answers: token agreement" in failed.output and "report is" in failed.output
     stage = read_manifest(run_dir).stages["smoke-vllm"]
     assert not stage.metrics["passed"] and stage.metrics["checks"]["golden answers"] is False
-
-
-class GarbageHandler(BaseHTTPRequestHandler):
-    """Answers 200 to everything: lists the model, then 'answers' that never stop and leak the stop token."""
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "smol", "object": "model"}]})
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "other-model",
-                    "choices": [{"index": 0, "finish_reason": "length",
-                                 "message": {"role": "assistant", "content": "lorem ipsum<|im_end|> dolor"}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 7, "total_tokens": 8}})
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ Dockerfiles linted by hadolint, Kubernetes manifests validated, and an image bui
 
 What is real and what is substituted here (no GPU, no Docker daemon, no Docker Hub, no Ollama binary):
 the vLLM Dockerfile is built by Podman FROM a local stand-in tagged as the pinned vLLM image, whose `vllm`
-command serves the same baked-in model with `transformers serve` on CPU (tests/containers/vllm_standin.py),
+command serves the same baked-in model with `transformers serve` on CPU (tests/serve/containers/vllm_standin.py),
 because the vLLM engine needs a GPU and its image cannot be pulled. vLLM's argument parser and engine-config
 check run for real, from vLLM 0.33 itself, in a separate venv. The Ollama image cannot be built here (no
 Ollama binary or image); its Modelfile TEMPLATE is checked with Go's text/template, and the GGUF it serves
@@ -31,11 +31,11 @@ from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 from packager.models.chat_template import ChatTemplate
 
-from conftest import build_tokenizer, copy_run
+from support.models import build_tokenizer
+from support.runs import copy_run
+from support.containers import CONTAINERS, VLLM_IMAGE, standin_run_args
 
-ROOT = Path(__file__).parent.parent
-CONTAINERS = Path(__file__).parent / "containers"
-VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.33.0"
+ROOT = Path(__file__).resolve().parents[2]
 
 SMOLLM2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -74,7 +74,7 @@ needs_go = pytest.mark.skipif(shutil.which("go") is None and not os.environ.get(
 def test_the_go_template_renders_exactly_what_apply_chat_template_renders(tmp_path, name, template):
     from transformers import AutoTokenizer
 
-    from conftest import CHATML_TEMPLATE
+    from support.models import CHATML_TEMPLATE
 
     build_tokenizer(tmp_path, chat_template=template or CHATML_TEMPLATE)
     chat = ChatTemplate.from_model_dir(tmp_path)
@@ -301,46 +301,6 @@ def test_ollama_refuses_the_quant_that_failed_parity_and_offers_adapter_mode(run
 
 # ---------------------------------------------------------------- built and served with Podman
 
-def podman_env() -> dict:
-    """This sandbox's Podman settings (runc, cgroupfs) unless the user has their own."""
-    env = dict(os.environ)
-    if "CONTAINERS_CONF" not in env and shutil.which("runc"):
-        env["CONTAINERS_CONF"] = str(CONTAINERS / "containers.conf")
-    return env
-
-
-@pytest.fixture(scope="session")
-def podman():
-    if shutil.which("podman") is None:
-        pytest.skip("no container engine installable here: podman is not installed (.ci/run installs it)")
-    os.environ.update(podman_env())
-    probe = subprocess.run(["podman", "info"], capture_output=True, text=True)
-    assert probe.returncode == 0, f"podman is installed but does not work:\n{probe.stderr[-2000:]}"
-    return "podman"
-
-
-@pytest.fixture(scope="session")
-def vllm_standin(podman):
-    """The pinned vLLM image reference, as a local stand-in (see the module docstring). NOT vLLM."""
-    inspect = subprocess.run(["podman", "image", "inspect", VLLM_IMAGE, "--format",
-                              '{{index .Config.Labels "dev.packager.stand-in"}}'], capture_output=True, text=True)
-    if inspect.returncode == 0:
-        assert inspect.stdout.strip(), f"{VLLM_IMAGE} exists and is not packager's stand-in: not replacing it"
-        return VLLM_IMAGE
-    build = subprocess.run(["bash", str(CONTAINERS / "build_standin.sh"), VLLM_IMAGE], capture_output=True,
-                           text=True)
-    assert build.returncode == 0, build.stdout + build.stderr
-    return VLLM_IMAGE
-
-
-def standin_run_args() -> list[str]:
-    """Mount packager's own venv (and its Python) read-only for the stand-in's `transformers serve`."""
-    venv = Path(sys.prefix)
-    args = [f"--run-arg=-v={venv}:{venv}:ro", f"--run-arg=-e=STANDIN_VENV={venv}", "--run-arg=-e=OMP_NUM_THREADS=2"]
-    if not str(Path(sys.base_prefix)).startswith(("/usr/", "/usr")):
-        args.append(f"--run-arg=-v={sys.base_prefix}:{sys.base_prefix}:ro")
-    return args
-
 
 @pytest.mark.slow
 def test_the_vllm_image_builds_with_podman_and_passes_the_smoke_test(runner, smollm2_served_run, tmp_path,
@@ -380,7 +340,7 @@ def test_the_vllm_image_builds_with_podman_and_passes_the_smoke_test(runner, smo
     # The built image goes to a registry with the engine; the digest recorded is the registry's.
     import requests
 
-    from test_publish import Registry
+    from support.servers import Registry
 
     (tmp_path / "registry").mkdir()
     registry = Registry(tmp_path / "registry")

@@ -8,9 +8,6 @@ assert the exact operations; the dry-run plan is checked as written.
 
 import hashlib
 import json
-import shutil
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,67 +17,11 @@ import yaml
 from packager.cli import cli
 from packager.errors import BadInputError, IntegrityError
 from packager.run.manifest import read_manifest
-from packager.serve.smoke import free_port
 
-from conftest import copy_run
+from support.runs import copy_run
 
 
 # ---------------------------------------------------------------- a real local registry
-
-class Registry:
-    def __init__(self, root: Path, *, users: dict[str, str] | None = None):
-        root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        config = {"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-                  "http": {"addr": self.host}, "log": {"level": "error"}}
-        if users:
-            import bcrypt
-
-            htpasswd = root / "htpasswd"
-            htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
-                                        for u, p in users.items()))
-            config["auth"] = {"htpasswd": {"realm": "packager-tests", "path": str(htpasswd)}}
-        (root / "config.yml").write_text(yaml.safe_dump(config))
-        self.log = open(root / "registry.log", "w")
-        self.process = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=self.log,
-                                        stderr=subprocess.STDOUT)
-        import requests
-
-        for _ in range(100):
-            try:
-                requests.get(f"http://{self.host}/v2/", timeout=1)
-                return
-            except requests.exceptions.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        self.log.close()
-
-
-def _needs_registry():
-    if shutil.which("docker-registry") is None:
-        pytest.fail("docker-registry is not installed (apt install docker-registry; .ci/run installs it)")
-
-
-@pytest.fixture
-def registry(tmp_path):
-    _needs_registry()
-    reg = Registry(tmp_path / "registry-open")
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture
-def auth_registry(tmp_path):
-    _needs_registry()
-    (tmp_path / "registry-auth").mkdir()
-    reg = Registry(tmp_path / "registry-auth", users={"ci": "s3cret-pw"})
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture
@@ -145,7 +86,6 @@ def test_registry_credentials_down_and_wrong(runner, served, auth_registry, tmp_
                          env={"REGISTRY_AUTH_FILE": str(auth)})
     assert down.exit_code == 1 and "cannot reach the registry" in down.output and "connection refused" in down.output
     assert read_manifest(served).stages["push-oci-gguf"].metrics["ref"] == ref  # the failed push recorded nothing
-    auth_registry.process = subprocess.Popen(["true"])  # already stopped: the fixture's stop() has nothing to do
 
 
 def test_references_are_checked():

@@ -8,7 +8,7 @@ from packager.stages.data.masks import tokenize_with_assistant_mask
 from packager.stages.data.rows import read_rows
 from packager.models.tokenizer import load_tokenizer
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "data" / "tickets.jsonl"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data" / "tickets.jsonl"
 
 
 def chat(user="hi", assistant="hello", system=None):

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from packager.cli import cli
 from packager.config import EvalConfig, load_config
@@ -17,21 +16,9 @@ from packager.stages.evaluate.metrics import check_gate, field_score, score
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 
-from conftest import EXAMPLE_DATA
-from conftest import TICKET_FORMAT as FORMAT
-
-
-def write_config(directory: Path, base: Path, *, rows: int = 40, **train) -> Path:
-    """A config over the first `rows` rows of the example task (the tiny tokenizer makes rows ~270 tokens)."""
-    data = directory / "data.jsonl"
-    data.write_text("".join(EXAMPLE_DATA.read_text().splitlines(keepends=True)[:rows]))
-    cfg = {"run": {"name": "t", "root": "runs"}, "base": {"model": str(base)},
-           "data": {"train": "data.jsonl", "max_seq_length": 512},
-           "train": {"max_steps": 4, "eval_steps": 2, "batch_size": 2, "sample_every": 2, **train},
-           "eval": {"max_new_tokens": 8, "format_regex": FORMAT}}
-    path = directory / "packager.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+from support.runs import write_config
+from support.runs import TICKET_FORMAT as FORMAT
+from support.servers import free_port
 
 
 def train_cli(*args):
@@ -225,14 +212,6 @@ def test_eval_records_side_by_side_metrics_and_enforces_the_gate(runner, tmp_pat
     preds = [json.loads(l) for l in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 3 and {"prompt", "reference", "finetuned", "base"} <= set(preds[0])
     assert verify_run(run_dir).ok
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_distributed_run_through_accelerate(tmp_path, tiny_llama_dir):

@@ -11,26 +11,8 @@ from packager.stages.merge.stream import stream_merge
 from packager.models.adapter import read_adapter
 from packager.models.stop_tokens import chat_stop_token_ids
 
-from conftest import build_tiny_llama
-
-
-def make_adapter(base_dir: Path, out: Path, *, seed: int = 1, **lora_kwargs) -> Path:
-    """A LoRA adapter with random (non-zero) A and B, saved by PEFT itself."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    config = LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "init_lora_weights": False,
-                           **lora_kwargs})
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():  # make modules_to_save copies differ from the base, as training would
-        for name, param in peft_model.named_parameters():
-            if "modules_to_save" in name:
-                param.add_(torch.randn_like(param) * 0.05)
-    peft_model.save_pretrained(out)
-    return out
+from support.models import build_tiny_llama, lie_about_sizes, make_adapter
+from support.runs import trained_run
 
 
 def peft_merged_state(base_dir: Path, adapter_dir: Path) -> dict:
@@ -165,20 +147,6 @@ def test_corrupt_base_safetensors_are_named(tmp_path, tiny_llama_copy, damage):
     assert str(weights) in str(info.value)
 
 
-def lie_about_sizes(weights: Path) -> None:
-    """Rewrite a safetensors header so its first tensor claims twice its shape (the data stays as it was)."""
-    import struct
-
-    data = weights.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    first = next(k for k in header if k != "__metadata__")
-    header[first]["shape"] = [dim * 2 for dim in header[first]["shape"]]
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-    weights.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + length:])
-
-
 def tiny_llama_dir_of(copy: Path) -> Path:
     """An intact sibling of a damaged copy, to make an adapter from."""
     intact = copy.parent / "intact"
@@ -200,18 +168,6 @@ def test_stop_tokens_come_from_the_chat_template(tiny_llama_copy):
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>{% endfor %}")
     assert chat_stop_token_ids(tiny_llama_copy) == sorted(
         [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")])
-
-
-def trained_run(tmp_path, base_dir, runner):
-    """A tiny dry-run LoRA with a learning rate high enough for the adapter to matter."""
-    from packager.cli import cli
-    from packager.config import load_config
-    from test_train import write_config
-
-    config = write_config(tmp_path, base_dir, learning_rate=0.05)
-    result = runner.invoke(cli, ["train", "-c", str(config), "--dry-run"])
-    assert result.exit_code == 0, result.output
-    return load_config(config).run_dir
 
 
 def test_merge_a_run_end_to_end(runner, tmp_path, tiny_llama_copy):
@@ -295,7 +251,7 @@ def test_qlora_adapters_merge_onto_the_original_16_bit_weights(runner, tmp_path,
     from packager.config import load_config
     from packager.run.manifest import read_manifest
     from packager.run.verify import verify_run
-    from test_train import write_config
+    from support.runs import write_config
 
     config = write_config(tmp_path, tiny_llama_64_dir, method="qlora", learning_rate=0.05)
     assert runner.invoke(cli, ["train", "-c", str(config), "--dry-run"]).exit_code == 0

@@ -17,7 +17,7 @@ from packager.models.gguf import canonical_quant, read_gguf_metadata
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 
-from conftest import copy_run
+from support.runs import copy_run
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_unknown_quant_types_are_refused():
 
 
 def merged_tiny_run(tmp_path, base_dir, runner) -> Path:
-    from test_merge import trained_run
+    from support.runs import trained_run
 
     run_dir = trained_run(tmp_path, base_dir, runner)
     assert runner.invoke(cli, ["merge", str(run_dir)]).exit_code == 0
@@ -139,7 +139,7 @@ def test_safetensors_export_publishes_the_merged_model_with_a_card(runner, tmp_p
 
 
 def test_merge_refuses_a_tokenizer_without_a_chat_template(runner, tmp_path, tiny_llama_copy):
-    from test_merge import make_adapter
+    from support.models import make_adapter
 
     adapter = make_adapter(tiny_llama_copy, tmp_path / "adapter")  # saved without tokenizer files
     config = json.loads((tiny_llama_copy / "tokenizer_config.json").read_text())

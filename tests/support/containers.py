@@ -1,0 +1,57 @@
+"""Podman for the container tests, and the local stand-in tagged as the pinned vLLM image (NOT vLLM)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONTAINERS = Path(__file__).resolve().parents[1] / "serve" / "containers"
+
+
+VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.33.0"
+
+
+def podman_env() -> dict:
+    """This sandbox's Podman settings (runc, cgroupfs) unless the user has their own."""
+    env = dict(os.environ)
+    if "CONTAINERS_CONF" not in env and shutil.which("runc"):
+        env["CONTAINERS_CONF"] = str(CONTAINERS / "containers.conf")
+    return env
+
+
+@pytest.fixture(scope="session")
+def podman():
+    if shutil.which("podman") is None:
+        pytest.skip("no container engine installable here: podman is not installed (.ci/run installs it)")
+    os.environ.update(podman_env())
+    probe = subprocess.run(["podman", "info"], capture_output=True, text=True)
+    assert probe.returncode == 0, f"podman is installed but does not work:\n{probe.stderr[-2000:]}"
+    return "podman"
+
+
+@pytest.fixture(scope="session")
+def vllm_standin(podman):
+    """The pinned vLLM image reference, as a local stand-in (see the module docstring). NOT vLLM."""
+    inspect = subprocess.run(["podman", "image", "inspect", VLLM_IMAGE, "--format",
+                              '{{index .Config.Labels "dev.packager.stand-in"}}'], capture_output=True, text=True)
+    if inspect.returncode == 0:
+        assert inspect.stdout.strip(), f"{VLLM_IMAGE} exists and is not packager's stand-in: not replacing it"
+        return VLLM_IMAGE
+    build = subprocess.run(["bash", str(CONTAINERS / "build_standin.sh"), VLLM_IMAGE], capture_output=True,
+                           text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return VLLM_IMAGE
+
+
+def standin_run_args() -> list[str]:
+    """Mount packager's own venv (and its Python) read-only for the stand-in's `transformers serve`."""
+    venv = Path(sys.prefix)
+    args = [f"--run-arg=-v={venv}:{venv}:ro", f"--run-arg=-e=STANDIN_VENV={venv}", "--run-arg=-e=OMP_NUM_THREADS=2"]
+    if not str(Path(sys.base_prefix)).startswith(("/usr/", "/usr")):
+        args.append(f"--run-arg=-v={sys.base_prefix}:{sys.base_prefix}:ro")
+    return args
