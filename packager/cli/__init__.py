@@ -54,7 +54,10 @@ class PackagerGroup(click.Group):
 
 @click.group(cls=PackagerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(packager.__version__, prog_name="packager")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show what the libraries underneath print: their warnings, logs and progress bars (otherwise "
+                   "kept in RUN/.packager/logs/library.log).")
+def cli(verbose: bool) -> None:
     """packager: an LLM fine-tune from data to a serving image you can trust.
 
     \b
@@ -66,6 +69,10 @@ def cli() -> None:
       packager init myproject && cd myproject
       packager base example base/ && packager verify base/
     """
+    if not (verbose or _debug()):
+        from packager.terminal import capture_library_output
+
+        capture_library_output()
 
 
 def _register() -> None:

@@ -153,7 +153,6 @@ class _Steps:
 def run_demo(workdir: Path | str, *, say: Callable[[str], None]) -> DemoResult:
     """The whole job into ``workdir``; raises StageError when the fine-tune does not beat the base."""
     workdir = Path(workdir)
-    _quiet_libraries()
     steps = _Steps(say)
     say(f"packager {packager.__version__} demo: SmolLM2-135M-Instruct learns to triage support tickets as JSON, "
         f"then goes all the way to signed serving packages, on this CPU. Work directory: {workdir}")
@@ -188,16 +187,6 @@ def run_demo(workdir: Path | str, *, say: Callable[[str], None]) -> DemoResult:
     html = write_run_report(cfg.run_dir, workdir / "report.html", timings=steps.timings)
     steps.line(f"[6/6] report: {html}", name="report")
     return DemoResult(workdir, cfg.run_dir, html, round(steps.elapsed, 1), steps.timings)
-
-
-def _quiet_libraries() -> None:
-    """The demo's output is its steps and progress bars: no deprecation notices or optional-kernel notes
-    from the libraries underneath (a real run keeps them)."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _data_check(cfg) -> str:

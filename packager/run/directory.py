@@ -27,6 +27,7 @@ from packager.run.hashing import FileDigest, sha256_file
 from packager.run.manifest import (MANIFEST_NAME, SCHEMA_VERSION, STATE_DIR, FileRecord, Manifest, StageRecord,
                                    now, read_manifest)
 from packager.run.provenance import environment
+from packager.terminal import keep_log_in
 
 
 class Run:
@@ -36,6 +37,7 @@ class Run:
         self.path = Path(path)
         self.manifest = manifest
         self.hash_cache = HashCache(self.path / STATE_DIR / "hash-cache.json")
+        keep_log_in(self.path / STATE_DIR)  # the libraries' captured output (packager.terminal)
 
     @classmethod
     def open(cls, path: Path | str) -> "Run":

@@ -50,7 +50,8 @@ def make_callbacks(cfg: PackagerConfig, *, tokenizer, eval_conversations, sample
 
 def quiet_progress():
     """The step bar with the latest losses as its postfix, in place of a printed dict for every logged step
-    (every log entry is still in train/log.json). Replaces transformers' ProgressCallback."""
+    (every log entry is still in train/log.json) and of a bar per evaluation. Replaces transformers'
+    ProgressCallback."""
     from transformers.trainer_callback import ProgressCallback
 
     class QuietProgress(ProgressCallback):
@@ -59,5 +60,8 @@ def quiet_progress():
                 shown = {k: f"{logs[k]:.4f}" for k in ("loss", "eval_loss") if isinstance(logs.get(k), float)}
                 if shown:
                     self.training_bar.set_postfix(shown, refresh=False)
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            pass  # no second bar per evaluation: its loss shows on the step bar
 
     return QuietProgress()
