@@ -64,6 +64,7 @@ class Target:
     local_server: Callable  # (run, cfg, port) -> LocalServer
     on_host_network: Callable  # (run, port) -> (command override or None, environment)
     gpus: Callable  # (cfg) -> GPUs to reserve
+    request_options: Callable  # (run, cfg) -> extra fields every smoke request carries
 
 
 def render_file(name: str, run, ctx: Context, **extra) -> str:

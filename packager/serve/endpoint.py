@@ -68,6 +68,8 @@ class Expectations:
     tokenizer_file: Path | None = None
     min_agreement: float = 1.0
     concurrency: int = 8
+    request_options: dict = field(default_factory=dict)
+    """Sent with every request besides greedy decoding (e.g. Ollama's repeat_penalty, as its Modelfile sets it)."""
 
 
 # ---------------------------------------------------------------- talking to the endpoint
@@ -116,10 +118,10 @@ def wait_ready(url: str, model: str, *, timeout_s: float, alive: Callable[[], st
         time.sleep(0.5)
 
 
-def _chat(client, model: str, messages: list[dict], max_tokens: int) -> dict:
+def _chat(client, model: str, messages: list[dict], max_tokens: int, options: dict) -> dict:
     started = time.monotonic()
     response = client.chat.completions.create(model=model, messages=messages, temperature=0, seed=0,
-                                              max_tokens=max_tokens)
+                                              max_tokens=max_tokens, extra_body=options or None)
     choice = response.choices[0]
     usage = response.usage
     return {"text": choice.message.content or "", "finish_reason": choice.finish_reason, "model": response.model,
@@ -150,7 +152,7 @@ def check_endpoint(url: str, model: str, expect: Expectations, *, target: str | 
         max_tokens = (len(golden["tokens"]) + 16 if golden["stopped"] else len(golden["tokens"])) if golden \
             else OPEN_MAX_TOKENS
         try:
-            answer = _chat(client, model, messages, max_tokens)
+            answer = _chat(client, model, messages, max_tokens, expect.request_options)
         except Exception as exc:
             report.add("chat completion", False, f"{type(exc).__name__}: {str(exc)[:300]}")
             return report
@@ -171,7 +173,7 @@ def check_endpoint(url: str, model: str, expect: Expectations, *, target: str | 
                    f"token agreement {mean:.3f} (min {expect.min_agreement}); {exact}/{len(agreements)} identical")
     else:
         report.add("golden answers", True, "no golden answers to compare (no run given)", skipped=True)
-    _concurrency_check(report, client, model, prompts, expect.concurrency)
+    _concurrency_check(report, client, model, prompts, expect)
     if target == "ollama":
         _ollama_native_check(report, url, model, expect, prompts[-1][0])
     return report
@@ -199,14 +201,16 @@ def _answer_checks(report: SmokeReport, expect: Expectations, model: str) -> Non
                            "completion_tokens_per_s": round(tokens / sum(seconds), 2) if sum(seconds) else None})
 
 
-def _concurrency_check(report: SmokeReport, client, model: str, prompts: list, n: int) -> None:
+def _concurrency_check(report: SmokeReport, client, model: str, prompts: list, expect: Expectations) -> None:
+    n = expect.concurrency
     jobs = [prompts[i % len(prompts)] for i in range(n)]
     started = time.monotonic()
 
     def one(job):
         messages, golden = job
         try:
-            answer = _chat(client, model, messages, len(golden["tokens"]) + 16 if golden else OPEN_MAX_TOKENS)
+            answer = _chat(client, model, messages, len(golden["tokens"]) + 16 if golden else OPEN_MAX_TOKENS,
+                           expect.request_options)
             return answer["text"].strip() != "" and (golden is None or not golden["stopped"] or
                                                      answer["finish_reason"] == "stop"), None
         except Exception as exc:
@@ -237,7 +241,8 @@ def _ollama_native_check(report: SmokeReport, url: str, model: str, expect: Expe
                    skipped=True)
         return
     response = httpx2.post(base + "/api/chat", timeout=REQUEST_TIMEOUT_S, json={
-        "model": model, "messages": messages, "stream": False, "options": {"temperature": 0, "seed": 0}})
+        "model": model, "messages": messages, "stream": False,
+        "options": {**expect.request_options, "temperature": 0, "seed": 0}})
     body = response.json() if response.status_code == 200 else {}
     text = (body.get("message") or {}).get("content", "")
     leaks = [s for s in expect.stop_texts if s and s in text]

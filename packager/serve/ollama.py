@@ -26,6 +26,7 @@ PORT = 11434
 SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                  "repetition_penalty": "repeat_penalty"}
 """generation_config.json's sampling keys and the Modelfile PARAMETER each becomes."""
+NO_REPETITION_PENALTY = 1.0
 
 
 def ollama_context(run, cfg) -> Context:
@@ -84,8 +85,25 @@ def modelfile_parameters(cfg, model_dir: Path) -> dict:
 
 
 def ollama_sampling(generation_config: dict) -> list[tuple[str, object]]:
-    """Modelfile PARAMETERs for the sampling settings generation_config.json makes (as vLLM applies them)."""
-    return [(SAMPLING_KEYS[k], generation_config[k]) for k in SAMPLING_KEYS if generation_config.get(k) is not None]
+    """Modelfile PARAMETERs for the sampling settings generation_config.json makes (as vLLM applies them).
+
+    Where it sets no repetition penalty, ``repeat_penalty 1``: transformers and vLLM apply none, but Ollama's
+    default is 1.1 over the last 64 tokens (``DefaultOptions`` in its api/types.go), which changes even greedy
+    answers: every repeated token of a JSON answer or a list is pushed down, so the served model would not be
+    the one evaluated, and its golden answers would not reproduce.
+    """
+    params = [(SAMPLING_KEYS[k], generation_config[k]) for k in SAMPLING_KEYS if generation_config.get(k) is not None]
+    if generation_config.get("repetition_penalty") is None:
+        params.append(("repeat_penalty", NO_REPETITION_PENALTY))
+    return params
+
+
+def request_options(run, cfg) -> dict:
+    """What the smoke test's requests carry so that a server which does not read the Modelfile (llama.cpp's,
+    standing in for Ollama) penalises repetition as the Modelfile tells Ollama to; Ollama's OpenAI-compatible
+    endpoint ignores the field, and the Modelfile decides."""
+    sampling = dict(modelfile_parameters(cfg, merged_model_dir(run))["sampling"])
+    return {"repeat_penalty": sampling["repeat_penalty"]} if "repeat_penalty" in sampling else {}
 
 
 def passed_gguf(run, quant: str) -> Path:
@@ -158,4 +176,4 @@ TARGET = Target(
     start_period="60s", startup_minutes=10, shm_size=None,
     local_description="llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs)",
     context=ollama_context, golden=golden, served_files=served_files, local_server=local_server,
-    on_host_network=on_host_network, gpus=lambda cfg: 1)
+    on_host_network=on_host_network, gpus=lambda cfg: 1, request_options=request_options)

@@ -37,7 +37,8 @@ def expectations(run, cfg, target: str) -> Expectations:
                         stop_texts=sorted(set(stop_token_texts(model_dir)) | set(specials)),
                         tokenizer_file=model_dir / "tokenizer.json",
                         min_agreement=getattr(cfg.smoke.min_token_agreement, target),
-                        concurrency=cfg.smoke.concurrency)
+                        concurrency=cfg.smoke.concurrency,
+                        request_options=TARGETS[target].request_options(run, cfg))
 
 
 def free_port() -> int:

@@ -139,4 +139,5 @@ TARGET = Target(
     start_period="600s", startup_minutes=30, shm_size=("8gb", "8Gi"),
     local_description="transformers serve on the merged checkpoint (CPU; stands in for vLLM, which needs a GPU)",
     context=vllm_context, golden=golden, served_files=served_files, local_server=local_server,
-    on_host_network=on_host_network, gpus=lambda cfg: cfg.containers.vllm.tensor_parallel_size)
+    on_host_network=on_host_network, gpus=lambda cfg: cfg.containers.vllm.tensor_parallel_size,
+    request_options=lambda run, cfg: {})  # vLLM applies generation_config.json itself

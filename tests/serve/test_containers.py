@@ -249,6 +249,7 @@ def test_the_ollama_context_carries_a_proven_template_and_every_stop(runner, smo
     modelfile = (context / "Modelfile").read_text()
     assert "FROM ./smol-q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "PARAMETER num_ctx 256" in modelfile and "temperature" not in modelfile  # none in generation_config
+    assert "PARAMETER repeat_penalty 1.0" in modelfile
     assert stage.metrics["template_parity"]["checked_with"] == "go text/template"
     # The TEMPLATE as written in the Modelfile, rendered by Go, equals apply_chat_template of the merged model.
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
@@ -378,4 +379,5 @@ def test_sampling_parameters_come_from_generation_config():
 
     assert ollama_sampling({"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.1, "eos_token_id": 2}) == \
         [("temperature", 0.6), ("top_p", 0.9), ("repeat_penalty", 1.1)]
-    assert ollama_sampling({"eos_token_id": 2}) == []
+    # none set: no penalty, as transformers and vLLM apply, instead of Ollama's default 1.1
+    assert ollama_sampling({"eos_token_id": 2}) == [("repeat_penalty", 1.0)]

@@ -98,6 +98,34 @@ def test_an_endpoint_that_answers_200_with_garbage_fails_every_content_check(gar
     assert not report.passed
 
 
+class RecordingHandler(GarbageHandler):
+    bodies: list[dict] = []
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length", 0))
+        self.bodies.append(json.loads(self.rfile.read(length)))
+        self.headers.replace_header("content-length", "0")
+        super().do_POST()
+
+
+@pytest.mark.parametrize("options", [{"repeat_penalty": 1.0}, {}], ids=["ollama", "vllm"])
+def test_every_request_carries_the_targets_sampling_options(options):
+    """Ollama's stand-in (llama.cpp's server) reads no Modelfile: each request says what the Modelfile says."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    RecordingHandler.bodies = []
+    try:
+        check_endpoint(f"http://127.0.0.1:{server.server_address[1]}", "smol",
+                       Expectations(concurrency=2, request_options=options), ready_timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(RecordingHandler.bodies) == 3  # one answer, two concurrent
+    for body in RecordingHandler.bodies:
+        assert body["temperature"] == 0 and {k: body[k] for k in options} == options
+        assert ("repeat_penalty" in body) == bool(options)
+
+
 def test_smoke_without_a_run_checks_what_it_can(runner, garbage_server):
     result = runner.invoke(cli, ["smoke", "--url", garbage_server, "--model", "smol"])
     assert result.exit_code == 1
