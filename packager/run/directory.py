@@ -82,6 +82,12 @@ class Run:
         p = Path(recorded_path)
         return p if p.is_absolute() else self.path / p
 
+    def contains(self, file: Path) -> bool:
+        """Whether ``file`` lies inside the run once links are followed: nothing outside it is ever deleted,
+        whatever a received run's folders link to."""
+        root, folder = os.path.realpath(self.path), os.path.realpath(Path(file).parent)
+        return folder == root or folder.startswith(root + os.sep)
+
     def digest(self, file: Path) -> FileDigest:
         return self.hash_cache.digest(file)
 
@@ -134,7 +140,7 @@ class Run:
         for stage in stale.values():
             for rec in stage.outputs:
                 file = self.resolve(rec.path)
-                if rec.path not in keep and not Path(rec.path).is_absolute():
+                if rec.path not in keep and self.contains(file):
                     file.unlink(missing_ok=True)
                     for parent in file.parents:
                         if parent == self.path:
@@ -233,7 +239,8 @@ class StageWriter:
             for tmp in self._dirs.values():
                 shutil.rmtree(tmp, ignore_errors=True)
             for rec in self._files.values():
-                self.run.resolve(rec.path).unlink(missing_ok=True)
+                if self.run.contains(self.run.resolve(rec.path)):
+                    self.run.resolve(rec.path).unlink(missing_ok=True)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 where = exc.filename or ", ".join(str(final) for final in self._dirs) or self.run.path
                 raise DiskFullError(self.name, where) from exc

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from packager.errors import ManifestError, MissingPathError
 
@@ -35,6 +35,17 @@ class FileRecord(_Strict):
     size: int
     parents: tuple[str, ...] = Field(default=(), description="sha256 digests of the files this was made from.")
 
+    @field_validator("path")
+    @classmethod
+    def _stays_where_it_belongs(cls, path: str) -> str:
+        """A run received from someone else must not name files elsewhere through its records: packager
+        deletes a stage's previous outputs by these paths, and publishes and reads files by them."""
+        if not path or "\0" in path:
+            raise ValueError("an empty path, or one with a NUL byte")
+        if not PurePosixPath(path).is_absolute() and ".." in PurePosixPath(path).parts:
+            raise ValueError(f"{path!r} climbs out of the run directory ('..')")
+        return path
+
 
 class StageRecord(_Strict):
     name: str
@@ -45,6 +56,14 @@ class StageRecord(_Strict):
     outputs: tuple[FileRecord, ...] = ()
     metrics: dict[str, Any] = {}
     environment: dict[str, Any] = {}
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_are_inside_the_run(cls, outputs: tuple[FileRecord, ...]) -> tuple[FileRecord, ...]:
+        outside = [o.path for o in outputs if PurePosixPath(o.path).is_absolute()]
+        if outside:
+            raise ValueError(f"output {outside[0]!r} is outside the run directory (a stage writes only inside it)")
+        return outputs
 
 
 class Manifest(_Strict):

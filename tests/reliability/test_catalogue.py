@@ -286,6 +286,17 @@ def manifest_newer_schema(c: Ctx):
     return ["verify", str(run)]
 
 
+def record_leaves_the_run(c: Ctx):
+    """One extra output record naming a file two folders above the run: re-exporting deleted it."""
+    run = c.run()
+    c.write("precious.txt", "keep me")
+    data = json.loads((run / "manifest.json").read_text())
+    data["stages"]["export-safetensors"]["outputs"].append(
+        {"path": "../../precious.txt", "sha256": "0" * 64, "size": 7, "parents": []})
+    (run / "manifest.json").write_text(json.dumps(data))
+    return ["export", str(run), "--format", "safetensors"]
+
+
 def not_a_run(c: Ctx):
     (c.tmp / "somewhere").mkdir()
     return ["export", str(c.tmp / "somewhere"), "--format", "safetensors"]
@@ -520,6 +531,9 @@ CASES = [
     Case("manifest-invalid-json", manifest_invalid_json, 2, ("{tmp}/runs-copy/t/manifest.json", "invalid JSON")),
     Case("manifest-newer-schema", manifest_newer_schema, 2, ("manifest.json", f"schema_version {SCHEMA_VERSION + 1}",
                                                              "upgrade packager")),
+    Case("manifest-record-leaves-the-run", record_leaves_the_run, 2,
+         ("manifest.json", "stages.export-safetensors.outputs", "'../../precious.txt' climbs out of the run"),
+         check=lambda c: None if (c.tmp / "precious.txt").read_text() == "keep me" else pytest.fail("deleted")),
     Case("not-a-run", not_a_run, 2, ("{tmp}/somewhere", "not a packager run")),
     Case("output-dir-holds-another-run", out_dir_holds_another_run, 2, ("{tmp}/target", "already holds run 't'"),
          check=lambda c: None if read_manifest(c.tmp / "target").run == "t" else pytest.fail("overwritten")),

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -258,3 +259,38 @@ def test_rerunning_a_stage_with_identical_outputs_keeps_downstream_stages(tmp_pa
         out = st.output_dir("adapter")
         (out / "adapter_model.safetensors").write_bytes(b"\x00" * 1000 + b"weights")
     assert st.invalidated == [] and "merge" in read_manifest(run.path).stages
+
+
+@pytest.mark.parametrize("recorded", ["../../precious.txt", "adapter/../../../precious.txt", "PRECIOUS"],
+                         ids=["dotdot", "inner-dotdot", "absolute"])
+def test_a_record_naming_a_file_outside_the_run_is_refused_and_nothing_is_deleted(tmp_path, recorded):
+    """A received run with one extra output record pointing out of it: re-running that stage had deleted the
+    file it names. The record is refused, naming it, before anything is read or deleted."""
+    run, _ = make_run(tmp_path)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    recorded = str(precious) if recorded == "PRECIOUS" else recorded
+    manifest = run.path / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["stages"]["train"]["outputs"].append({"path": recorded, "sha256": "0" * 64, "size": 7, "parents": []})
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"stages\.train\.outputs(\.\d+\.path)?: .*(climbs out|outside)"):
+        with Run.open(run.path).stage("train") as st:
+            st.write_output_text("adapter/adapter_model.safetensors", "retrained")
+    with pytest.raises(ManifestError, match=r"stages\.train\.outputs"):
+        verify_run(run.path)
+    assert precious.read_text() == "keep me"
+
+
+def test_outputs_behind_a_link_out_of_the_run_are_never_deleted(tmp_path):
+    """A received run whose output folder is a link to somewhere else: superseding its outputs deletes
+    nothing there."""
+    run, _ = make_run(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(run.path / "adapter", elsewhere)
+    shutil.rmtree(run.path / "adapter")
+    (run.path / "adapter").symlink_to(elsewhere)
+    with Run.open(run.path).stage("train") as st:
+        st.write_output_text("notes/retrained.txt", "a different adapter")
+    assert (elsewhere / "adapter_model.safetensors").is_file() and (elsewhere / "nested" / "config.json").is_file()
+    assert set(read_manifest(run.path).stages["train"].outputs[0].path.split("/")) >= {"notes"}
