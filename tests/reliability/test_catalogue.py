@@ -9,6 +9,7 @@ finished exists afterwards. Tiny random-weight models stand in for real ones whe
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -152,6 +153,31 @@ def eval_leaks_train(c: Ctx):
     c.jsonl("train.jsonl", GOOD_ROWS)
     c.jsonl("eval.jsonl", [chat("new", "row"), GOOD_ROWS[7]])
     return ["data", "check", str(c.tmp / "train.jsonl"), "--eval", str(c.tmp / "eval.jsonl")]
+
+
+def image_parts(c: Ctx):
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                                     {"type": "image_url", "image_url": {"url": "data:,"}}]},
+                        {"role": "assistant", "content": "a cat"}]}
+    c.jsonl("vision.jsonl", [*GOOD_ROWS[:4], row])
+    return ["data", "check", str(c.tmp / "vision.jsonl")]
+
+
+def utf16_jsonl(c: Ctx):
+    (c.tmp / "unicode.jsonl").write_bytes("".join(json.dumps(r) + "\n" for r in GOOD_ROWS).encode("utf-16"))
+    return ["data", "check", str(c.tmp / "unicode.jsonl")]
+
+
+def latin1_line(c: Ctx):
+    c.jsonl("mixed.jsonl", GOOD_ROWS[:2])
+    with open(c.tmp / "mixed.jsonl", "ab") as f:
+        f.write(json.dumps(chat("caf\u00e9", "ok"), ensure_ascii=False).encode("latin-1") + b"\n")
+    return ["data", "check", str(c.tmp / "mixed.jsonl")]
+
+
+def dataset_is_a_fifo(c: Ctx):
+    os.mkfifo(c.tmp / "pipe.jsonl")
+    return ["data", "check", str(c.tmp / "pipe.jsonl")]
 
 
 def missing_dataset(c: Ctx):
@@ -495,6 +521,11 @@ CASES = [
     Case("empty-content", empty_content, 2, ("{tmp}/empty.jsonl:31 [messages[0].content]", "empty content"),
          absent=(f"{RUN}/data", f"{RUN}/train")),
     Case("eval-rows-leak-from-train", eval_leaks_train, 2, ("{tmp}/eval.jsonl:2", "train.jsonl:8")),
+    Case("jsonl-with-an-image-part", image_parts, 2, ("{tmp}/vision.jsonl:5 [messages[0].content[1]]",
+                                                      "a part of type 'image_url'", "text models")),
+    Case("jsonl-in-utf16", utf16_jsonl, 2, ("{tmp}/unicode.jsonl", "UTF-16 text", "save it as UTF-8")),
+    Case("jsonl-line-in-latin1", latin1_line, 2, ("{tmp}/mixed.jsonl:3", "not UTF-8 text (byte 0xe9")),
+    Case("dataset-is-not-a-file", dataset_is_a_fifo, 2, ("{tmp}/pipe.jsonl", "not a file")),
     Case("missing-dataset", missing_dataset, 2, ("{tmp}/nowhere.jsonl",), absent=(f"{RUN}/data",)),
     # config
     Case("unknown-config-key", unknown_config_key, 2, ("train.learning_rte",), absent=(RUN,)),

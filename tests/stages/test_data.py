@@ -155,3 +155,52 @@ def test_data_check_cli(runner, tmp_path, tiny_llama_dir):
     assert result.exit_code == 2
     report = json.loads(result.stdout)
     assert report["errors"][0]["line"] == 2 and "no assistant turn" in report["errors"][0]["message"]
+
+
+def test_files_as_other_tools_write_them_load(tmp_path):
+    """A byte-order mark and CRLF endings (Windows tools) and OpenAI-style text parts: the same rows."""
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                                       {"type": "text", "text": "there"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]}
+    plain = {"messages": [{"role": "user", "content": "Hi\nthere"}, {"role": "assistant", "content": "Hello"}]}
+    windows = tmp_path / "windows.jsonl"
+    windows.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(r).encode() for r in (parts, plain)) + b"\r\n")
+    rows, problems = read_rows(windows)
+    assert problems == [] and [r.messages for r in rows] == [plain["messages"]] * 2
+
+
+TEXT_ONLY = ": packager trains text models, so content parts must be text parts"
+
+
+@pytest.mark.parametrize("content, field, message", [
+    ([{"type": "image_url", "image_url": {"url": "http://example.invalid/cat.png"}}], "messages[0].content[0]",
+     "a part of type 'image_url'" + TEXT_ONLY),
+    ([{"type": "text", "text": "look:"}, {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}],
+     "messages[0].content[1]", "a part of type 'input_audio'" + TEXT_ONLY),
+    (["a bare string"], "messages[0].content[0]", "a str where a {type, text} part belongs" + TEXT_ONLY),
+    ([{"type": "text", "text": 3}], "messages[0].content[0].text", "a text part needs a string 'text'"),
+    ([], "messages[0].content", "empty content"),
+    ({"text": "hi"}, "messages[0].content", "must be a string or a list of text parts, got dict"),
+], ids=["image", "audio", "bare-string", "text-not-string", "no-parts", "object"])
+def test_content_that_is_not_text_is_refused_naming_the_part(tmp_path, content, field, message):
+    data = tmp_path / "parts.jsonl"
+    row = {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "ok"}]}
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "fine"},
+                                             {"role": "assistant", "content": "ok"}]}) + "\n" + json.dumps(row) + "\n")
+    rows, problems = read_rows(data)
+    assert len(rows) == 1 and [str(p) for p in problems] == [f"{data}:2 [{field}]: {message}"]
+
+
+def test_text_in_other_encodings_is_named_with_its_line(tmp_path):
+    from packager.errors import InputFileError
+
+    row = json.dumps({"messages": [{"role": "user", "content": "caf\u00e9"}, {"role": "assistant", "content": "ok"}]},
+                     ensure_ascii=False)
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(row.encode() + b"\n" + row.encode("latin-1") + b"\n")
+    rows, problems = read_rows(latin)
+    assert len(rows) == 1 and [str(p) for p in problems] == [f"{latin}:2: not UTF-8 text (byte 0xe9 at column 47)"]
+    utf16 = tmp_path / "unicode.jsonl"
+    utf16.write_bytes(row.encode("utf-16"))
+    with pytest.raises(InputFileError, match="UTF-16 text .* save it as UTF-8"):
+        read_rows(utf16)

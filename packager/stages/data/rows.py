@@ -3,7 +3,12 @@
 Accepted inputs: JSONL in chat form (``messages: [{role, content}]``, optional
 ``system``) or instruction form (``instruction``, ``input``, ``output``,
 optional ``system``), and Hugging Face ``datasets`` directories saved with
-``save_to_disk``.
+``save_to_disk``. JSONL as other tools write it loads too: a UTF-8 byte-order
+mark (Windows tools), CRLF line endings, and message content as a list of
+OpenAI-style text parts (``[{"type": "text", "text": ...}]``), joined with a
+newline as vLLM joins them for a string template (its
+``renderers/chat_utils/chat_message.py``). Image, audio and other parts are
+refused: packager trains text models.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from packager.errors import InputFileError, MissingPathError
 
 
 ROLES = ("system", "user", "assistant")
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,17 @@ def _raw_records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     if path.is_dir():
         yield from _dataset_records(path)
         return
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+    if not path.is_file():
+        raise InputFileError(path, "not a file (a JSONL file or a `datasets` directory was expected)")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(_UTF16_BOMS):
+                raise InputFileError(path, "UTF-16 text (a Windows \"Unicode\" save); save it as UTF-8")
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                continue
             if not text.strip():
                 continue
             try:
@@ -89,7 +104,7 @@ def _normalize(record: Any, path: str, line: int,
         problems = _check_messages(messages, path, line)
         if problems:
             return None, "chat", problems
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        messages = [{"role": m["role"], "content": _text(m["content"])} for m in messages]
         fmt = "chat"
     elif "instruction" in record or "output" in record:
         problems = [Problem(path, line, k, "missing") for k in ("instruction", "output") if k not in record]
@@ -125,10 +140,18 @@ def _check_messages(messages: list, path: str, line: int) -> list[Problem]:
             problems.append(Problem(path, line, f"{at}.role", f"unknown role {role!r}; use one of {', '.join(ROLES)}"))
             previous = role
             continue
+        if isinstance(content, list):
+            part_problems = _check_parts(content, path, line, f"{at}.content")
+            problems += part_problems
+            content = None if part_problems else _text(content)
+            if content is None:
+                previous = role
+                continue
         if content is None or (isinstance(content, str) and not content.strip()):
             problems.append(Problem(path, line, f"{at}.content", "empty content"))
         elif not isinstance(content, str):
-            problems.append(Problem(path, line, f"{at}.content", f"must be a string, got {type(content).__name__}"))
+            problems.append(Problem(path, line, f"{at}.content", f"must be a string or a list of text parts, "
+                                                                 f"got {type(content).__name__}"))
         if role == "system":
             if i != 0:
                 problems.append(Problem(path, line, f"{at}.role", "a system message must come first"))
@@ -147,6 +170,28 @@ def _check_messages(messages: list, path: str, line: int) -> list[Problem]:
         problems.append(Problem(path, line, f"messages[{len(messages) - 1}].role",
                                 "the conversation ends with a user turn: it must end with an assistant turn"))
     return problems
+
+
+def _check_parts(parts: list, path: str, line: int, at: str) -> list[Problem]:
+    """OpenAI-style content parts: text parts are taken; anything else is named and refused."""
+    problems = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            what = f"a part of type {kind!r}" if kind else \
+                f"a {type(part).__name__} where a {{type, text}} part belongs"
+            problems.append(Problem(path, line, f"{at}[{j}]", f"{what}: packager trains text models, so content "
+                                                              "parts must be text parts"))
+        elif not isinstance(part.get("text"), str):
+            problems.append(Problem(path, line, f"{at}[{j}].text", "a text part needs a string 'text'"))
+    if not parts:
+        problems.append(Problem(path, line, at, "empty content"))
+    return problems
+
+
+def _text(content: str | list) -> str:
+    """Message content as one string: text parts joined with a newline (as vLLM joins them)."""
+    return content if isinstance(content, str) else "\n".join(part["text"] for part in content)
 
 
 def read_rows(path: Path | str, *, system_prompt: str | None = None) -> tuple[list[Row], list[Problem]]:
