@@ -153,3 +153,17 @@ class DatasetError(BadInputError, ValueError):
         more = f"\n  ... and {len(problems) - 200} more" if len(problems) > 200 else ""
         super().__init__(f"{len(problems)} problem(s) in the data:\n{body}{more}",
                          hint=hint or "fix the rows named above; `packager data check` re-checks in seconds")
+
+
+def first_line(exc: BaseException, *, limit: int = 300) -> str:
+    """An exception's first non-blank line, for a one-paragraph message; its type's name when it says nothing
+    (``str(OSError())`` is empty, and ``splitlines()[0]`` of it raised IndexError in place of the message)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's and the allocator's ways of saying memory ran out (OutOfMemoryError subclasses RuntimeError)."""
+    message = str(exc).lower()
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or \
+        "out of memory" in message or "can't allocate memory" in message

@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from packager.errors import InputFileError, RunConflictError, StageError
+from packager.errors import InputFileError, RunConflictError, StageError, first_line, is_out_of_memory
 from packager.models.gguf import check_gguf_magic
 from packager.run.atomic import partial_sibling, replace_directory
 from packager.run.directory import Run
@@ -73,9 +73,13 @@ def _convert_gguf(gguf: Path, out_dir: Path, *, dtype: str) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+    except (ValueError, OSError, KeyError, RuntimeError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise StageError("base import-gguf", f"out of memory while dequantizing {gguf} ({first_line(exc)})",
+                             hint="import on a machine with more memory: the checkpoint is written in float32") \
+                from None
         raise InputFileError(gguf, f"transformers could not read this GGUF ({type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
+                                   f"{first_line(exc)}); "
                                    "it may be truncated or of an unsupported architecture") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):

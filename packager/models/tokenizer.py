@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager.errors import InputFileError, MissingPathError
+from packager.errors import InputFileError, MissingPathError, first_line
 
 
 @dataclass
@@ -29,7 +29,7 @@ def load_tokenizer(model_dir: Path | str, *, chat_template: Path | None = None,
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise MissingPathError(model_dir, f"could not load a tokenizer: {str(exc).splitlines()[0]}") from None
+        raise MissingPathError(model_dir, f"could not load a tokenizer: {first_line(exc)}") from None
     prepared = PreparedTokenizer(tokenizer)
     if chat_template is not None:
         if not Path(chat_template).is_file():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from packager.errors import BadInputError, IntegrityError, StageError
+from packager.errors import BadInputError, IntegrityError, StageError, first_line
 from packager.models.stop_tokens import generation_stop_ids
 from packager.publish.card import render_model_card
 from packager.publish.files import published_files
@@ -167,6 +167,7 @@ def push_hub(run_dir: Path | str, *, repo_id: str, what: str = "merged", private
     report = verify_run(run.path)
     if not report.ok:
         raise IntegrityError(run.path, report.problems)  # never publish what no longer matches its record
+    import httpx2  # huggingface_hub's HTTP client: its connection errors are no OSError
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     api = client_factory()
@@ -184,10 +185,10 @@ def push_hub(run_dir: Path | str, *, repo_id: str, what: str = "merged", private
         info = api.create_commit(repo_id, operations, commit_message=plan.message, revision=revision,
                                  repo_type="model")
     except (BadInputError, StageError):
-        raise
-    except Exception as exc:  # HfHubHTTPError, connection errors: one message, nothing recorded
+        raise  # packager's own (MissingPathError is an OSError too)
+    except (OSError, httpx2.HTTPError) as exc:  # HfHubHTTPError, offline, connection errors; a bug is no refusal
         raise StageError("push hub", f"the Hub refused or could not be reached: {type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0][:300]}") from None
+                                     f"{first_line(exc)}") from None
     with run.stage(f"push-hub-{what}", parameters={"repo_id": repo_id, "revision": revision or "main",
                                                    "private": private}) as st:
         for f in plan.files:

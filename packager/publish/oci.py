@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.errors import BadInputError, IntegrityError, StageError
+from packager.errors import BadInputError, IntegrityError, StageError, first_line
 from packager.publish.files import published_files
 from packager.run.directory import Run
 from packager.run.lineage import PUBLISH_STAGES, lineage_digest
@@ -137,7 +137,7 @@ def _check_registry(client, host: str, *, insecure: bool, credentials) -> None:
     try:
         response = client.session.get(url, timeout=30)
     except requests.exceptions.ConnectionError as exc:
-        reason = "connection refused" if "refused" in str(exc).lower() else str(exc).splitlines()[0][:200]
+        reason = "connection refused" if "refused" in str(exc).lower() else first_line(exc, limit=200)
         raise StageError("push oci", f"cannot reach the registry {host} ({reason})",
                          hint="is it running? (--insecure for a plain-HTTP local registry)") from None
     if response.status_code == 401:

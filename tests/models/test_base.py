@@ -87,6 +87,24 @@ def test_import_gguf_reports_a_truncated_file_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated.gguf"]
 
 
+def test_import_gguf_out_of_memory_is_said_as_such_and_leaves_nothing(tmp_path, monkeypatch):
+    """Dequantizing a large GGUF can exhaust memory: that is not a truncated file."""
+    from transformers import AutoModelForCausalLM
+
+    from packager.errors import StageError
+    from packager.models.example_base import example_gguf_path
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", exhausted)
+    with pytest.raises(StageError, match="out of memory while dequantizing .*can't allocate memory") as info:
+        import_gguf(example_gguf_path(), tmp_path / "out")
+    assert "truncated" not in info.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_import_gguf_refuses_to_overwrite_something_else(tmp_path):
     from packager.models.example_base import example_gguf_path
 

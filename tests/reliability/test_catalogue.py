@@ -23,8 +23,9 @@ import yaml
 from packager.cli import cli
 from packager.run.manifest import SCHEMA_VERSION, read_manifest
 
-from reliability_kit import (NeverReadyHandler, NeverStopsHandler, no_engine_path, packager_process, tiny_config,
-                             wait_for)
+from packager.serve.smoke import free_port
+from reliability_kit import (NeverReadyHandler, NeverStopsHandler, no_engine_path, packager_cli, packager_process,
+                             subprocess_env, tiny_config, wait_for)
 from support.models import build_tiny_llama, lie_about_sizes
 from support.runs import EXAMPLE_DATA
 from support.servers import GarbageHandler
@@ -412,6 +413,14 @@ def hub_token_missing(c: Ctx):
     return ["push", "hub", str(c.run()), "--repo-id", "me/t-adapter", "--what", "adapter"]
 
 
+def hub_unreachable(c: Ctx):
+    """The real huggingface_hub client against a port where nothing listens (on this machine)."""
+    env = subprocess_env(HF_TOKEN="hf_catalogueToken", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+                         HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1")
+    done = packager_cli("push", "hub", str(c.run()), "--repo-id", "me/t-adapter", "--what", "adapter", env=env)
+    return Outcome(done.returncode, done.stdout + done.stderr)
+
+
 def hub_repo_traversal(c: Ctx):
     return ["push", "hub", str(c.run()), "--repo-id", "../../etc", "--what", "adapter", "--dry-run"]
 
@@ -589,6 +598,9 @@ CASES = [
     Case("registry-ref-with-shell-characters", bad_registry_ref, 2, ("not a registry reference",)),
     Case("hub-token-missing", hub_token_missing, 2, ("no Hugging Face token", "HF_TOKEN"),
          check=nothing_recorded("push-hub-adapter", COPY)),
+    Case("hub-unreachable", hub_unreachable, 1, ("the Hub refused or could not be reached: ConnectError",
+                                                 "Connection refused"),
+         check=nothing_recorded("push-hub-adapter", COPY)),
     Case("hub-repo-id-traversal", hub_repo_traversal, 2, ("'../../etc'", "not a Hub repo id"),
          absent=(f"{COPY}/.packager/publish",)),
     Case("image-tag-with-shell-characters", image_tag_with_shell, 2, ("not a valid image reference",),
@@ -644,3 +656,25 @@ def test_the_traceback_appears_only_with_packager_debug(runner, tmp_path):
     assert quiet.exit_code == 2 and "Traceback" not in quiet.output and "invalid JSON" in quiet.output
     loud = runner.invoke(cli, ["verify", str(run)], env={"PACKAGER_DEBUG": "1"})
     assert loud.exit_code == 2 and "Traceback" in loud.output and "ManifestError" in loud.output
+
+
+def test_a_bug_under_the_hub_push_is_a_bug_not_a_refusal(run_copy):
+    """Only the Hub's answers and the network are "the Hub refused"; an exception that says nothing still
+    gives a message (its type), not an IndexError."""
+    from packager.errors import StageError
+    from packager.publish.hub import push_hub
+
+    class Buggy:
+        def create_repo(self, *args, **kwargs):
+            raise TypeError("create_repo() got an unexpected keyword argument 'privat'")
+
+    class Silent:
+        def create_repo(self, *args, **kwargs):
+            raise OSError()
+
+    run = run_copy()
+    with pytest.raises(TypeError, match="privat"):
+        push_hub(run, repo_id="me/t-adapter", what="adapter", client_factory=Buggy)
+    with pytest.raises(StageError, match="could not be reached: OSError: OSError$"):
+        push_hub(run, repo_id="me/t-adapter", what="adapter", client_factory=Silent)
+    assert "push-hub-adapter" not in read_manifest(run).stages

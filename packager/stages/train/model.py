@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from packager.config import PackagerConfig
-from packager.errors import DependencyMissingError, StageError
+from packager.errors import DependencyMissingError, StageError, first_line
 from packager.models.checkpoint import Checkpoint
 from packager.stages.train.backend import Backend
 
@@ -26,7 +26,7 @@ def load_model(ckpt: Checkpoint, cfg: PackagerConfig, backend: Backend, tokenize
     except (ValueError, KeyError) as exc:
         if "Unrecognized" in str(exc) or "model_type" in str(exc) or isinstance(exc, KeyError):
             raise StageError("train", f"unknown model architecture {ckpt.architecture!r} in {ckpt.path}: "
-                                      f"{str(exc).splitlines()[0]}",
+                                      f"{first_line(exc)}",
                              hint="upgrade transformers, or set base.trust_remote_code: true if you trust "
                                   "the model's own code") from None
         raise

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.config import PackagerConfig
-from packager.errors import StageError
+from packager.errors import StageError, first_line, is_out_of_memory
 from packager.models.checkpoint import Checkpoint, record_base, resolve_base
 from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
@@ -177,11 +177,9 @@ def _train(trainer, *, resume_from: Path | None, work: Path, device: str) -> Non
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         raise interrupted(work / "checkpoints") from None
-    except RuntimeError as exc:  # torch.OutOfMemoryError subclasses RuntimeError
-        message = str(exc).lower()
-        if "out of memory" in message or "can't allocate memory" in message or \
-                type(exc).__name__ == "OutOfMemoryError":
-            raise StageError("train", f"out of memory on {device} ({str(exc).splitlines()[0]})",
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError subclasses RuntimeError
+        if is_out_of_memory(exc):
+            raise StageError("train", f"out of memory on {device} ({first_line(exc)})",
                              hint="lower train.batch_size (raise gradient_accumulation to compensate), lower "
                                   "data.max_seq_length, or use train.method: qlora") from None
         raise
