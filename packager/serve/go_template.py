@@ -14,6 +14,8 @@ from packager.errors import DependencyMissingError, StageError
 
 
 GO_RENDERER = Path(__file__).parent / "go" / "render_template.go"
+GO_BUILD_TIMEOUT_S = 300
+GO_RENDER_TIMEOUT_S = 60
 
 
 def go_available() -> bool:
@@ -30,22 +32,33 @@ def _go_binary() -> Path:
     binary = cache / f"render-template-{hashlib.sha256(source).hexdigest()[:12]}"
     if not binary.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="packager-go-") as work:
-            shutil.copy(GO_RENDERER, Path(work) / "main.go")
-            env = {**os.environ, "GO111MODULE": "off", "GOCACHE": str(Path(work) / "cache"), "CGO_ENABLED": "0"}
-            built = Path(work) / "render"
-            result = subprocess.run(["go", "build", "-o", str(built), "main.go"], cwd=work, env=env,
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                raise StageError("ollama template", f"building the Go renderer failed: {result.stderr.strip()}")
+        # Built beside its final name, so the rename stays on one file system (a tmpfs /tmp is another).
+        built = cache / f".partial-{binary.name}-{os.getpid()}"
+        try:
+            with tempfile.TemporaryDirectory(prefix="packager-go-") as work:
+                shutil.copy(GO_RENDERER, Path(work) / "main.go")
+                env = {**os.environ, "GO111MODULE": "off", "GOCACHE": str(Path(work) / "cache"), "CGO_ENABLED": "0"}
+                result = _run(["go", "build", "-o", str(built), "main.go"], cwd=work, env=env,
+                              timeout=GO_BUILD_TIMEOUT_S)
+                if result.returncode != 0:
+                    raise StageError("ollama template", f"building the Go renderer failed: {result.stderr.strip()}")
             os.replace(built, binary)
+        finally:
+            built.unlink(missing_ok=True)
     return binary
+
+
+def _run(command: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise StageError("ollama template", f"{' '.join(command[:3])} did not finish in {timeout:.0f} s") from None
 
 
 def render_go_template(template: str, data: dict) -> str:
     """Execute ``template`` with Go's text/template, as Ollama does, on ``data``."""
-    result = subprocess.run([str(_go_binary())], input=json.dumps({"template": template, "data": data}),
-                            capture_output=True, text=True)
+    result = _run([str(_go_binary())], input=json.dumps({"template": template, "data": data}),
+                  timeout=GO_RENDER_TIMEOUT_S)
     if result.returncode != 0:
         raise StageError("ollama template", f"Go text/template failed: {result.stderr.strip()}")
     return result.stdout

@@ -25,7 +25,7 @@ from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 from packager.stages.train.checkpoints import last_complete_checkpoint, resume_point
 
-from reliability_kit import (copy_before, digests_under, packager_cli, packager_process, tiny_config,
+from reliability_kit import (copy_before, digests_under, packager_cli, packager_process, tiny_config, wait_for,
                              unmerged_copy)
 
 SEED = 9_2026
@@ -176,6 +176,26 @@ def test_export_killed_at_random_points_then_rerun_gives_identical_digests(tiny_
     assert verify_run(run).ok and not verify_run(run).warnings
     KILLS["export"] = len(log.kills)
     print(f"export: {log}")
+
+
+def test_a_killed_exports_work_folder_is_swept_by_the_next_stage(tiny_gguf_run, tmp_path):
+    """The GGUF export converts into a work folder under .packager (an f16 file as large as the model); killed
+    there, it leaks that folder, which the next stage of the run must remove."""
+    run = copy_before(tiny_gguf_run, tmp_path / "t", stages=("export-gguf",), folders=("export",))
+
+    def work() -> list[Path]:
+        return list((run / ".packager").glob("*gguf-work-*"))
+
+    with packager_process("export", str(run), "--format", "gguf", "--quant", "f16",
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        assert wait_for(lambda: work(), timeout=300, proc=proc), "the export finished before its work folder showed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert work(), "the kill left the work folder behind (what this test is about)"
+    wait_for_nothing(lambda: converters_left(run), timeout=15)
+    rerun = packager_cli("export", str(run), "--format", "gguf", "--quant", "f16")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not work(), f"a killed export's work folder outlived the next stage: {work()}"
 
 
 def wait_for_nothing(found, *, timeout: float) -> None:

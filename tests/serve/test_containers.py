@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,19 @@ def test_a_wrong_go_template_is_caught_by_go():
     wrong = fmt.go_template().replace("<|im_end|>\\n", "<|im_end|>", 1)
     with pytest.raises(StageError, match="renders conversation 1 differently"):
         check_parity(chat, fmt, go_template=wrong, use_go=True)
+
+
+@needs_go
+def test_the_go_renderer_builds_into_a_cache_on_another_file_system(monkeypatch):
+    """/dev/shm is a tmpfs, /tmp is not: the renderer built in a temporary folder must still reach the cache
+    (os.replace across file systems had failed with EXDEV)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("needs /dev/shm on a file system other than the temporary folder's")
+    with tempfile.TemporaryDirectory(dir=shm) as cache:
+        monkeypatch.setenv("XDG_CACHE_HOME", cache)
+        assert render_go_template("{{ .System }}!", {"System": "go"}) == "go!"
+        assert [p.name for p in (Path(cache) / "packager").iterdir()][0].startswith("render-template-")
 
 
 # ---------------------------------------------------------------- vLLM's own parser

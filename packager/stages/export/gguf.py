@@ -16,6 +16,7 @@ from packager.models.gguf import GGUF_TYPES, canonical_quant
 from packager.models.stop_tokens import generation_stop_ids
 from packager.models.tokenizer import read_chat_template
 from packager.run.artifacts import merged_model_dir
+from packager.run.atomic import PARTIAL_PREFIX
 from packager.run.directory import Run, StageWriter
 from packager.run.settings import base_hub_id
 from packager.stages.export.convert import Conversion, convert_to_gguf, require_gguf_tools, tool_versions
@@ -50,7 +51,9 @@ def export_gguf(run: Run, *, quants: list[str], conversations: list[list[dict]])
         for file in sorted(p for p in merged.iterdir() if p.is_file()):
             st.add_input(file)
         out = st.output_dir("export/gguf")
-        with tempfile.TemporaryDirectory(prefix="gguf-work-", dir=run.path / ".packager") as work:
+        # A killed export leaves this behind (an f16 GGUF as large as the model): the next stage's sweep of
+        # .partial-* entries removes it.
+        with tempfile.TemporaryDirectory(prefix=f"{PARTIAL_PREFIX}gguf-work-", dir=run.path / ".packager") as work:
             ref, quant_info = _make_files(run, st, merged, out, Path(work), quants=quants, conversations=conversations)
         parity, rejected = {}, {}
         for quant in quants:
