@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.errors import DependencyMissingError, IntegrityError, MissingPathError, UnsafeInputError
+from packager.errors import (DependencyMissingError, InputFileError, IntegrityError, MissingPathError, UnsafeInputError,
+                             first_line)
 from packager.run.atomic import atomic_write_bytes
 from packager.run.directory import Run
 from packager.run.lineage import lineage
@@ -105,21 +106,32 @@ def sign_run(run_dir: Path | str, *, key: Path | str, public_key: Path | str | N
         raise UnsafeInputError(str(links[0]), "is a symbolic link inside the run: model-signing signs files, not "
                                               "links, and refuses a run that holds one", hint="remove it, or "
                                               "replace it with the file it points to, then sign again")
-    hashing, signing, _ = _model_signing()
+    signature = run.path / SIGNATURE
     with run.stage("sign", parameters={"format": "OpenSSF model-signing (in-toto in a Sigstore bundle)",
                                        "key": "local EC key (offline)", "signature": str(SIGNATURE)}) as st:
         st.write_output_text(LINEAGE, json.dumps(lineage(run.manifest), indent=2, sort_keys=True) + "\n")
-    # The bundle is written beside the run (signatures/ is not an artifact: it is excluded from what it signs).
-    signature = run.path / SIGNATURE
+        # Signed inside the stage, so "sign" is recorded only once the bundle exists: a key model-signing
+        # cannot use leaves no record that says the run is signed.
+        _write_signature(run.path, key, signature)
+    return SignResult(run.path, signature, len(_signed_files(signature)))
+
+
+def _write_signature(run_dir: Path, key: Path, signature: Path) -> None:
+    """model-signing's bundle over every artifact, written beside the run (signatures/ is not an artifact: it
+    is excluded from what it signs), replacing the previous one only when complete."""
+    hashing, signing, _ = _model_signing()
     signature.parent.mkdir(exist_ok=True)
     tmp = signature.with_name(".run.sig.partial")
     config = hashing.Config().set_ignored_paths(paths=IGNORED, ignore_git_paths=False)
-    signing.Config().use_elliptic_key_signer(private_key=key, password=None) \
-        .set_hashing_config(config).sign(run.path, tmp)
-    atomic_write_bytes(signature, tmp.read_bytes())
-    tmp.unlink()
-    files = len(_signed_files(signature))
-    return SignResult(run.path, signature, files)
+    try:
+        signing.Config().use_elliptic_key_signer(private_key=key, password=None) \
+            .set_hashing_config(config).sign(run_dir, tmp)
+        atomic_write_bytes(signature, tmp.read_bytes())
+    except (ValueError, TypeError) as exc:  # cryptography's words for a key it cannot load
+        raise InputFileError(key, f"model-signing cannot sign with this key: {first_line(exc)}",
+                             hint="make a key pair with: packager keygen DIR") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _signed_files(signature: Path) -> list[str]:

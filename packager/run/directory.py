@@ -139,14 +139,19 @@ class Run:
         """Delete files of stages that no longer describe this run; nothing unrecorded is left behind."""
         for stage in stale.values():
             for rec in stage.outputs:
-                file = self.resolve(rec.path)
-                if rec.path not in keep and self.contains(file):
-                    file.unlink(missing_ok=True)
-                    for parent in file.parents:
-                        if parent == self.path:
-                            break
-                        if parent.is_dir() and not any(parent.iterdir()):
-                            parent.rmdir()  # empty once its files went; climb on
+                if rec.path not in keep:
+                    self.remove_file(self.resolve(rec.path))
+
+    def remove_file(self, file: Path) -> None:
+        """Delete one file of the run, and the folders its going leaves empty; never anything outside the run."""
+        if not self.contains(file):
+            return
+        file.unlink(missing_ok=True)
+        for parent in file.parents:
+            if parent == self.path:
+                break
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()  # empty once its files went; climb on
 
 
 def stale_stages(stages: dict[str, StageRecord], new: StageRecord) -> dict[str, StageRecord]:
@@ -239,8 +244,7 @@ class StageWriter:
             for tmp in self._dirs.values():
                 shutil.rmtree(tmp, ignore_errors=True)
             for rec in self._files.values():
-                if self.run.contains(self.run.resolve(rec.path)):
-                    self.run.resolve(rec.path).unlink(missing_ok=True)
+                self.run.remove_file(self.run.resolve(rec.path))
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 where = exc.filename or ", ".join(str(final) for final in self._dirs) or self.run.path
                 raise DiskFullError(self.name, where) from exc

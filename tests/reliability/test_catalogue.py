@@ -413,6 +413,12 @@ def hub_token_missing(c: Ctx):
     return ["push", "hub", str(c.run()), "--repo-id", "me/t-adapter", "--what", "adapter"]
 
 
+def signing_key_is_no_key(c: Ctx):
+    run = c.run()
+    c.write("keys/signing-key.pem", "-----BEGIN EC PRIVATE KEY-----\nnot a key\n-----END EC PRIVATE KEY-----\n")
+    return ["sign", str(run), "--key", str(c.tmp / "keys" / "signing-key.pem")]
+
+
 def hub_unreachable(c: Ctx):
     """The real huggingface_hub client against a port where nothing listens (on this machine)."""
     env = subprocess_env(HF_TOKEN="hf_catalogueToken", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
@@ -598,6 +604,9 @@ CASES = [
     Case("registry-ref-with-shell-characters", bad_registry_ref, 2, ("not a registry reference",)),
     Case("hub-token-missing", hub_token_missing, 2, ("no Hugging Face token", "HF_TOKEN"),
          check=nothing_recorded("push-hub-adapter", COPY)),
+    Case("signing-key-is-no-key", signing_key_is_no_key, 2, ("{tmp}/keys/signing-key.pem",
+                                                             "model-signing cannot sign with this key"),
+         absent=(f"{COPY}/signed", f"{COPY}/signatures/run.sig"), check=nothing_recorded("sign", COPY)),
     Case("hub-unreachable", hub_unreachable, 1, ("the Hub refused or could not be reached: ConnectError",
                                                  "Connection refused"),
          check=nothing_recorded("push-hub-adapter", COPY)),
