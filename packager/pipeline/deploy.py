@@ -261,13 +261,20 @@ def _containerize(target: str) -> Callable[[Plan], tuple[str, str]]:
 
 
 def _engine(plan: Plan) -> Engine | None:
-    """The container engine (flag, containers.engine, or whichever works), found once per deploy."""
+    """The container engine (flag, containers.engine, or whichever works), found once per deploy.
+
+    Only "whichever works" may find none and skip the builds; an engine that was named (``--engine``,
+    ``containers.engine``) or builds that were asked for (``--build``) and cannot run are a failure.
+    """
+    named = plan.options.engine or plan.cfg.containers.engine
     if plan.engine is None and plan.options.build is not False:
         try:
-            plan.engine = find_engine(plan.options.engine or plan.cfg.containers.engine)
+            plan.engine = find_engine(named)
         except PackagerError:
             if plan.options.build:
                 raise StageError("deploy", "--build: no working container engine") from None
+            if named != "auto":
+                raise
     return plan.engine
 
 
