@@ -184,15 +184,21 @@ def _answer_checks(report: SmokeReport, expect: Expectations, model: str) -> Non
     empty = [a["question"] for a in answers if not a["text"].strip()]
     report.add("non-empty answers", not empty, f"empty answer to {empty[0]!r}" if empty else
                f"{len(answers)} answers")
-    leaks = [(a["question"], s) for a in answers for s in expect.stop_texts if s and s in a["text"]]
+    leaks = [(a["question"], s) for a in answers for s in _leaked(a["text"], expect)]
     report.add("no stop-token text", not leaks, f"{leaks[0][1]!r} in the answer to {leaks[0][0]!r}" if leaks
                else f"none of {len(expect.stop_texts)} special tokens ({', '.join(expect.stop_texts[:3])}"
                     f"{', ...' if len(expect.stop_texts) > 3 else ''}) in any answer")
-    should_stop = [a for a, g in zip(answers, expect.golden or [None] * len(answers)) if g is None or g["stopped"]]
-    running = [a["question"] for a in should_stop if a["finish_reason"] != "stop"]
-    report.add("answers stop", bool(should_stop) and not running,
-               f"finish_reason was not 'stop' for {running[0]!r} (the stop token is not honoured)" if running else
-               f"{len(should_stop)} answers ended with finish_reason 'stop'")
+    should_stop = [a for a, g in zip(answers, expect.golden or [None] * len(answers)) if _must_stop(g)]
+    running = [a for a in should_stop if not stopped(a, expect)]
+    if not should_stop:
+        detail = "no golden answer stopped within its token budget when recorded: the model never stops"
+    elif running:
+        detail = (f"{running[0]['question']!r} did not stop (finish_reason {running[0]['finish_reason']!r}"
+                  f"{', stop-token text in it' if _leaked(running[0]['text'], expect) else ''}): the stop token "
+                  "is not honoured")
+    else:
+        detail = f"{len(should_stop)} answers stopped (finish_reason 'stop', no stop-token text)"
+    report.add("answers stop", bool(should_stop) and not running, detail)
     names = sorted({a["model"] for a in answers})
     report.add("served model name", names == [model], f"responses name {names}, expected {model!r}")
     seconds = [a["seconds"] for a in answers]
@@ -201,27 +207,44 @@ def _answer_checks(report: SmokeReport, expect: Expectations, model: str) -> Non
                            "completion_tokens_per_s": round(tokens / sum(seconds), 2) if sum(seconds) else None})
 
 
+def stopped(answer: dict, expect: Expectations) -> bool:
+    """One definition of an answer that stopped, for every check: the server says it ended on a stop
+    (finish_reason ``stop``) and no stop-token text leaked into it."""
+    return answer["finish_reason"] == "stop" and not _leaked(answer["text"], expect)
+
+
+def _leaked(text: str, expect: Expectations) -> list[str]:
+    return [s for s in expect.stop_texts if s and s in text]
+
+
+def _must_stop(golden: dict | None) -> bool:
+    """An answer must stop unless its golden answer ran past the token budget when it was recorded."""
+    return golden is None or golden["stopped"]
+
+
 def _concurrency_check(report: SmokeReport, client, model: str, prompts: list, expect: Expectations) -> None:
     n = expect.concurrency
     jobs = [prompts[i % len(prompts)] for i in range(n)]
     started = time.monotonic()
 
-    def one(job):
+    def one(job) -> tuple[bool, bool, bool, str | None]:
+        """(answered, stopped, must stop, error)"""
         messages, golden = job
         try:
             answer = _chat(client, model, messages, len(golden["tokens"]) + 16 if golden else OPEN_MAX_TOKENS,
                            expect.request_options)
-            return answer["text"].strip() != "" and (golden is None or not golden["stopped"] or
-                                                     answer["finish_reason"] == "stop"), None
         except Exception as exc:
-            return False, f"{type(exc).__name__}: {str(exc)[:200]}"
+            return False, False, _must_stop(golden), f"{type(exc).__name__}: {str(exc)[:200]}"
+        return answer["text"].strip() != "", stopped(answer, expect), _must_stop(golden), None
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         results = list(pool.map(one, jobs))
-    ok = sum(1 for good, _ in results if good)
-    errors = [e for _, e in results if e]
+    answered = sum(1 for r in results if r[0])
+    stops = sum(1 for r in results if r[1])
+    good = all(r[0] and (r[1] or not r[2]) for r in results)
+    errors = [r[3] for r in results if r[3]]
     report.timings["concurrent_s"] = round(time.monotonic() - started, 2)
-    report.add(f"{n} concurrent requests", ok == n, f"{ok}/{n} answered and stopped" +
+    report.add(f"{n} concurrent requests", good, f"{answered}/{n} answered, {stops}/{n} stopped" +
                (f"; first error: {errors[0]}" if errors else ""))
 
 

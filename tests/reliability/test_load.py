@@ -64,7 +64,7 @@ def test_sixteen_concurrent_requests_against_a_real_server_all_checked(runner, s
     report = json.loads((run / "smoke" / "ollama.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["16 concurrent requests"]["passed"], checks
-    assert checks["16 concurrent requests"]["detail"].startswith("16/16 answered and stopped")
+    assert checks["16 concurrent requests"]["detail"].startswith("16/16 answered, 16/16 stopped")
     assert checks["golden answers"]["passed"] and checks["answers stop"]["passed"]
     assert not servers_on(announced_port(result.output)), "the server is stopped after a passing smoke test"
 

@@ -126,6 +126,42 @@ def test_every_request_carries_the_targets_sampling_options(options):
         assert ("repeat_penalty" in body) == bool(options)
 
 
+class EndsWithTheStopText(GarbageHandler):
+    """Says every answer stopped, but the stop token's text is in it (a template that lost its stop)."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "smol",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "Hello!<|im_end|>"}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}})
+
+
+@pytest.mark.parametrize("golden_stopped", [True, False], ids=["golden-stopped", "golden-ran-on"])
+def test_every_check_means_the_same_by_a_stopped_answer(golden_stopped):
+    """finish_reason 'stop' with the stop token's text in the answer is no stop, for every check; and the
+    concurrency check never claims a stop that the answer check denies."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EndsWithTheStopText)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    golden = [{"messages": [{"role": "user", "content": "Hi"}], "tokens": [1, 2], "text": "Hello!",
+               "stopped": golden_stopped}]
+    try:
+        report = check_endpoint(f"http://127.0.0.1:{server.server_address[1]}", "smol",
+                                Expectations(golden=golden, stop_texts=["<|im_end|>"], concurrency=4),
+                                ready_timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    checks = {c.name: c for c in report.checks}
+    assert not checks["answers stop"].passed and not checks["no stop-token text"].passed
+    assert checks["4 concurrent requests"].detail == "4/4 answered, 0/4 stopped"
+    assert checks["4 concurrent requests"].passed is not golden_stopped
+    if golden_stopped:
+        assert "did not stop (finish_reason 'stop', stop-token text in it)" in checks["answers stop"].detail
+    else:
+        assert "the model never stops" in checks["answers stop"].detail
+
+
 def test_smoke_without_a_run_checks_what_it_can(runner, garbage_server):
     result = runner.invoke(cli, ["smoke", "--url", garbage_server, "--model", "smol"])
     assert result.exit_code == 1
