@@ -89,9 +89,11 @@ class GarbageHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         self._send({"object": "list", "data": [{"id": "smol", "object": "model"}]})
 
+    model, finish_reason, content = "other-model", "length", "lorem ipsum<|im_end|> dolor"
+
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "other-model",
-                    "choices": [{"index": 0, "finish_reason": "length",
-                                 "message": {"role": "assistant", "content": "lorem ipsum<|im_end|> dolor"}}],
+        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": self.model,
+                    "choices": [{"index": 0, "finish_reason": self.finish_reason,
+                                 "message": {"role": "assistant", "content": self.content}}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 7, "total_tokens": 8}})
