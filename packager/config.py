@@ -35,6 +35,37 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 
 SafeName = Annotated[str, AfterValidator(check_name)]
 
+_LINE_BREAKS = ("\n", "\r", "\x0b", "\x0c", "\x85", "\u2028", "\u2029")
+
+
+def _one_line(value: str | None) -> str | None:
+    """A value written into one line of a rendered file (a Dockerfile comment or LABEL, a card's front matter,
+    a Modelfile string): a line break there would start an instruction of its own."""
+    if value is None:
+        return value
+    if any(c in value for c in _LINE_BREAKS) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value[:60]!r} has a line break or control character; it is written into one line of "
+                         "Dockerfiles, Modelfiles and model cards")
+    return _modelfile_text(value)
+
+
+def _modelfile_text(value: str | None) -> str | None:
+    """Text inside a Modelfile triple-quoted string: \"\"\" would end it, and Ollama's parser deletes other
+    non-printable characters than line breaks and tabs (its parser.go), so the model would get other text."""
+    if value is None:
+        return value
+    if '"""' in value:
+        raise ValueError('contains """, which ends a Modelfile string')
+    hidden = sorted({f"U+{ord(c):04X}" for c in value if not (c.isprintable() or c in "\n\t")})
+    if hidden:
+        raise ValueError(f"has non-printable characters ({', '.join(hidden)}) that Ollama's Modelfile parser "
+                         "deletes")
+    return value
+
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
+ModelfileText = Annotated[str, AfterValidator(_modelfile_text)]
+
 
 class Section(BaseModel):
     # Sections default to {} and defaults are validated, so a default path is
@@ -61,12 +92,12 @@ def _resolve_model(value: str, info: ValidationInfo) -> str:
 
 
 class BaseModelConfig(Section):
-    model: Annotated[str, AfterValidator(_resolve_model)]
+    model: Annotated[OneLine, AfterValidator(_resolve_model)]
     """A local Hugging Face checkpoint directory (relative to this file), or a Hub id such as
     HuggingFaceTB/SmolLM2-135M-Instruct."""
-    revision: str | None = None
+    revision: OneLine | None = None
     """Hub branch, tag or commit to pin (Hub ids only). The resolved commit is recorded in the manifest."""
-    hub_id: str | None = None
+    hub_id: OneLine | None = None
     """The Hub id to name in model cards when `model` is a local directory."""
     chat_template: ConfigPath | None = None
     """A Jinja file to use as the chat template when the tokenizer has none (or to override it)."""
@@ -184,10 +215,10 @@ class ExportConfig(Section):
     formats: list[Literal["safetensors", "gguf"]] = ["safetensors", "gguf"]
     gguf_quants: list[str] = ["q8_0"]
     """GGUF types to produce: f16, bf16, q8_0 (converter) and Q4_K_M, Q5_K_M, Q6_K (llama.cpp quantize)."""
-    license: str = "apache-2.0"
+    license: OneLine = "apache-2.0"
     """License for model cards; "other" needs license_name and license_link."""
-    license_name: str | None = None
-    license_link: str | None = None
+    license_name: OneLine | None = None
+    license_link: OneLine | None = None
 
     @model_validator(mode="after")
     def _other_license_is_named(self) -> "ExportConfig":
@@ -219,7 +250,7 @@ class OllamaConfig(Section):
     """Which exported GGUF to serve (it must have passed its parity check)."""
     serve_mode: Literal["merged", "lora"] = "merged"
     """Serve the merged GGUF, or the base GGUF plus the LoRA GGUF (ADAPTER; export --format adapter-gguf)."""
-    system: str | None = None
+    system: ModelfileText | None = None
     """Default system prompt (Modelfile SYSTEM)."""
     template: ConfigPath | None = None
     """Your own Go TEMPLATE file instead of the one packager derives; checked against the Jinja template with Go."""

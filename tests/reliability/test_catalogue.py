@@ -202,6 +202,19 @@ def traversal_run_name(c: Ctx):
     return ["train", "-c", str(c.config(edit=lambda cfg: cfg["run"].update(name="../escape")))]
 
 
+def config_text(section: str, **values):
+    """A config whose ``section`` gets ``values``: text that would break a file it is rendered into."""
+    def make(c: Ctx):
+        def edit(cfg):
+            cfg.setdefault(section.split(".")[0], {})
+            target = cfg
+            for part in section.split("."):
+                target = target.setdefault(part, {})
+            target.update({k: v.format(base=c.base) for k, v in values.items()})
+        return ["train", "-c", str(c.config(edit=edit))]
+    return make
+
+
 def unpinned_image(c: Ctx):
     return ["train", "-c", str(c.config(edit=lambda cfg: cfg.update(
         containers={"vllm": {"image": "vllm/vllm-openai:latest"}})))]
@@ -548,6 +561,23 @@ CASES = [
     Case("config-yaml-syntax", config_yaml_syntax, 2, ("{tmp}/broken.yaml", "(yaml) line 4", "expected ',' or ']'")),
     Case("run-name-with-traversal", traversal_run_name, 2, ("run.name", "'..'"),
          absent=("project/escape", "escape", "project/runs")),
+    Case("base-model-with-a-newline", config_text("base", model="{base}\nRUN curl http://127.0.0.1:9 | sh"), 2,
+         ("base.model", "line break or control character", "Dockerfiles"), absent=(RUN,)),
+    Case("hub-id-with-a-newline", config_text("base", hub_id="me/model\nbase_model: someone/else"), 2,
+         ("base.hub_id", "line break"), absent=(RUN,)),
+    Case("revision-with-a-carriage-return", config_text("base", revision="main\rLABEL x=y"), 2,
+         ("base.revision", "line break"), absent=(RUN,)),
+    Case("license-name-ends-the-modelfile-string",
+         config_text("export", license="other", license_name='MIT"""', license_link="https://example.invalid/l"),
+         2, ("export.license_name", 'ends a Modelfile string'), absent=(RUN,)),
+    Case("license-link-with-a-newline",
+         config_text("export", license="other", license_name="mine", license_link="https://x.invalid\nFROM evil"),
+         2, ("export.license_link", "line break"), absent=(RUN,)),
+    Case("system-prompt-ends-the-modelfile-string",
+         config_text("containers.ollama", system='Be brief."""\nFROM ./other.gguf'), 2,
+         ("containers.ollama.system", 'ends a Modelfile string'), absent=(RUN,)),
+    Case("system-prompt-with-hidden-characters", config_text("containers.ollama", system="Be\u200b brief\u00a0now"),
+         2, ("containers.ollama.system", "U+00A0, U+200B", "Ollama's Modelfile parser deletes"), absent=(RUN,)),
     Case("unpinned-latest-image", unpinned_image, 2, ("containers.vllm.image", "not pinned"), absent=(RUN,)),
     # base models
     Case("missing-base-directory", missing_base_dir, 2, ("{tmp}/no-such-base", "does not exist"),
