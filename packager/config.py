@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       field_validator, model_validator)
 
 from packager.errors import BadInputError, ConfigError, MissingPathError
-from packager.names import check_name
+from packager.names import check_modelfile_text, check_name, check_one_line
 
 
 CONFIG_VERSION = 1
@@ -35,36 +35,8 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 
 SafeName = Annotated[str, AfterValidator(check_name)]
 
-_LINE_BREAKS = ("\n", "\r", "\x0b", "\x0c", "\x85", "\u2028", "\u2029")
-
-
-def _one_line(value: str | None) -> str | None:
-    """A value written into one line of a rendered file (a Dockerfile comment or LABEL, a card's front matter,
-    a Modelfile string): a line break there would start an instruction of its own."""
-    if value is None:
-        return value
-    if any(c in value for c in _LINE_BREAKS) or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{value[:60]!r} has a line break or control character; it is written into one line of "
-                         "Dockerfiles, Modelfiles and model cards")
-    return _modelfile_text(value)
-
-
-def _modelfile_text(value: str | None) -> str | None:
-    """Text inside a Modelfile triple-quoted string: \"\"\" would end it, and Ollama's parser deletes other
-    non-printable characters than line breaks and tabs (its parser.go), so the model would get other text."""
-    if value is None:
-        return value
-    if '"""' in value:
-        raise ValueError('contains """, which ends a Modelfile string')
-    hidden = sorted({f"U+{ord(c):04X}" for c in value if not (c.isprintable() or c in "\n\t")})
-    if hidden:
-        raise ValueError(f"has non-printable characters ({', '.join(hidden)}) that Ollama's Modelfile parser "
-                         "deletes")
-    return value
-
-
-OneLine = Annotated[str, AfterValidator(_one_line)]
-ModelfileText = Annotated[str, AfterValidator(_modelfile_text)]
+OneLine = Annotated[str, AfterValidator(check_one_line)]
+ModelfileText = Annotated[str, AfterValidator(check_modelfile_text)]
 
 
 class Section(BaseModel):

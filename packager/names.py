@@ -1,4 +1,5 @@
-"""Names that end up in file paths or image tags: validated once, at the edge."""
+"""Names that end up in file paths or image tags, and text that ends up in rendered files: validated once, at
+the edge."""
 
 from __future__ import annotations
 
@@ -26,3 +27,31 @@ def validate_name(value: str, *, what: str = "name") -> str:
         return check_name(value)
     except ValueError:
         raise UnsafeInputError(f"{what} {value!r}", NAME_RULE) from None
+
+
+_LINE_BREAKS = ("\n", "\r", "\x0b", "\x0c", "\x85", "\u2028", "\u2029")
+
+
+def check_one_line(value: str | None) -> str | None:
+    """A value written into one line of a rendered file (a Dockerfile comment or LABEL, a card's front matter,
+    a Modelfile string): a line break there would start an instruction of its own."""
+    if value is None:
+        return value
+    if any(c in value for c in _LINE_BREAKS) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value[:60]!r} has a line break or control character; it is written into one line of "
+                         "Dockerfiles, Modelfiles and model cards")
+    return check_modelfile_text(value)
+
+
+def check_modelfile_text(value: str | None) -> str | None:
+    """Text inside a Modelfile triple-quoted string: \"\"\" would end it, and Ollama's parser deletes other
+    non-printable characters than line breaks and tabs (its parser.go), so the model would get other text."""
+    if value is None:
+        return value
+    if '"""' in value:
+        raise ValueError('contains """, which ends a Modelfile string')
+    hidden = sorted({f"U+{ord(c):04X}" for c in value if not (c.isprintable() or c in "\n\t")})
+    if hidden:
+        raise ValueError(f"has non-printable characters ({', '.join(hidden)}) that Ollama's Modelfile parser "
+                         "deletes")
+    return value
