@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
 
 from packager.errors import BadInputError, ConfigError, MissingPathError
 from packager.names import check_modelfile_text, check_name, check_one_line
@@ -208,6 +208,9 @@ class VllmConfig(Section):
     """Serve the merged checkpoint, or the base plus the adapter (--enable-lora)."""
     extra_args: list[str] = []
     """More `vllm serve` flags, appended as given (checked by nothing but vLLM)."""
+    api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    """An environment variable holding the API key clients must send: compose hands it to vLLM as VLLM_API_KEY
+    when the container starts, Kubernetes from the Secret <service>-api-key; never baked into the image."""
 
     @field_validator("image")
     @classmethod
@@ -239,6 +242,9 @@ class ContainersConfig(Section):
     tag: str | None = None
     """Image tag; defaults to packager/<run name>-<target>:<manifest digest prefix>."""
     port: int | None = Field(None, ge=1, le=65535)
+    bind: IPvAnyAddress = "127.0.0.1"
+    """Where compose publishes the server's port: this machine only by default; 0.0.0.0 is every interface
+    (then set containers.vllm.api_key_env: Ollama has no API keys, so put a proxy in front of it)."""
     pull: bool = True
     """Let the engine pull missing base images. false: deploy builds only targets whose base image is local."""
     vllm: VllmConfig = {}

@@ -77,9 +77,10 @@ def render_context(run, cfg, target: str, *, tag: str | None = None) -> Context:
                                           base_image=base_image, model_note=ctx.details["model_note"])
     shm, shm_limit = spec.shm_size or (None, None)
     service = f"{run.manifest.run.lower().replace('_', '-').replace('.', '-')}-{target}"
-    common = {"service": service, "port": spec.port, "shm_size": shm, "gpus": spec.gpus(cfg), "tag": tag}
+    common = {"service": service, "port": spec.port, "shm_size": shm, "gpus": spec.gpus(cfg), "tag": tag,
+              "api_key_env": getattr(tcfg, "api_key_env", None)}  # vLLM's; Ollama has no API keys
     ctx.texts["compose.yaml"] = render_file("compose.yaml.j2", run, ctx, healthcheck=spec.healthcheck,
-                                            start_period=spec.start_period, **common)
+                                            start_period=spec.start_period, bind=str(cfg.containers.bind), **common)
     ctx.texts["kubernetes.yaml"] = render_file("kubernetes.yaml.j2", run, ctx, shm_limit=shm_limit,
                                                health_path=spec.health_path,
                                                startup_minutes=spec.startup_minutes, **common)

@@ -65,6 +65,43 @@ def test_rendered_images_run_as_non_root_from_a_pinned_base_and_the_digest_when_
         assert ":latest" not in compose + kube
 
 
+def test_the_server_is_published_on_this_machine_only_unless_asked_and_its_api_key_never_baked(runner, run_copy,
+                                                                                               tmp_path):
+    """compose published the port on every interface with no API key: anyone on the network could use it."""
+    run = run_copy()
+    context = run / "containers" / "vllm"
+    assert runner.invoke(cli, ["containerize", str(run), "--target", "vllm"]).exit_code == 0
+    service = yaml.safe_load((context / "compose.yaml").read_text())["services"]["t-vllm"]
+    assert service["ports"] == ["127.0.0.1:8000:8000"] and "environment" not in service
+
+    cfg = read_manifest(run).stages["train"].parameters["config"]
+    cfg["containers"] = {"bind": "0.0.0.0", "vllm": {"api_key_env": "T_API_KEY"}}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(cli, ["containerize", str(run), "--target", "vllm", "-c", str(tmp_path / "serve.yaml")],
+                           env={"T_API_KEY": "sk-never-baked-123"})
+    assert result.exit_code == 0, result.output
+    service = yaml.safe_load((context / "compose.yaml").read_text())["services"]["t-vllm"]
+    assert service["ports"] == ["0.0.0.0:8000:8000"]
+    assert service["environment"] == {"VLLM_API_KEY": "${T_API_KEY:?set T_API_KEY to the API key clients must send}"}
+    kube = yaml.safe_load_all((context / "kubernetes.yaml").read_text())
+    server = next(d for d in kube if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert server["env"] == [{"name": "VLLM_API_KEY",
+                              "valueFrom": {"secretKeyRef": {"name": "t-vllm-api-key", "key": "api-key"}}}]
+    rendered = "".join(p.read_text(errors="replace") for p in context.rglob("*") if p.is_file() and
+                       p.suffix != ".safetensors")
+    assert "sk-never-baked-123" not in rendered
+
+
+@pytest.mark.parametrize("bad, message", [({"bind": "every-interface"}, "not a valid IPv4 or IPv6 address"),
+                                          ({"vllm": {"api_key_env": "KEY; rm -rf /"}}, "should match pattern")],
+                         ids=["bind", "api-key-env"])
+def test_bind_address_and_key_variable_are_checked(bad, message):
+    from packager.config import ContainersConfig
+
+    with pytest.raises(ValueError, match=message):
+        ContainersConfig(**bad)
+
+
 @pytest.mark.parametrize("image", ["vllm/vllm-openai", "vllm/vllm-openai:latest", "ollama/ollama:latest"])
 def test_an_unpinned_base_image_is_refused(image):
     from packager.config import ContainersConfig
