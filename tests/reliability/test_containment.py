@@ -259,3 +259,30 @@ def test_no_secret_reaches_the_run_its_logs_or_any_image_layer(runner, run_copy,
             assert value.encode() not in data, (name, value)
     assert layers >= 2 and scanned > 10
     subprocess.run(["podman", "rmi", "-f", image["tag"]], capture_output=True)
+
+
+@pytest.mark.slow
+def test_no_image_ships_a_private_key(runner, tiny_gguf_run, tmp_path, ollama_standin):
+    """`ollama serve` writes an identity key pair while the Ollama image bakes its model in: every image built
+    from the same Dockerfile would have shipped one private key. Built with Podman on a stand-in whose `ollama`
+    writes the key as Ollama does, every layer is scanned."""
+    from support.runs import copy_run
+
+    run = copy_run(tiny_gguf_run, tmp_path / "t")
+    cfg = read_manifest(run).stages["train"].parameters["config"]
+    cfg["containers"] = {"ollama": {"quant": "f16"}}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
+    built = runner.invoke(cli, ["containerize", str(run), "--target", "ollama", "--build", "--engine", "podman",
+                                "-c", str(tmp_path / "serve.yaml")])
+    assert built.exit_code == 0, built.output
+    image = json.loads((run / "containers" / "ollama-image.json").read_text())
+    names = []
+    try:
+        for name, data in image_files("podman", image["tag"], tmp_path):
+            names.append(name)
+            key_file = name.rsplit("/", 1)[-1] in ("id_ed25519", ".wh.id_ed25519")  # a whiteout: removed too late
+            assert not key_file and not re.search(rb"stand-in-identity-\d+", data), name
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image["tag"]], capture_output=True)
+    assert any(name.endswith("models/t/Modelfile") for name in names), ("the baking step stored no model",
+                                                                          [n for n in names if "models" in n])

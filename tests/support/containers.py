@@ -14,6 +14,8 @@ CONTAINERS = Path(__file__).resolve().parents[1] / "serve" / "containers"
 
 
 VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.33.0"
+OLLAMA_IMAGE = "docker.io/ollama/ollama:0.13.0"
+STANDIN_LABEL = "dev.packager.stand-in"
 
 
 def podman_env() -> dict:
@@ -37,15 +39,40 @@ def podman():
 @pytest.fixture(scope="session")
 def vllm_standin(podman):
     """The pinned vLLM image reference, as a local stand-in (see the module docstring). NOT vLLM."""
-    inspect = subprocess.run(["podman", "image", "inspect", VLLM_IMAGE, "--format",
-                              '{{index .Config.Labels "dev.packager.stand-in"}}'], capture_output=True, text=True)
-    if inspect.returncode == 0:
-        assert inspect.stdout.strip(), f"{VLLM_IMAGE} exists and is not packager's stand-in: not replacing it"
+    if standin_exists(VLLM_IMAGE):
         return VLLM_IMAGE
     build = subprocess.run(["bash", str(CONTAINERS / "build_standin.sh"), VLLM_IMAGE], capture_output=True,
                            text=True)
     assert build.returncode == 0, build.stdout + build.stderr
     return VLLM_IMAGE
+
+
+@pytest.fixture(scope="session")
+def ollama_standin(vllm_standin, tmp_path_factory):
+    """The pinned Ollama image reference, as a local stand-in: the vLLM stand-in's Debian with a shell-script
+    `ollama` (serve/list/create; see ollama_standin.sh). NOT Ollama."""
+    if standin_exists(OLLAMA_IMAGE):
+        return OLLAMA_IMAGE
+    work = tmp_path_factory.mktemp("ollama-standin")
+    (work / "ollama").write_bytes((CONTAINERS / "ollama_standin.sh").read_bytes())
+    (work / "Containerfile").write_text(
+        f"FROM {vllm_standin}\nCOPY --chmod=755 ollama /usr/bin/ollama\n"
+        f'LABEL {STANDIN_LABEL}="not Ollama: a shell script that keeps Modelfiles, for tests"\n'
+        'ENTRYPOINT ["/bin/ollama"]\nCMD ["serve"]\n')
+    build = subprocess.run(["podman", "build", "--pull=never", "--format", "docker", "-t", OLLAMA_IMAGE, str(work)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return OLLAMA_IMAGE
+
+
+def standin_exists(ref: str) -> bool:
+    """Whether ``ref`` is here already, as packager's stand-in (a real image of that name is never replaced)."""
+    inspect = subprocess.run(["podman", "image", "inspect", ref, "--format",
+                              f'{{{{index .Config.Labels "{STANDIN_LABEL}"}}}}'], capture_output=True, text=True)
+    if inspect.returncode != 0:
+        return False
+    assert inspect.stdout.strip(), f"{ref} exists and is not packager's stand-in: not replacing it"
+    return True
 
 
 def standin_run_args() -> list[str]:
