@@ -30,6 +30,10 @@ from packager.run.provenance import environment
 from packager.terminal import keep_log_in
 
 
+_HELD: set[str] = set()
+"""Runs this process holds with `Run.hold` (flock conflicts between two opens of one file in one process too)."""
+
+
 class Run:
     """A run directory. Open it, then record work with :meth:`stage`."""
 
@@ -102,16 +106,38 @@ class Run:
         text = json.dumps(self.manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
         atomic_write_text(self.manifest_path, text)
 
+    def hold(self):
+        """``with run.hold():`` keeps other packager processes off this run for longer than one stage (all of
+        training: its checkpoints live outside any record until the end). Stages recorded inside it take the
+        lock this process already holds."""
+        return self._locked(holding=True)
+
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, holding: bool = False) -> Iterator[None]:
+        key = os.path.realpath(self.path)
+        if key in _HELD:  # inside this process's `hold`: its stages take the lock it holds
+            yield
+            return
         state = self.path / STATE_DIR
         state.mkdir(exist_ok=True)
-        with open(state / "lock", "w") as lock:
+        with open(state / "lock", "a+") as lock:  # "a+": never truncate the holder's pid before locking
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunConflictError(self.path, "another packager process is working on this run") from None
-            yield
+                lock.seek(0)
+                holder = lock.read().strip()
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise RunConflictError(self.path, f"another packager process{who} is working on this run") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            if holding:
+                _HELD.add(key)
+            try:
+                yield
+            finally:
+                _HELD.discard(key)
 
     @contextmanager
     def stage(self, name: str, *, parameters: dict[str, Any] | None = None) -> Iterator["StageWriter"]:

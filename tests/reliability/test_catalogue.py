@@ -22,6 +22,7 @@ import yaml
 
 from packager.cli import cli
 from packager.run.manifest import SCHEMA_VERSION, read_manifest
+from packager.run.verify import verify_run
 
 from packager.serve.smoke import free_port
 from reliability_kit import (NeverReadyHandler, NeverStopsHandler, no_engine_path, packager_cli, packager_process,
@@ -511,6 +512,29 @@ def ctrl_c_during_training(c: Ctx):
     return Outcome(proc.returncode, out.read_text())
 
 
+def second_train_on_a_live_run(c: Ctx):
+    """While one training process writes checkpoints, a second `packager train` of the same run starts."""
+    data = c.jsonl("data.jsonl", [json.loads(line) for line in EXAMPLE_DATA.read_text().splitlines()[:40]])
+    config = c.config(data=data, edit=lambda cfg: cfg["train"].update(max_steps=24, eval_steps=2))
+    checkpoints = c.tmp / RUN / ".packager" / "train-work" / "checkpoints"
+    out = c.tmp / "first.out"
+    with open(out, "w") as sink, \
+            packager_process("train", "-c", str(config), stdout=sink, stderr=subprocess.STDOUT) as first:
+        assert wait_for(lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")), timeout=300, proc=first)
+        assert first.poll() is None, "training finished before a second one could start"
+        second = packager_cli("train", "-c", str(config))
+        c.first_pid, c.first_exit = first.pid, first.wait(timeout=600)
+    c.first_output, c.second_output = out.read_text(), second.stdout + second.stderr
+    return Outcome(second.returncode, c.second_output)
+
+
+def first_training_finished_intact(c: Ctx) -> None:
+    assert f"(pid {c.first_pid})" in c.second_output, "the message names the process that holds the run"
+    assert c.first_exit == 0, c.first_output[-3000:]
+    stage = read_manifest(c.tmp / RUN).stages["train"]
+    assert stage.metrics["global_step"] == 24 and verify_run(c.tmp / RUN).ok
+
+
 def interrupted_keeps_checkpoint(c: Ctx) -> None:
     checkpoints = c.tmp / RUN / ".packager" / "train-work" / "checkpoints"
     assert any(checkpoints.glob("checkpoint-*/trainer_state.json")), "--resume has a checkpoint to continue from"
@@ -655,6 +679,8 @@ CASES = [
     Case("smoke-url-not-http", smoke_url_scheme, 2, ("must start with http:// or https://",)),
     # the machine
     Case("disk-full-during-export", disk_full_export, 1, ("no space left on device", "{tmp}/small-disk/t")),
+    Case("second-train-on-a-live-run", second_train_on_a_live_run, 2,
+         ("another packager process (pid ", "is working on this run"), check=first_training_finished_intact),
     Case("ctrl-c-during-training", ctrl_c_during_training, 130, ("train: interrupted", "checkpoint-", "--resume"),
          absent=(f"{RUN}/train",), check=interrupted_keeps_checkpoint),
 ]

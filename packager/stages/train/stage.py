@@ -10,6 +10,7 @@ atomically (stage ``train``). Training goes through Accelerate, so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -113,6 +114,14 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     prepared = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
                               trust_remote_code=cfg.base.trust_remote_code)
     run = Run.create(cfg.run_dir, name=cfg.run.name) if state.is_main_process else None
+    # The whole stage holds the run: a second `packager train` on it had cleared this one's live checkpoints.
+    with run.hold() if run is not None else contextlib.nullcontext():
+        return _train_holding(run, cfg, ckpt, prepared, state, dry_run=dry_run, resume=resume, max_steps=max_steps)
+
+
+def _train_holding(run: Run | None, cfg: PackagerConfig, ckpt: Checkpoint, prepared, state, *, dry_run: bool,
+                   resume: bool, max_steps: int | None) -> TrainResult:
+    """The data and train stages, with the run held (``run`` is None in the other processes of a DDP run)."""
     work = working_dir(cfg.run_dir)
     if state.is_main_process:
         _prepare(run, cfg, ckpt, prepared.tokenizer, work=work, resume=resume)
