@@ -63,18 +63,36 @@ def replace_directory(new: Path, final: Path) -> None:
 
 
 def sweep_leftovers(root: Path) -> list[Path]:
-    """Delete every ``.partial-*``/``.replaced-*`` entry under ``root`` that a killed run left behind."""
+    """Delete every ``.partial-*``/``.replaced-*`` entry under ``root`` that a killed run left behind.
+
+    A ``.replaced-*`` directory whose final name is gone was moved aside by :func:`replace_directory` just
+    before a kill: the new directory never took its place, so the manifest still records this one, which is
+    put back instead.
+    """
     found = [p for p in Path(root).rglob("*") if is_leftover(p.name)]
     removed = []
     for p in sorted(found, key=lambda p: len(p.parts)):
         if not os.path.lexists(p):
             continue  # inside a leftover directory already removed
+        final = _replaced_from(p)
+        if final is not None and not os.path.lexists(final):
+            os.replace(p, final)
+            continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def _replaced_from(path: Path) -> Path | None:
+    """The final path a ``.replaced-NAME-XXXXXXXX`` directory was moved aside from (None for other names)."""
+    name = path.name
+    if not name.startswith(REPLACED_PREFIX) or "-" not in name[len(REPLACED_PREFIX):]:
+        return None
+    original, token = name[len(REPLACED_PREFIX):].rsplit("-", 1)
+    return path.with_name(original) if len(token) == 8 and original else None
 
 
 def is_leftover(name: str) -> bool:

@@ -312,3 +312,46 @@ def test_at_least_twenty_kills_in_all():
         pytest.skip(f"only {sorted(KILLS)} of the kill tests ran in this session")
     assert sum(KILLS.values()) >= 20, KILLS
     print(f"kills: {KILLS}, {sum(KILLS.values())} in all")
+
+
+KILLED_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+
+from packager.run.atomic import REPLACED_PREFIX
+from packager.run.directory import Run
+
+real_replace = os.replace
+
+
+def replace_then_die(src, dst):
+    real_replace(src, dst)
+    if Path(dst).name.startswith(REPLACED_PREFIX):  # the old folder is aside, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+os.replace = replace_then_die
+with Run.open(sys.argv[1]).stage("train") as st:
+    (st.output_dir("adapter") / "adapter_model.safetensors").write_bytes(b"retrained weights")
+"""
+
+
+def test_a_kill_between_the_two_renames_of_a_replaced_folder_keeps_the_recorded_one(tmp_path):
+    """replace_directory moves the recorded folder aside, then the new one into place: killed between the
+    two, the next stage's sweep had deleted the folder the manifest still records."""
+    import sys
+
+    from packager.run.directory import Run
+
+    run = Run.create(tmp_path / "r")
+    with run.stage("train") as st:
+        (st.output_dir("adapter") / "adapter_model.safetensors").write_bytes(b"recorded weights")
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(run.path)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert not (run.path / "adapter").exists() and list(run.path.glob(".replaced-adapter-*")), \
+        "the kill landed between the two renames"
+    with Run.open(run.path).stage("notes") as st:  # any next stage sweeps the run
+        st.write_output_text("notes.txt", "after the kill")
+    assert (run.path / "adapter" / "adapter_model.safetensors").read_bytes() == b"recorded weights"
+    assert not [p for p in run.path.iterdir() if p.name.startswith((".replaced-", ".partial-"))]
+    assert verify_run(run.path).ok
