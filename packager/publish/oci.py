@@ -90,7 +90,9 @@ def _model_config(run, what: str, layers: list[Layer]) -> dict:
 # ---------------------------------------------------------------- credentials
 
 def registry_credentials(host: str) -> tuple[str, str] | None:
-    """From PACKAGER_REGISTRY_USERNAME/PASSWORD, else the Podman and Docker auth files (never logged)."""
+    """From PACKAGER_REGISTRY_USERNAME/PASSWORD, else the Podman and Docker auth files, and the credential
+    helpers Docker's file names (``credHelpers`` per registry, else ``credsStore``: Docker Desktop keeps every
+    login there and leaves ``auths`` empty). Never logged."""
     user, password = os.environ.get(USER_VARIABLE), os.environ.get(PASSWORD_VARIABLE)
     if user and password:
         return user, password
@@ -103,14 +105,50 @@ def registry_credentials(host: str) -> tuple[str, str] | None:
         if not path.is_file():
             continue
         try:
-            auths = json.loads(path.read_text()).get("auths", {})
+            config = json.loads(path.read_text())
         except (json.JSONDecodeError, OSError):
             raise BadInputError(f"{path} is not valid JSON (a container engine auth file)") from None
+        auths = config.get("auths", {})
         entry = auths.get(host) or auths.get(f"https://{host}") or auths.get(f"http://{host}")
-        if entry and entry.get("auth"):
+        helper = (config.get("credHelpers") or {}).get(host)
+        if helper is None and not (entry and entry.get("auth")):
+            helper = config.get("credsStore")
+        if helper:
+            found = _from_credential_helper(helper, host, config_file=path)
+            if found:
+                return found
+        elif entry and entry.get("auth"):
             user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
             return user, password
     return None
+
+
+HELPER_TIMEOUT_S = 30
+
+
+def _from_credential_helper(helper: str, host: str, *, config_file: Path) -> tuple[str, str] | None:
+    """``docker-credential-HELPER get`` with the registry on stdin, as Docker calls it (the protocol of
+    docker/docker-credential-helpers): JSON with Username and Secret, or "credentials not found"."""
+    import shutil
+    import subprocess
+
+    program = f"docker-credential-{helper}"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper) or shutil.which(program) is None:
+        raise BadInputError(f"{config_file} names the credential helper {helper!r}, but {program} is not on PATH",
+                            hint=f"install it, or set {USER_VARIABLE} and {PASSWORD_VARIABLE}")
+    try:
+        done = subprocess.run([program, "get"], input=host, capture_output=True, text=True, timeout=HELPER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise StageError("push oci", f"{program} get did not answer in {HELPER_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        if "credentials not found" in (done.stdout + done.stderr).lower():
+            return None
+        raise StageError("push oci", f"{program} get failed (exit {done.returncode})")  # its output may hold secrets
+    try:
+        answer = json.loads(done.stdout)
+        return answer["Username"], answer["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise StageError("push oci", f"{program} get answered something other than its JSON") from None
 
 
 def _client(host: str, *, insecure: bool, credentials: tuple[str, str] | None):

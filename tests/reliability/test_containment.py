@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import tarfile
@@ -286,3 +287,61 @@ def test_no_image_ships_a_private_key(runner, tiny_gguf_run, tmp_path, ollama_st
         subprocess.run(["podman", "rmi", "-f", image["tag"]], capture_output=True)
     assert any(name.endswith("models/t/Modelfile") for name in names), ("the baking step stored no model",
                                                                           [n for n in names if "models" in n])
+
+
+FAKE_HELPER = """#!/bin/sh
+# docker-credential-fake: what Docker Desktop's helper answers, for one registry
+read -r server
+[ "$1" = get ] || exit 1
+if [ "$server" = "$FAKE_HELPER_HOST" ]; then
+  printf '{"ServerURL": "%s", "Username": "ci", "Secret": "s3cret-pw"}' "$server"
+else
+  echo "credentials not found in native keychain"; exit 1
+fi
+"""
+
+
+def credential_helper(tmp_path, monkeypatch, host: str, config: dict) -> None:
+    """A Docker config naming a credential helper, and the helper on PATH; no other credentials anywhere."""
+    bin_dir, docker = tmp_path / "helper-bin", tmp_path / "docker-config"
+    bin_dir.mkdir()
+    docker.mkdir()
+    (bin_dir / "docker-credential-fake").write_text(FAKE_HELPER)
+    (bin_dir / "docker-credential-fake").chmod(0o755)
+    (docker / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+    monkeypatch.setenv("FAKE_HELPER_HOST", host)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for variable in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "PACKAGER_REGISTRY_USERNAME",
+                     "PACKAGER_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def test_docker_desktop_logins_reach_the_push_through_its_credential_store(runner, run_copy, tmp_path, monkeypatch,
+                                                                         auth_registry):
+    """Docker Desktop keeps logins in a credential store (credsStore) and leaves auths empty: packager pushed
+    as if there were none. The real push to a registry that demands them succeeds, and nothing is echoed."""
+    from packager.publish.oci import registry_credentials
+
+    credential_helper(tmp_path, monkeypatch, auth_registry.host,
+                      {"auths": {auth_registry.host: {}}, "credsStore": "fake"})
+    assert registry_credentials(auth_registry.host) == ("ci", "s3cret-pw")
+    assert registry_credentials("127.0.0.1:9") is None  # the helper has none for it
+    run = run_copy()
+    pushed = runner.invoke(cli, ["push", "oci", str(run), f"{auth_registry.host}/models/t:v1", "--what", "merged",
+                                 "--insecure"])
+    assert pushed.exit_code == 0, pushed.output
+    assert "s3cret-pw" not in pushed.output and "s3cret-pw" not in (run / "manifest.json").read_text()
+
+
+def test_a_per_registry_helper_wins_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    from packager.errors import BadInputError
+    from packager.publish.oci import registry_credentials
+
+    credential_helper(tmp_path, monkeypatch, "registry.example.invalid",
+                      {"credsStore": "desktop", "credHelpers": {"registry.example.invalid": "fake"}})
+    assert registry_credentials("registry.example.invalid") == ("ci", "s3cret-pw")
+    with pytest.raises(BadInputError, match="names the credential helper 'desktop', but docker-credential-desktop "
+                                            "is not on PATH"):
+        registry_credentials("other.example.invalid")
