@@ -263,12 +263,16 @@ def _ollama_native_check(report: SmokeReport, url: str, model: str, expect: Expe
         report.add("ollama /api/chat", False, f"not checked: the server at {url} is not Ollama ({why})",
                    skipped=True)
         return
-    response = httpx2.post(base + "/api/chat", timeout=REQUEST_TIMEOUT_S, json={
-        "model": model, "messages": messages, "stream": False,
-        "options": {**expect.request_options, "temperature": 0, "seed": 0}})
-    body = response.json() if response.status_code == 200 else {}
-    text = (body.get("message") or {}).get("content", "")
-    leaks = [s for s in expect.stop_texts if s and s in text]
+    try:  # a failed request fails this check, like every other: the report is still written
+        response = httpx2.post(base + "/api/chat", timeout=REQUEST_TIMEOUT_S, json={
+            "model": model, "messages": messages, "stream": False,
+            "options": {**expect.request_options, "temperature": 0, "seed": 0}})
+        body = response.json() if response.status_code == 200 else {}
+        text = (body.get("message") or {}).get("content", "") if isinstance(body, dict) else ""
+    except (httpx2.HTTPError, ValueError, AttributeError) as exc:
+        report.add("ollama /api/chat", False, f"{type(exc).__name__}: {str(exc)[:200]}")
+        return
+    leaks = _leaked(text, expect)
     good = response.status_code == 200 and text.strip() and body.get("done_reason") == "stop" and not leaks
     report.add("ollama /api/chat", bool(good), f"status {response.status_code}, done_reason "
                f"{body.get('done_reason')!r}, {len(text)} characters" + (f", leaked {leaks}" if leaks else ""))

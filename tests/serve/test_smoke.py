@@ -157,6 +157,40 @@ def test_every_check_means_the_same_by_a_stopped_answer(golden_stopped):
         assert "the model never stops" in checks["answers stop"].detail
 
 
+class OllamaThatBreaksOnChat(GarbageHandler):
+    """Ollama's /api/version, then an /api/chat that answers 200 with something that is not JSON."""
+
+    model, finish_reason, content = "smol", "stop", "Hello!"
+
+    def do_GET(self):
+        if self.path == "/api/version":
+            return self._send({"version": "0.13.0"})
+        super().do_GET()
+
+    def do_POST(self):
+        if self.path != "/api/chat":
+            return super().do_POST()
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-length", "9")
+        self.end_headers()
+        self.wfile.write(b"<html>oops")
+
+
+def test_a_broken_ollama_chat_answer_fails_its_check_and_the_report_is_still_made():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OllamaThatBreaksOnChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        report = check_endpoint(f"http://127.0.0.1:{server.server_address[1]}", "smol",
+                                Expectations(concurrency=1), target="ollama", ready_timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    check = next(c for c in report.checks if c.name == "ollama /api/chat")
+    assert not check.passed and not check.skipped and check.detail.startswith("JSONDecodeError")
+    assert not report.passed
+
+
 def test_smoke_without_a_run_checks_what_it_can(runner, garbage_server):
     result = runner.invoke(cli, ["smoke", "--url", garbage_server, "--model", "smol"])
     assert result.exit_code == 1
