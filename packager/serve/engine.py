@@ -162,9 +162,14 @@ def container_logs(engine: Engine, container: str, lines: int = 30) -> str:
 
 
 def remove_container(engine: Engine, container: str) -> None:
-    """Stop and remove; never raises (it runs in ``finally`` blocks)."""
-    subprocess.run(engine.command("rm", "-f", "-t", "5", container), capture_output=True, timeout=120,
-                   env={**os.environ})
+    """Stop and remove; never raises (it runs in ``finally`` blocks). Podman's ``rm`` takes a stop timeout;
+    Docker's has no ``-t`` and refused the whole command, leaving every smoke container running."""
+    grace = ["-t", "5"] if engine.name == "podman" else []
+    try:
+        subprocess.run(engine.command("rm", "-f", *grace, container), capture_output=True, timeout=120,
+                       env={**os.environ})
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def push_image(engine: Engine, tag: str, ref: str, *, insecure: bool = False) -> str:

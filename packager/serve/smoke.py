@@ -153,10 +153,11 @@ def _smoke_container(run, cfg, target: str, image: dict, expect: Expectations, o
     url = f"http://127.0.0.1:{port}"
     echo(f"starting {image['tag']} with {engine.name} as {name} ({url})")
     with _sigterm_as_interrupt():
-        container = run_detached(engine, image["tag"], name=name, ports=ports, host_network=options.host_network,
-                                 env=env, gpus=gpus, shm_size="8g" if spec.shm_size else None,
-                                 extra_args=options.run_args, command=command)
-        try:
+        try:  # removed by name: a container whose start failed exists all the same, created but not running
+            container = run_detached(engine, image["tag"], name=name, ports=ports, host_network=options.host_network,
+                                     env=env, gpus=gpus, shm_size="8g" if spec.shm_size else None,
+                                     extra_args=options.run_args, command=command)
+
             def alive() -> str | None:
                 state = container_state(engine, container)
                 if state.get("Running", True):
@@ -170,4 +171,4 @@ def _smoke_container(run, cfg, target: str, image: dict, expect: Expectations, o
                                            "image_id": image.get("image_id"), "gpus": gpus}
             return report
         finally:
-            remove_container(engine, container)
+            remove_container(engine, name)

@@ -271,7 +271,7 @@ def test_no_image_ships_a_private_key(runner, tiny_gguf_run, tmp_path, ollama_st
 
     run = copy_run(tiny_gguf_run, tmp_path / "t")
     cfg = read_manifest(run).stages["train"].parameters["config"]
-    cfg["containers"] = {"ollama": {"quant": "f16"}}
+    cfg["containers"] = {"ollama": {"quant": "f16", "image": ollama_standin}}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
     built = runner.invoke(cli, ["containerize", str(run), "--target", "ollama", "--build", "--engine", "podman",
                                 "-c", str(tmp_path / "serve.yaml")])

@@ -213,3 +213,36 @@ def test_a_server_that_dies_while_loading_is_reported_at_once():
 def test_smoke_needs_a_built_image_or_a_url(runner, tmp_path):
     result = runner.invoke(cli, ["smoke"])
     assert result.exit_code == 2 and "--url URL --model NAME" in result.output
+
+
+FAKE_ENGINE = """#!/bin/sh
+echo "$*" >> "$ENGINE_LOG"
+case "$1" in
+  version) echo 4.3.1 ;;
+  run) echo "Error: runc create failed: error setting rlimits for ready process" >&2; exit 126 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("engine, removal", [("podman", "rm -f -t 5 "), ("docker", "rm -f ")])
+def test_a_container_whose_start_failed_is_removed_all_the_same(tmp_path, monkeypatch, engine, removal):
+    """`run -d` that fails to start still leaves a created container under its name: it had been left behind
+    (and Docker's rm, which has no -t, had refused every removal)."""
+    from types import SimpleNamespace
+
+    from packager.serve.smoke import ContainerOptions, _smoke_container
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / engine).write_text(FAKE_ENGINE)
+    (tmp_path / "bin" / engine).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("ENGINE_LOG", str(tmp_path / "calls"))
+    run = SimpleNamespace(manifest=SimpleNamespace(run="t"))
+    cfg = SimpleNamespace(smoke=SimpleNamespace(ready_timeout_s=5))
+    with pytest.raises(StageError, match="error setting rlimits"):
+        _smoke_container(run, cfg, "vllm", {"tag": "packager/t-vllm:1"}, Expectations(),
+                         ContainerOptions(engine=engine, gpus=False), echo=lambda _: None)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    started = next(c for c in calls if c.startswith("run -d --name "))
+    name = started.split()[3]
+    assert calls[-1] == removal + name, calls

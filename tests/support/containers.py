@@ -14,7 +14,9 @@ CONTAINERS = Path(__file__).resolve().parents[1] / "serve" / "containers"
 
 
 VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.33.0"
-OLLAMA_IMAGE = "docker.io/ollama/ollama:0.13.0"
+OLLAMA_STANDIN = "localhost/packager-tests/ollama-standin:0.13.0"
+"""Not under the pinned Ollama name: builds that find the pinned image locally (deploy, the demo) would then
+bake and start a model in an image that cannot serve it."""
 STANDIN_LABEL = "dev.packager.stand-in"
 
 
@@ -49,20 +51,20 @@ def vllm_standin(podman):
 
 @pytest.fixture(scope="session")
 def ollama_standin(vllm_standin, tmp_path_factory):
-    """The pinned Ollama image reference, as a local stand-in: the vLLM stand-in's Debian with a shell-script
-    `ollama` (serve/list/create; see ollama_standin.sh). NOT Ollama."""
-    if standin_exists(OLLAMA_IMAGE):
-        return OLLAMA_IMAGE
+    """A stand-in for the Ollama image, under a name of its own (set it as containers.ollama.image): the vLLM
+    stand-in's Debian with a shell-script `ollama` (serve/list/create; see ollama_standin.sh). NOT Ollama."""
+    if standin_exists(OLLAMA_STANDIN):
+        return OLLAMA_STANDIN
     work = tmp_path_factory.mktemp("ollama-standin")
     (work / "ollama").write_bytes((CONTAINERS / "ollama_standin.sh").read_bytes())
     (work / "Containerfile").write_text(
         f"FROM {vllm_standin}\nCOPY --chmod=755 ollama /usr/bin/ollama\n"
         f'LABEL {STANDIN_LABEL}="not Ollama: a shell script that keeps Modelfiles, for tests"\n'
         'ENTRYPOINT ["/bin/ollama"]\nCMD ["serve"]\n')
-    build = subprocess.run(["podman", "build", "--pull=never", "--format", "docker", "-t", OLLAMA_IMAGE, str(work)],
-                           capture_output=True, text=True)
+    build = subprocess.run(["podman", "build", "--pull=never", "--format", "docker", "-t", OLLAMA_STANDIN,
+                            str(work)], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
-    return OLLAMA_IMAGE
+    return OLLAMA_STANDIN
 
 
 def standin_exists(ref: str) -> bool:
