@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from packager.errors import InputFileError, RunConflictError, StageError, first_line, is_out_of_memory
 from packager.models.gguf import check_gguf_magic
@@ -66,18 +68,33 @@ def _run_name_for(out_dir: Path) -> str:
     return name.replace("..", ".")[:128]
 
 
+@contextmanager
+def _out_of_memory_said(gguf: Path) -> Iterator[None]:
+    """Running out of memory anywhere in the conversion (dequantizing, rebuilding, saving) is said as such."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise StageError("base import-gguf", f"out of memory while converting {gguf} ({first_line(exc)})",
+                         hint="import on a machine with more memory: it is dequantized to float32") from None
+
+
 def _convert_gguf(gguf: Path, out_dir: Path, *, dtype: str) -> None:
+    with _out_of_memory_said(gguf):
+        _write_dense_checkpoint(gguf, out_dir, dtype=dtype)
+
+
+def _write_dense_checkpoint(gguf: Path, out_dir: Path, *, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except (ValueError, OSError, KeyError, RuntimeError, MemoryError) as exc:
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
         if is_out_of_memory(exc):
-            raise StageError("base import-gguf", f"out of memory while dequantizing {gguf} ({first_line(exc)})",
-                             hint="import on a machine with more memory: the checkpoint is written in float32") \
-                from None
+            raise
         raise InputFileError(gguf, f"transformers could not read this GGUF ({type(exc).__name__}: "
                                    f"{first_line(exc)}); "
                                    "it may be truncated or of an unsupported architecture") from None
