@@ -137,7 +137,8 @@ class Run:
             try:
                 yield
             finally:
-                _HELD.discard(key)
+                if holding:
+                    _HELD.discard(key)
 
     @contextmanager
     def stage(self, name: str, *, parameters: dict[str, Any] | None = None) -> Iterator["StageWriter"]:

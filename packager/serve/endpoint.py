@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import click
 
@@ -222,27 +222,33 @@ def _must_stop(golden: dict | None) -> bool:
     return golden is None or golden["stopped"]
 
 
+class _Concurrent(NamedTuple):
+    answered: bool
+    stopped: bool
+    must_stop: bool
+    error: str | None = None
+
+
 def _concurrency_check(report: SmokeReport, client, model: str, prompts: list, expect: Expectations) -> None:
     n = expect.concurrency
     jobs = [prompts[i % len(prompts)] for i in range(n)]
     started = time.monotonic()
 
-    def one(job) -> tuple[bool, bool, bool, str | None]:
-        """(answered, stopped, must stop, error)"""
+    def one(job) -> _Concurrent:
         messages, golden = job
         try:
             answer = _chat(client, model, messages, len(golden["tokens"]) + 16 if golden else OPEN_MAX_TOKENS,
                            expect.request_options)
         except Exception as exc:
-            return False, False, _must_stop(golden), f"{type(exc).__name__}: {str(exc)[:200]}"
-        return answer["text"].strip() != "", stopped(answer, expect), _must_stop(golden), None
+            return _Concurrent(False, False, _must_stop(golden), f"{type(exc).__name__}: {str(exc)[:200]}")
+        return _Concurrent(answer["text"].strip() != "", stopped(answer, expect), _must_stop(golden))
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         results = list(pool.map(one, jobs))
-    answered = sum(1 for r in results if r[0])
-    stops = sum(1 for r in results if r[1])
-    good = all(r[0] and (r[1] or not r[2]) for r in results)
-    errors = [r[3] for r in results if r[3]]
+    answered = sum(r.answered for r in results)
+    stops = sum(r.stopped for r in results)
+    good = all(r.answered and (r.stopped or not r.must_stop) for r in results)
+    errors = [r.error for r in results if r.error]
     report.timings["concurrent_s"] = round(time.monotonic() - started, 2)
     report.add(f"{n} concurrent requests", good, f"{answered}/{n} answered, {stops}/{n} stopped" +
                (f"; first error: {errors[0]}" if errors else ""))

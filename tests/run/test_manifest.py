@@ -231,11 +231,16 @@ def test_two_processes_cannot_record_into_one_run_at_once(tmp_path):
                 pass
 
 
-def test_rerunning_a_stage_drops_the_stages_built_on_its_old_outputs(tmp_path):
-    run, _ = make_run(tmp_path)
+def record_merge_of_the_adapter(run: Run, merged: bytes) -> None:
+    """A ``merge`` stage that consumed make_run's adapter (so retraining it concerns the merge)."""
     with run.stage("merge") as st:
         st.add_input(run.path / "adapter" / "adapter_model.safetensors")
-        (st.output_dir("merged") / "model.safetensors").write_bytes(b"merged-v1")
+        (st.output_dir("merged") / "model.safetensors").write_bytes(merged)
+
+
+def test_rerunning_a_stage_drops_the_stages_built_on_its_old_outputs(tmp_path):
+    run, _ = make_run(tmp_path)
+    record_merge_of_the_adapter(run, b"merged-v1")
     with run.stage("export") as st:
         st.add_input(run.path / "merged" / "model.safetensors")
         (st.output_dir("export") / "model.gguf").write_bytes(b"GGUF-v1")
@@ -252,9 +257,7 @@ def test_rerunning_a_stage_drops_the_stages_built_on_its_old_outputs(tmp_path):
 
 def test_rerunning_a_stage_with_identical_outputs_keeps_downstream_stages(tmp_path):
     run, _ = make_run(tmp_path)
-    with run.stage("merge") as st:
-        st.add_input(run.path / "adapter" / "adapter_model.safetensors")
-        (st.output_dir("merged") / "model.safetensors").write_bytes(b"merged")
+    record_merge_of_the_adapter(run, b"merged")
     with run.stage("train") as st:
         out = st.output_dir("adapter")
         (out / "adapter_model.safetensors").write_bytes(b"\x00" * 1000 + b"weights")

@@ -16,7 +16,7 @@ from packager.stages.evaluate.metrics import check_gate, field_score, score
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 
-from support.runs import write_config
+from support.runs import dry_run_train, write_config
 from support.runs import TICKET_FORMAT as FORMAT
 from support.servers import free_port
 
@@ -63,10 +63,7 @@ def test_lora_dry_run_records_everything_the_run_needs(runner, tmp_path, tiny_ll
 
 
 def test_full_fine_tune_dry_run(runner, tmp_path, tiny_llama_dir):
-    config = write_config(tmp_path, tiny_llama_dir, method="full")
-    result = runner.invoke(cli, ["train", "-c", str(config), "--dry-run"])
-    assert result.exit_code == 0, result.output
-    run_dir = load_config(config).run_dir
+    run_dir = dry_run_train(runner, tmp_path, tiny_llama_dir, method="full")
     assert (run_dir / "train" / "model" / "model.safetensors").is_file()
     assert not (run_dir / "train" / "adapter").exists()
     assert read_manifest(run_dir).stages["train"].parameters["config"]["train"]["learning_rate"] is None
@@ -76,10 +73,7 @@ def test_full_fine_tune_dry_run(runner, tmp_path, tiny_llama_dir):
 def test_qlora_dry_run_on_cpu(runner, tmp_path, tiny_llama_64_dir):
     import bitsandbytes  # noqa: F401  (a dev dependency: `make test` installs it)
 
-    config = write_config(tmp_path, tiny_llama_64_dir, method="qlora")
-    result = runner.invoke(cli, ["train", "-c", str(config), "--dry-run"])
-    assert result.exit_code == 0, result.output
-    run_dir = load_config(config).run_dir
+    run_dir = dry_run_train(runner, tmp_path, tiny_llama_64_dir, method="qlora")
     assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
     stage = read_manifest(run_dir).stages["train"]
     assert stage.parameters["method"] == "qlora" and stage.metrics["global_step"] == 3

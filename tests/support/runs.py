@@ -32,12 +32,17 @@ def write_config(directory: Path, base: Path, *, rows: int = 40, **train) -> Pat
     return path
 
 
-def trained_run(tmp_path, base_dir, runner):
-    """A tiny dry-run LoRA with a learning rate high enough for the adapter to matter."""
+def dry_run_train(runner, directory: Path, base: Path, **train) -> Path:
+    """`packager train --dry-run` on write_config's tiny config; the run directory."""
     from packager.cli import cli
     from packager.config import load_config
 
-    config = write_config(tmp_path, base_dir, learning_rate=0.05)
+    config = write_config(directory, base, **train)
     result = runner.invoke(cli, ["train", "-c", str(config), "--dry-run"])
     assert result.exit_code == 0, result.output
     return load_config(config).run_dir
+
+
+def trained_run(tmp_path, base_dir, runner):
+    """A tiny dry-run LoRA with a learning rate high enough for the adapter to matter."""
+    return dry_run_train(runner, tmp_path, base_dir, learning_rate=0.05)

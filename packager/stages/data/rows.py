@@ -143,11 +143,9 @@ def _check_messages(messages: list, path: str, line: int) -> list[Problem]:
         if isinstance(content, list):
             part_problems = _check_parts(content, path, line, f"{at}.content")
             problems += part_problems
-            content = None if part_problems else _text(content)
-            if content is None:
-                previous = role
-                continue
-        if content is None or (isinstance(content, str) and not content.strip()):
+            if not part_problems and not _text(content).strip():
+                problems.append(Problem(path, line, f"{at}.content", "empty content"))
+        elif content is None or (isinstance(content, str) and not content.strip()):
             problems.append(Problem(path, line, f"{at}.content", "empty content"))
         elif not isinstance(content, str):
             problems.append(Problem(path, line, f"{at}.content", f"must be a string or a list of text parts, "
