@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import Any, Iterator
 
 import packager
 
-from packager.errors import DiskFullError, MissingPathError, RunConflictError
+from packager.errors import DiskFullError, MissingPathError, RunConflictError, UnsafeInputError
 from packager.names import validate_name
-from packager.run.atomic import atomic_write_text, partial_sibling, replace_directory, sweep_leftovers
+from packager.run.atomic import (PARTIAL_PREFIX, atomic_write_text, partial_sibling, replace_directory,
+                                 sweep_leftovers)
 from packager.run.hash_cache import HashCache
-from packager.run.hashing import FileDigest, sha256_file
+from packager.run.hashing import FileDigest, fsync_dir, sha256_file
 from packager.run.manifest import (MANIFEST_NAME, SCHEMA_VERSION, STATE_DIR, FileRecord, Manifest, StageRecord,
                                    now, read_manifest)
 from packager.run.provenance import environment
@@ -207,6 +209,7 @@ class StageWriter:
         self._inputs: dict[str, FileRecord] = {}
         self._dirs: dict[Path, Path] = {}  # final -> temporary
         self._files: dict[str, FileRecord] = {}
+        self._texts: dict[Path, Path] = {}  # final -> staged, for write_output_text
         self.invalidated: list[str] = []  # stages dropped because this one changed their inputs
         self._known: dict[Path, FileDigest] = {}
 
@@ -250,11 +253,17 @@ class StageWriter:
         return rec
 
     def write_output_text(self, relpath: str, text: str, *, parents: tuple[str, ...] | None = None) -> FileRecord:
-        """Write one file directly in the run (atomically), hashed while writing."""
+        """Write one file of the run, hashed while writing. Like an output_dir, it is written beside its final
+        path (``.partial-*``) and takes its place only when the stage commits: a stage that fails or is killed
+        leaves the previous file, which the manifest still records, as it was."""
         final = self.run.path / relpath
+        if not self.run.contains(final):
+            raise UnsafeInputError(relpath, f"is outside the run {self.run.path}")
         final.parent.mkdir(parents=True, exist_ok=True)
-        digest = atomic_write_text(final, text)
-        self.run.hash_cache.remember(final, digest)
+        staged = self._texts.get(final) or final.with_name(f"{PARTIAL_PREFIX}{final.name}-{secrets.token_hex(4)}")
+        digest = atomic_write_text(staged, text)
+        self._texts[final] = staged
+        self._known[final] = digest
         rec = FileRecord(path=self.run.relative(final), sha256=digest.sha256, size=digest.size,
                          parents=self._default_parents() if parents is None else parents)
         self._files[rec.path] = rec
@@ -270,7 +279,10 @@ class StageWriter:
         except BaseException as exc:
             for tmp in self._dirs.values():
                 shutil.rmtree(tmp, ignore_errors=True)
-            for rec in self._files.values():
+            for final, staged in self._texts.items():
+                self.run.remove_file(staged)
+                self._files.pop(self.run.relative(final), None)
+            for rec in self._files.values():  # add_output: written in place by the stage itself
                 self.run.remove_file(self.run.resolve(rec.path))
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 where = exc.filename or ", ".join(str(final) for final in self._dirs) or self.run.path
@@ -280,6 +292,10 @@ class StageWriter:
     def _finish(self) -> StageRecord:
         parents = self._default_parents()
         outputs = dict(self._files)
+        for final, staged in self._texts.items():
+            os.replace(staged, final)
+            self.run.hash_cache.remember(final, self._known[final])
+            fsync_dir(final.parent)
         for final, tmp in self._dirs.items():
             digests = {p: self._known.get(p) or sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             replace_directory(tmp, final)

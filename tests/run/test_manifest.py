@@ -297,3 +297,50 @@ def test_outputs_behind_a_link_out_of_the_run_are_never_deleted(tmp_path):
         st.write_output_text("notes/retrained.txt", "a different adapter")
     assert (elsewhere / "adapter_model.safetensors").is_file() and (elsewhere / "nested" / "config.json").is_file()
     assert set(read_manifest(run.path).stages["train"].outputs[0].path.split("/")) >= {"notes"}
+
+
+def test_a_failed_rerun_keeps_the_recorded_text_file(tmp_path):
+    """write_output_text wrote the final path before the stage committed: a re-run that failed afterwards
+    removed the file the manifest still recorded (and a kill left the new text under the old record)."""
+    run, _ = make_run(tmp_path)
+    with run.stage("notes") as st:
+        st.write_output_text("notes/report.json", '{"v": 1}')
+    with pytest.raises(RuntimeError):
+        with Run.open(run.path).stage("notes") as st:
+            st.write_output_text("notes/report.json", '{"v": 2}')
+            assert (run.path / "notes" / "report.json").read_text() == '{"v": 1}', "not in place before commit"
+            raise RuntimeError("boom")
+    assert (run.path / "notes" / "report.json").read_text() == '{"v": 1}'
+    assert not [p for p in (run.path / "notes").iterdir() if p.name != "report.json"]
+    assert verify_run(run.path).ok
+
+
+KILLED_BEFORE_COMMIT = """
+import os, signal, sys
+from packager.run.directory import Run
+
+with Run.open(sys.argv[1]).stage("notes") as st:
+    st.write_output_text("notes/report.json", '{"v": 2}')
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_stage_killed_after_writing_text_leaves_the_recorded_file(tmp_path):
+    run, _ = make_run(tmp_path)
+    with run.stage("notes") as st:
+        st.write_output_text("notes/report.json", '{"v": 1}')
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_COMMIT, str(run.path)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert (run.path / "notes" / "report.json").read_text() == '{"v": 1}'
+    assert verify_run(run.path).ok
+    with Run.open(run.path).stage("other") as st:  # the next stage sweeps the staged leftover
+        st.write_output_text("other.txt", "x")
+    assert sorted(p.name for p in (run.path / "notes").iterdir()) == ["report.json"]
+
+
+def test_a_text_output_outside_the_run_is_refused(tmp_path):
+    run, _ = make_run(tmp_path)
+    with pytest.raises(UnsafeInputError, match=r"\.\./escape\.txt: is outside the run"):
+        with run.stage("notes") as st:
+            st.write_output_text("../escape.txt", "x")
+    assert not (tmp_path / "escape.txt").exists()
