@@ -3,8 +3,8 @@
 The signature (``RUN/signatures/run.sig``: a Sigstore bundle whose in-toto statement lists every file's
 sha256) covers every file of the run except packager's state (``.packager/``), the signatures folder and
 ``manifest.json`` itself, which publishing still appends to. What the manifest said at signing time is
-signed too: stage ``sign`` records ``signed/lineage.json`` (every earlier stage: inputs, outputs, digests,
-parameters, metrics), so editing any recorded stage afterwards is caught as well.
+signed too: stage ``sign-lineage`` records ``signed/lineage.json`` (every earlier stage: inputs, outputs,
+digests, parameters, metrics) before ``sign`` signs it, so editing any recorded stage afterwards is caught too.
 """
 
 from __future__ import annotations
@@ -106,30 +106,39 @@ def sign_run(run_dir: Path | str, *, key: Path | str, public_key: Path | str | N
         raise UnsafeInputError(str(links[0]), "is a symbolic link inside the run: model-signing signs files, not "
                                               "links, and refuses a run that holds one", hint="remove it, or "
                                               "replace it with the file it points to, then sign again")
+    signer = _signer(key)  # a key model-signing cannot use is refused before anything is written
+    with run.stage("sign-lineage", parameters={"of": "every stage that made the run's artifacts"}) as st:
+        st.write_output_text(LINEAGE, json.dumps(lineage(run.manifest), indent=2, sort_keys=True) + "\n")
+    # model-signing signs the files as they lie in the run, so the lineage file is committed (by a stage of its
+    # own, which lineage() leaves out) before it is signed. "sign" is recorded only once the bundle exists.
     signature = run.path / SIGNATURE
     with run.stage("sign", parameters={"format": "OpenSSF model-signing (in-toto in a Sigstore bundle)",
                                        "key": "local EC key (offline)", "signature": str(SIGNATURE)}) as st:
-        st.write_output_text(LINEAGE, json.dumps(lineage(run.manifest), indent=2, sort_keys=True) + "\n")
-        # Signed inside the stage, so "sign" is recorded only once the bundle exists: a key model-signing
-        # cannot use leaves no record that says the run is signed.
-        _write_signature(run.path, key, signature)
+        st.add_input(run.path / LINEAGE)
+        _write_signature(run.path, signer, signature)
     return SignResult(run.path, signature, len(_signed_files(signature)))
 
 
-def _write_signature(run_dir: Path, key: Path, signature: Path) -> None:
+def _signer(key: Path):
+    """model-signing's signing configuration for a local EC key (which it loads here)."""
+    _, signing, _ = _model_signing()
+    try:
+        return signing.Config().use_elliptic_key_signer(private_key=key, password=None)
+    except (ValueError, TypeError) as exc:  # cryptography's words for a key it cannot load
+        raise InputFileError(key, f"model-signing cannot sign with this key: {first_line(exc)}",
+                             hint="make a key pair with: packager keygen DIR") from None
+
+
+def _write_signature(run_dir: Path, signer, signature: Path) -> None:
     """model-signing's bundle over every artifact, written beside the run (signatures/ is not an artifact: it
     is excluded from what it signs), replacing the previous one only when complete."""
-    hashing, signing, _ = _model_signing()
+    hashing, _, _ = _model_signing()
     signature.parent.mkdir(exist_ok=True)
     tmp = signature.with_name(".run.sig.partial")
     config = hashing.Config().set_ignored_paths(paths=IGNORED, ignore_git_paths=False)
     try:
-        signing.Config().use_elliptic_key_signer(private_key=key, password=None) \
-            .set_hashing_config(config).sign(run_dir, tmp)
+        signer.set_hashing_config(config).sign(run_dir, tmp)
         atomic_write_bytes(signature, tmp.read_bytes())
-    except (ValueError, TypeError) as exc:  # cryptography's words for a key it cannot load
-        raise InputFileError(key, f"model-signing cannot sign with this key: {first_line(exc)}",
-                             hint="make a key pair with: packager keygen DIR") from None
     finally:
         tmp.unlink(missing_ok=True)
 
