@@ -247,6 +247,8 @@ class ContainersConfig(Section):
     (then set containers.vllm.api_key_env: Ollama has no API keys, so put a proxy in front of it)."""
     pull: bool = True
     """Let the engine pull missing base images. false: deploy builds only targets whose base image is local."""
+    timeout_s: int = Field(7200, ge=1)
+    """The longest one image build or push may take (a first build pulls vLLM's ~10 GB base image)."""
     vllm: VllmConfig = {}
     ollama: OllamaConfig = {}
 

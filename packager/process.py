@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from packager.errors import StageError
+
 # In the child: ask for SIGKILL when the parent dies, make sure the parent did not die already, then become the
 # command. PR_SET_PDEATHSIG is option 1 of prctl(2).
 _PRELUDE = """\
@@ -83,3 +85,45 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass  # it ended meanwhile
+
+
+class CommandTimeout(StageError):
+    """A command packager waits for (an engine, a linter, Go, the converter) did not finish in its time."""
+
+    def __init__(self, what: str, command: list[str], timeout_s: float):
+        self.command, self.timeout_s = list(command), timeout_s
+        super().__init__(what, f"`{shown(command)}` did not finish in {timeout_s:.0f} s and was stopped",
+                         hint="if it is only slow, not hung, raise the time limit in the config")
+
+
+def shown(command: list[str], words: int = 3) -> str:
+    """The first words of a command line, for messages (never its full argument list: it may hold paths)."""
+    return " ".join(Path(command[0]).name.split() + list(command[1:words]))
+
+
+def run_command(command: list[str], *, timeout_s: float, what: str, stdout=subprocess.PIPE,
+                input: str | None = None, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command to its end, at most ``timeout_s`` seconds; its output as text.
+
+    Unlike ``subprocess.run(timeout=...)``, a timeout, Ctrl-C or any error stops the command's whole process
+    group: ``subprocess.run`` kills only the direct child and then waits for the pipes, which a grandchild (an
+    engine's build helper, ``go build``'s compiler) holds open, so a hung tool could still hang packager.
+
+    Raises:
+        CommandTimeout: it ran out of time (stopped, with its children).
+    """
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=stdout, stderr=subprocess.PIPE if stdout is subprocess.PIPE else subprocess.STDOUT,
+                            text=True, env=env, cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(input, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise CommandTimeout(what, command, timeout_s) from None
+    except BaseException:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out or "", err or "")

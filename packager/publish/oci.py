@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.errors import BadInputError, IntegrityError, StageError, first_line
+from packager.process import run_command
 from packager.publish.files import published_files
 from packager.run.directory import Run
 from packager.run.lineage import PUBLISH_STAGES, lineage_digest
@@ -130,16 +131,12 @@ def _from_credential_helper(helper: str, host: str, *, config_file: Path) -> tup
     """``docker-credential-HELPER get`` with the registry on stdin, as Docker calls it (the protocol of
     docker/docker-credential-helpers): JSON with Username and Secret, or "credentials not found"."""
     import shutil
-    import subprocess
 
     program = f"docker-credential-{helper}"
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper) or shutil.which(program) is None:
         raise BadInputError(f"{config_file} names the credential helper {helper!r}, but {program} is not on PATH",
                             hint=f"install it, or set {USER_VARIABLE} and {PASSWORD_VARIABLE}")
-    try:
-        done = subprocess.run([program, "get"], input=host, capture_output=True, text=True, timeout=HELPER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise StageError("push oci", f"{program} get did not answer in {HELPER_TIMEOUT_S} s") from None
+    done = run_command([program, "get"], input=host, timeout_s=HELPER_TIMEOUT_S, what="push oci")
     if done.returncode != 0:
         if "credentials not found" in (done.stdout + done.stderr).lower():
             return None

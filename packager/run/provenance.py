@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -50,14 +49,15 @@ def host_info() -> dict[str, object]:
 
 def git_commit(cwd: Path | None = None) -> dict[str, object] | None:
     """The project's git commit and whether the tree had uncommitted changes, if cwd is in a repo."""
+    from packager.process import CommandTimeout, run_command
+
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                              text=True, timeout=5)
+        head = run_command(["git", "rev-parse", "HEAD"], cwd=cwd, timeout_s=5, what="provenance")
         if head.returncode != 0:
             return None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
+        status = run_command(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, timeout_s=5,
+                             what="provenance")
+    except (OSError, CommandTimeout):
         return None
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 

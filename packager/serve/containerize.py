@@ -108,7 +108,8 @@ def containerize_run(run_dir: Path | str, *, target: str, build: bool = False, e
     result = ContainerResult(run.path, target, run.path / "containers" / target, digest, details,
                              unchanged=unchanged)
     if build:
-        result.image = build_run_image(run, target=target, engine=engine or cfg.containers.engine)
+        result.image = build_run_image(run, target=target, engine=engine or cfg.containers.engine,
+                                       timeout_s=cfg.containers.timeout_s)
     return result
 
 

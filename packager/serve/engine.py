@@ -10,15 +10,16 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from packager.errors import BadInputError, DependencyMissingError, StageError
+from packager.process import CommandTimeout, run_command
 
 
 ENGINES = ("docker", "podman")
+QUICK_S = 60  # engine commands that only ask (version, inspect, logs): a daemon that takes longer is hung
 # An image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path. No shell metacharacters.
 IMAGE_REF = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
                        r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
@@ -52,10 +53,10 @@ def _probe(name: str) -> Engine | None:
     if shutil.which(name) is None:
         return None
     try:
-        result = subprocess.run([name, "version", "--format", "{{.Server.Version}}" if name == "docker"
-                                 else "{{.Client.Version}}"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+        result = run_command([name, "version", "--format", "{{.Server.Version}}" if name == "docker"
+                              else "{{.Client.Version}}"], timeout_s=QUICK_S, what="container engine")
+    except (OSError, CommandTimeout):
+        return None  # a daemon that does not answer in time is as good as down
     if result.returncode != 0 or not result.stdout.strip():
         return None  # docker's client without a daemon lands here
     return Engine(name, result.stdout.strip())
@@ -78,11 +79,8 @@ def find_engine(preferred: str | None = None) -> Engine:
                                  "running daemon does not count)", install="apt install podman (or start Docker)")
 
 
-def _run(engine: Engine, *args: str, timeout: float | None = None, what: str) -> str:
-    try:
-        result = subprocess.run(engine.command(*args), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise StageError(what, f"`{engine.name} {args[0]}` did not finish in {timeout:.0f} s") from None
+def _run(engine: Engine, *args: str, timeout: float, what: str) -> str:
+    result = run_command(engine.command(*args), timeout_s=timeout, what=what)
     if result.returncode != 0:
         raise StageError(what, f"`{engine.name} {' '.join(args[:2])}` failed: {_tail(result.stderr or result.stdout)}")
     return result.stdout
@@ -92,11 +90,11 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def build_image(engine: Engine, context: Path, tag: str, *, log_file: Path) -> dict:
+def build_image(engine: Engine, context: Path, tag: str, *, log_file: Path, timeout_s: float) -> dict:
     """Build ``context`` (its Dockerfile) as ``tag``; the whole log goes to ``log_file``.
 
     Raises:
-        StageError: the build failed; the message has the log's last lines.
+        StageError: the build failed or ran out of ``timeout_s``; the message has the log's last lines.
     """
     args = ["build", "-t", tag, "-f", str(context / "Dockerfile")]
     if engine.name == "podman":
@@ -105,7 +103,7 @@ def build_image(engine: Engine, context: Path, tag: str, *, log_file: Path) -> d
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log_file, "w") as log:
-        result = subprocess.run(engine.command(*args), stdout=log, stderr=subprocess.STDOUT, text=True)
+        result = run_command(engine.command(*args), timeout_s=timeout_s, what="build", stdout=log)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise StageError("build", f"{engine.name} build of {context} failed (exit {result.returncode}); last lines "
@@ -116,7 +114,7 @@ def build_image(engine: Engine, context: Path, tag: str, *, log_file: Path) -> d
 
 
 def inspect_image(engine: Engine, ref: str) -> dict:
-    out = _run(engine, "image", "inspect", ref, timeout=60, what="image inspect")
+    out = _run(engine, "image", "inspect", ref, timeout=QUICK_S, what="image inspect")
     data = json.loads(out)[0]
     config = data.get("Config") or {}
     return {"image_id": data.get("Id", ""), "digest": data.get("Digest") or next(iter(data.get("RepoDigests") or []),
@@ -127,13 +125,13 @@ def inspect_image(engine: Engine, ref: str) -> dict:
 
 
 def image_exists(engine: Engine, ref: str) -> bool:
-    return subprocess.run(engine.command("image", "inspect", ref), capture_output=True).returncode == 0
+    return run_command(engine.command("image", "inspect", ref), timeout_s=QUICK_S, what="image inspect").returncode == 0
 
 
 def run_detached(engine: Engine, image: str, *, name: str, ports: dict[int, int] | None = None,
                  host_network: bool = False, env: dict[str, str] | None = None, gpus: bool = False,
                  shm_size: str | None = None, extra_args: tuple[str, ...] = (),
-                 command: list[str] | None = None) -> str:
+                 command: list[str] | None = None, timeout_s: float = 300) -> str:
     """Start a container in the background; returns its id."""
     args = ["run", "-d", "--name", name]
     if host_network:
@@ -147,17 +145,23 @@ def run_detached(engine: Engine, image: str, *, name: str, ports: dict[int, int]
     if shm_size:
         args += ["--shm-size", shm_size]
     args += [*extra_args, image, *(command or [])]
-    return _run(engine, *args, timeout=300, what="container start").strip()
+    return _run(engine, *args, timeout=timeout_s, what="container start").strip()
 
 
-def container_state(engine: Engine, container: str) -> dict:
-    result = subprocess.run(engine.command("inspect", "--format", "{{json .State}}", container),
-                            capture_output=True, text=True)
+def container_state(engine: Engine, container: str, *, timeout_s: float = QUICK_S) -> dict:
+    """The container's state; an engine that does not answer in ``timeout_s`` fails the caller (a smoke test
+    polls this while it waits for the server: a hung engine must not outlast smoke.ready_timeout_s)."""
+    result = run_command(engine.command("inspect", "--format", "{{json .State}}", container), timeout_s=timeout_s,
+                         what="container state")
     return json.loads(result.stdout) if result.returncode == 0 and result.stdout.strip() else {}
 
 
 def container_logs(engine: Engine, container: str, lines: int = 30) -> str:
-    result = subprocess.run(engine.command("logs", "--tail", str(lines), container), capture_output=True, text=True)
+    try:
+        result = run_command(engine.command("logs", "--tail", str(lines), container), timeout_s=QUICK_S,
+                             what="container logs")
+    except CommandTimeout as exc:
+        return str(exc)
     return (result.stdout + result.stderr).strip()
 
 
@@ -166,13 +170,13 @@ def remove_container(engine: Engine, container: str) -> None:
     Docker's has no ``-t`` and refused the whole command, leaving every smoke container running."""
     grace = ["-t", "5"] if engine.name == "podman" else []
     try:
-        subprocess.run(engine.command("rm", "-f", *grace, container), capture_output=True, timeout=120,
-                       env={**os.environ})
-    except subprocess.TimeoutExpired:
+        run_command(engine.command("rm", "-f", *grace, container), timeout_s=120, what="container removal",
+                    env={**os.environ})
+    except CommandTimeout:
         pass
 
 
-def push_image(engine: Engine, tag: str, ref: str, *, insecure: bool = False) -> str:
+def push_image(engine: Engine, tag: str, ref: str, *, timeout_s: float, insecure: bool = False) -> str:
     """Push ``tag`` as ``ref``; returns the pushed manifest digest."""
     import tempfile
 
@@ -180,9 +184,9 @@ def push_image(engine: Engine, tag: str, ref: str, *, insecure: bool = False) ->
         digest_file = Path(tmp) / "digest"
         if engine.name == "podman":
             args = ["push", "--digestfile", str(digest_file)] + (["--tls-verify=false"] if insecure else [])
-            _run(engine, *args, tag, ref, timeout=None, what="push image")
+            _run(engine, *args, tag, ref, timeout=timeout_s, what="push image")
             return digest_file.read_text().strip()
         _run(engine, "tag", tag, ref, timeout=60, what="push image")
-        out = _run(engine, "push", ref, timeout=None, what="push image")
+        out = _run(engine, "push", ref, timeout=timeout_s, what="push image")
         match = re.search(r"digest: (sha256:[0-9a-f]{64})", out)
         return match.group(1) if match else ""

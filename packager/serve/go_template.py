@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from packager.errors import DependencyMissingError, StageError
+from packager.process import run_command
 
 
 GO_RENDERER = Path(__file__).parent / "go" / "render_template.go"
@@ -49,10 +50,7 @@ def _go_binary() -> Path:
 
 
 def _run(command: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
-    except subprocess.TimeoutExpired:
-        raise StageError("ollama template", f"{' '.join(command[:3])} did not finish in {timeout:.0f} s") from None
+    return run_command(command, timeout_s=timeout, what="ollama template", **kwargs)
 
 
 def render_go_template(template: str, data: dict) -> str:

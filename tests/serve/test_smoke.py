@@ -246,3 +246,37 @@ def test_a_container_whose_start_failed_is_removed_all_the_same(tmp_path, monkey
     started = next(c for c in calls if c.startswith("run -d --name "))
     name = started.split()[3]
     assert calls[-1] == removal + name, calls
+
+
+HUNG_ENGINE = """#!/bin/sh
+echo "$*" >> "$ENGINE_LOG"
+case "$1" in
+  version) echo 4.3.1 ;;
+  run) [ "$HANG" = run ] && sleep 600; echo 0123abcd ;;
+  inspect) [ "$HANG" = inspect ] && sleep 600; echo '{"Running": true}' ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("hang, message", [("run", r"container start: `podman run -d` did not finish in 2 s"),
+                                           ("inspect", r"container state: `podman inspect --format` did not "
+                                                       r"finish in 2 s")])
+def test_a_hung_engine_cannot_outlast_the_ready_timeout(tmp_path, monkeypatch, hang, message):
+    """`podman run` or `podman inspect` that never returns had held the smoke test forever, whatever
+    smoke.ready_timeout_s said; now each is stopped (with its children) within it, the message naming it."""
+    from types import SimpleNamespace
+
+    from packager.serve.smoke import ContainerOptions, _smoke_container
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "podman").write_text(HUNG_ENGINE)
+    (tmp_path / "bin" / "podman").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("ENGINE_LOG", str(tmp_path / "calls"))
+    monkeypatch.setenv("HANG", hang)
+    run = SimpleNamespace(manifest=SimpleNamespace(run="t"))
+    cfg = SimpleNamespace(smoke=SimpleNamespace(ready_timeout_s=2))
+    with pytest.raises(StageError, match=message):
+        _smoke_container(run, cfg, "vllm", {"tag": "packager/t-vllm:1"}, Expectations(),
+                         ContainerOptions(engine="podman", gpus=False), echo=lambda _: None)
+    assert (tmp_path / "calls").read_text().splitlines()[-1].startswith("rm -f -t 5 packager-smoke-t-vllm-")

@@ -214,3 +214,19 @@ def test_smollm2_merge_and_gguf_export_catch_the_broken_quant(runner, tmp_path, 
     assert q8.is_file() and (run_dir / "export" / "gguf" / "smol-f16.gguf").is_file()
     report = verify_run(run_dir)
     assert report.ok and any("leftover" in w for w in report.warnings)
+
+
+def test_a_hung_converter_is_stopped_at_its_time_limit(tmp_path):
+    """The converter's wait had no limit: a model folder on a stalled file system (here a config.json that is
+    a FIFO nobody writes) held the export forever. It is stopped and named; nothing is left behind."""
+    from packager.process import CommandTimeout
+    from packager.stages.export.convert import Conversion
+
+    model = tmp_path / "model"
+    model.mkdir()
+    os.mkfifo(model / "config.json")
+    out = tmp_path / "out.gguf"
+    with pytest.raises(CommandTimeout, match=r"export: `convert_hf_to_gguf --outtype f16` did not finish in 3 s"):
+        with Conversion(model, out, outtype="f16", metadata={}, timeout_s=3) as conversion:
+            conversion.wait()
+    assert not out.exists() and not list(tmp_path.glob("*.metadata.json"))
