@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints,
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
 from packager.errors import BadInputError, ConfigError, MissingPathError
 from packager.names import check_modelfile_text, check_name, check_one_line
+from packager.yaml_lines import YamlDocument, YamlFileError, read_yaml, schema_problems, shape_of
 
 
 CONFIG_VERSION = 1
@@ -43,6 +43,18 @@ class Section(BaseModel):
     # Sections default to {} and defaults are validated, so a default path is
     # resolved against the config file exactly like a path the user wrote.
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        """``train:`` with every key below it commented out is YAML's null: the section's defaults."""
+        if not isinstance(data, dict):
+            return data
+        return {k: {} if v is None and _is_section(cls.model_fields.get(k)) else v for k, v in data.items()}
+
+
+def _is_section(field) -> bool:
+    return field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, Section)
 
 
 class RunConfig(Section):
@@ -348,41 +360,32 @@ def parse_size(value: str) -> int:
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
 
 
-def format_validation_errors(exc: ValidationError) -> list[str]:
-    """Every pydantic error as ``path.to.field: message``."""
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `packager init` writes every key with a comment)"
-        elif err["type"] not in {"missing", "value_error", "literal_error"} and not isinstance(
-                err.get("input"), (dict, list)):
-            msg += f" (got {err['input']!r})"
-        problems.append(f"{loc}: {msg}")
-    return problems
-
-
-def parse_config(data: Any, *, source: Path | str = "<config>", config_dir: Path | None = None) -> PackagerConfig:
+def parse_config(data: Any, *, source: Path | str = "<config>", config_dir: Path | None = None,
+                 document: YamlDocument | None = None) -> PackagerConfig:
+    """Validate a loaded config; ConfigError lists every problem at once, the file's own (a repeated key) too."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(source, ["(top level): expected a mapping of sections such as base:, data:, train:"])
+        raise ConfigError(source, [f"(top level): expected a mapping of sections such as base:, data:, train:, "
+                                   f"got {shape_of(data)}"])
+    problems = list(document.problems) if document is not None else []
     try:
-        return PackagerConfig.model_validate(data, context={"config_dir": config_dir})
+        config = PackagerConfig.model_validate(data, context={"config_dir": config_dir})
     except ValidationError as exc:
-        raise ConfigError(source, format_validation_errors(exc)) from None
+        problems += schema_problems(exc.errors(), document)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 def load_config(path: Path | str) -> PackagerConfig:
-    """Read and validate ``packager.yaml``; raises ConfigError listing every problem."""
+    """Read and validate ``packager.yaml``; raises ConfigError listing every problem, each with its line."""
     path = Path(path)
     if not path.is_file():
-        raise MissingPathError(path, "config file not found", hint="create one with: packager init DIR")
+        what = "is a directory, not a config file" if path.is_dir() else "config file not found"
+        raise MissingPathError(path, what, hint="create one with: packager init DIR")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(path, [f"(yaml) {where}{getattr(exc, 'problem', None) or exc}"]) from None
-    return parse_config(data, source=path, config_dir=path.parent.resolve())
+        document = read_yaml(path)
+    except YamlFileError as exc:
+        raise ConfigError(path, exc.problems) from None
+    return parse_config(document.data, source=path, config_dir=path.parent.resolve(), document=document)

@@ -90,10 +90,10 @@ def _signal_group(pid: int, sig: int) -> None:
 class CommandTimeout(StageError):
     """A command packager waits for (an engine, a linter, Go, the converter) did not finish in its time."""
 
-    def __init__(self, what: str, command: list[str], timeout_s: float):
+    def __init__(self, what: str, command: list[str], timeout_s: float, *, setting: str | None = None):
         self.command, self.timeout_s = list(command), timeout_s
         super().__init__(what, f"`{shown(command)}` did not finish in {timeout_s:.0f} s and was stopped",
-                         hint="if it is only slow, not hung, raise the time limit in the config")
+                         hint=f"if it is only slow, not hung, raise {setting}" if setting else None)
 
 
 def shown(command: list[str], words: int = 3) -> str:
@@ -101,8 +101,8 @@ def shown(command: list[str], words: int = 3) -> str:
     return " ".join(Path(command[0]).name.split() + list(command[1:words]))
 
 
-def run_command(command: list[str], *, timeout_s: float, what: str, stdout=subprocess.PIPE,
-                input: str | None = None, env: dict[str, str] | None = None,
+def run_command(command: list[str], *, timeout_s: float, what: str, setting: str | None = None,
+                stdout=subprocess.PIPE, input: str | None = None, env: dict[str, str] | None = None,
                 cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a command to its end, at most ``timeout_s`` seconds; its output as text.
 
@@ -111,7 +111,8 @@ def run_command(command: list[str], *, timeout_s: float, what: str, stdout=subpr
     engine's build helper, ``go build``'s compiler) holds open, so a hung tool could still hang packager.
 
     Raises:
-        CommandTimeout: it ran out of time (stopped, with its children).
+        CommandTimeout: it ran out of time (stopped, with its children); ``setting`` names the config key that
+            sets ``timeout_s``, for the hint.
     """
     proc = subprocess.Popen(command, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                             stdout=stdout, stderr=subprocess.PIPE if stdout is subprocess.PIPE else subprocess.STDOUT,
@@ -121,7 +122,7 @@ def run_command(command: list[str], *, timeout_s: float, what: str, stdout=subpr
     except subprocess.TimeoutExpired:
         _signal_group(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise CommandTimeout(what, command, timeout_s) from None
+        raise CommandTimeout(what, command, timeout_s, setting=setting) from None
     except BaseException:
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()

