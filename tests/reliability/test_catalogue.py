@@ -418,12 +418,17 @@ esac
 """
 
 
-def engine_fails_mid_build(c: Ctx):
+def fake_podman(c: Ctx, script: str) -> None:
+    """``podman`` on PATH is ``script`` (and no real engine is)."""
     bin_dir = c.tmp / "fake-bin"
     bin_dir.mkdir()
-    (bin_dir / "podman").write_text(FAILING_PODMAN)
+    (bin_dir / "podman").write_text(script)
     (bin_dir / "podman").chmod(0o755)
     c.env["PATH"] = f"{bin_dir}:{no_engine_path(c.tmp)}"
+
+
+def engine_fails_mid_build(c: Ctx):
+    fake_podman(c, FAILING_PODMAN)
     return ["containerize", str(c.run()), "--target", "vllm", "--build", "--engine", "podman"]
 
 
@@ -437,11 +442,7 @@ esac
 
 
 def engine_hangs_mid_build(c: Ctx):
-    bin_dir = c.tmp / "fake-bin"
-    bin_dir.mkdir()
-    (bin_dir / "podman").write_text(HUNG_PODMAN)
-    (bin_dir / "podman").chmod(0o755)
-    c.env["PATH"] = f"{bin_dir}:{no_engine_path(c.tmp)}"
+    fake_podman(c, HUNG_PODMAN)
     return ["containerize", str(c.run()), "--target", "vllm", "--build", "--engine", "podman",
             "-c", str(c.serving_config(containers={"timeout_s": 2}))]
 
