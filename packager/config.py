@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints,
-                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, IPvAnyAddress,
+                      StringConstraints, Tag, ValidationError, ValidationInfo, field_validator, model_validator)
 
 from packager.errors import BadInputError, ConfigError, MissingPathError
-from packager.names import check_modelfile_text, check_name, check_one_line
+from packager.names import HUB_ID, check_modelfile_text, check_name, check_one_line, check_pinned_image
 from packager.yaml_lines import YamlDocument, YamlFileError, read_yaml, schema_problems, shape_of
 
 
@@ -37,6 +37,7 @@ SafeName = Annotated[str, AfterValidator(check_name)]
 
 OneLine = Annotated[str, AfterValidator(check_one_line)]
 ModelfileText = Annotated[str, AfterValidator(check_modelfile_text)]
+PinnedImage = Annotated[str, AfterValidator(check_pinned_image)]
 
 
 class Section(BaseModel):
@@ -91,11 +92,38 @@ class BaseModelConfig(Section):
     """Run the model repository's own Python code. Never enabled implicitly."""
 
 
+class HubDataset(Section):
+    """A dataset repository on the Hugging Face Hub (also written ``hf://datasets/ORG/NAME@REVISION``)."""
+
+    hub: Annotated[str, StringConstraints(pattern=f"^{HUB_ID.pattern}$")]
+    """Dataset repository id, such as org/name."""
+    revision: OneLine | None = None
+    """Branch, tag or commit; the commit it resolves to is recorded and every file is hashed."""
+    config: OneLine | None = None
+    """The dataset's configuration (subset), when it has several."""
+    split: OneLine = "train"
+    files: list[str] | None = None
+    """Download only these files of the repository (glob patterns); default: all of it."""
+
+
+def parse_hub_url(value: Any) -> Any:
+    """``hf://datasets/ORG/NAME@REVISION`` (huggingface_hub's URL of a dataset) as a HubDataset's fields."""
+    match = re.fullmatch(r"hf://datasets/([^@]+)(?:@(.+))?", value) if isinstance(value, str) else None
+    return {"hub": match[1], "revision": match[2]} if match else value
+
+
+DataSource = Annotated[Annotated[ConfigPath, Tag("(file)")] | Annotated[HubDataset, Tag("(hub)")],
+                       Discriminator(lambda v: "(hub)" if isinstance(v, dict | HubDataset) else "(file)"),
+                       BeforeValidator(parse_hub_url)]
+
+
 class DataConfig(Section):
-    train: ConfigPath
-    """Training data: JSONL in chat form (messages) or instruction form, or a `datasets` directory."""
-    eval: ConfigPath | None = None
+    train: DataSource
+    """Training data: a JSONL, JSON, CSV/TSV or Parquet file, a `datasets` directory, or a Hub dataset."""
+    eval: DataSource | None = None
     """Held-out data. When absent, `eval_fraction` of `train` is split off deterministically."""
+    columns: dict[Literal["messages", "instruction", "input", "output", "system"], str] = {}
+    """The data's own name of a field it names otherwise, such as {messages: conversation}."""
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     """Share of rows held out for evaluation when `eval` is not given."""
     seed: int = 42
@@ -212,7 +240,7 @@ class ExportConfig(Section):
 
 
 class VllmConfig(Section):
-    image: str = "vllm/vllm-openai:v0.33.0"
+    image: PinnedImage = "vllm/vllm-openai:v0.33.0"
     """Base image, by pinned tag; add @sha256:... to pin by digest."""
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -224,14 +252,8 @@ class VllmConfig(Section):
     """An environment variable holding the API key clients must send: compose hands it to vLLM as VLLM_API_KEY
     when the container starts, Kubernetes from the Secret <service>-api-key; never baked into the image."""
 
-    @field_validator("image")
-    @classmethod
-    def _image_is_pinned(cls, value: str) -> str:
-        return _pinned_image(value)
-
-
 class OllamaConfig(Section):
-    image: str = "ollama/ollama:0.13.0"
+    image: PinnedImage = "ollama/ollama:0.13.0"
     """Base image, by pinned tag; add @sha256:... to pin by digest."""
     quant: str = "q8_0"
     """Which exported GGUF to serve (it must have passed its parity check)."""
@@ -241,12 +263,6 @@ class OllamaConfig(Section):
     """Default system prompt (Modelfile SYSTEM)."""
     template: ConfigPath | None = None
     """Your own Go TEMPLATE file instead of the one packager derives; checked against the Jinja template with Go."""
-
-    @field_validator("image")
-    @classmethod
-    def _image_is_pinned(cls, value: str) -> str:
-        return _pinned_image(value)
-
 
 class ContainersConfig(Section):
     targets: list[Literal["vllm", "ollama"]] = ["vllm", "ollama"]
@@ -337,14 +353,6 @@ def section_type(annotation):
         models = [a for a in annotation.__args__ if isinstance(a, type) and issubclass(a, BaseModel)]
         return models[0] if len(models) == 1 else annotation
     return annotation
-
-
-def _pinned_image(value: str) -> str:
-    name = value.split("@", 1)[0]
-    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else None
-    if "@sha256:" not in value and (tag is None or tag == "latest"):
-        raise ValueError(f"{value!r} is not pinned: give an explicit tag other than 'latest' (or a digest)")
-    return value
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*", re.IGNORECASE)

@@ -55,3 +55,12 @@ def check_modelfile_text(value: str | None) -> str | None:
         raise ValueError(f"has non-printable characters ({', '.join(hidden)}) that Ollama's Modelfile parser "
                          "deletes")
     return value
+
+
+def check_pinned_image(value: str) -> str:
+    """A base image named by an explicit tag other than ``latest``, or by digest: a build is then repeatable."""
+    name = value.split("@", 1)[0]
+    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else None
+    if "@sha256:" not in value and (tag is None or tag == "latest"):
+        raise ValueError(f"{value!r} is not pinned: give an explicit tag other than 'latest' (or a digest)")
+    return value

@@ -104,7 +104,8 @@ def schema_problems(errors: list[dict], document: YamlDocument | None = None) ->
     line when the file has one)."""
     problems: list[tuple[int, str]] = []
     for err in errors:
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        keys = [str(p) for p in err["loc"] if not str(p).startswith("(")]  # "(hub)": the branch of a union
+        loc = ".".join(keys) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `packager init` writes every key with a comment)"

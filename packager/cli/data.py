@@ -19,8 +19,12 @@ def data() -> None:
 
 
 @data.command("check")
-@click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("--eval", "eval_path", type=click.Path(path_type=Path), help="A separate held-out file.")
+@click.argument("dataset")
+@click.option("--eval", "eval_path", help="A separate held-out file (or Hub dataset).")
+@click.option("--split", default="train", show_default=True, help="The split of a Hub dataset.")
+@click.option("--subset", help="The config (subset) of a Hub dataset that has several.")
+@click.option("--column", "columns", multiple=True, metavar="FIELD=COLUMN",
+              help="The data's own name of a field (messages, instruction, input, output, system). Repeatable.")
 @click.option("--model", help="Base model whose tokenizer and chat template to check against.")
 @click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path),
               help="A Jinja chat template file, for tokenizers without one.")
@@ -28,20 +32,49 @@ def data() -> None:
 @click.option("--eval-fraction", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def data_check(dataset: Path, eval_path: Path | None, model: str | None, chat_template: Path | None,
-               max_seq_length: int, eval_fraction: float, seed: int, as_json: bool) -> None:
+def data_check(dataset: str, eval_path: str | None, split: str, subset: str | None, columns: tuple[str, ...],
+               model: str | None, chat_template: Path | None, max_seq_length: int, eval_fraction: float, seed: int,
+               as_json: bool) -> None:
     """Validate rows, render a sample through the chat template, report token lengths.
 
-    Every problem is reported at once with its file, line and field; exit 2 if any.
+    DATASET is a JSONL, JSON, CSV/TSV or Parquet file, a `datasets` directory, or a Hub dataset as
+    hf://datasets/ORG/NAME[@REVISION]. Every problem is reported at once with its file, line (or row) and
+    field; exit 2 if any.
 
     \b
     Example:
       packager data check data/train.jsonl --model ./base
+      packager data check hf://datasets/org/tickets@v2 --split train --column messages=conversation
     """
     from packager.stages.data.check import check_data
 
-    report = check_data(dataset, eval_path=eval_path, model=model, chat_template=chat_template,
-                        max_seq_length=max_seq_length, eval_fraction=eval_fraction, seed=seed)
+    mapping = dict(_column(c) for c in columns)
+    report = check_data(_spec(dataset, split, subset), eval_path=_spec(eval_path, split, subset) if eval_path else None,
+                        model=model, chat_template=chat_template, max_seq_length=max_seq_length,
+                        eval_fraction=eval_fraction, seed=seed, columns=mapping)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
     if report.errors:
         click.get_current_context().exit(2)
+
+
+def _spec(value: str, split: str, subset: str | None):
+    """A local path, or a Hub dataset given as hf://datasets/ORG/NAME[@REVISION]."""
+    from pydantic import ValidationError
+
+    from packager.config import HubDataset, parse_hub_url
+
+    fields = parse_hub_url(value)
+    if isinstance(fields, str):
+        return Path(value)
+    try:
+        return HubDataset.model_validate({**fields, "split": split, "config": subset})
+    except ValidationError:
+        raise click.BadParameter(f"{value!r} is not hf://datasets/ORG/NAME[@REVISION]") from None
+
+
+def _column(value: str) -> tuple[str, str]:
+    ours, _, theirs = value.partition("=")
+    if ours not in ("messages", "instruction", "input", "output", "system") or not theirs:
+        raise click.BadParameter(f"{value!r}: give FIELD=COLUMN, FIELD one of messages, instruction, input, "
+                                 "output, system", param_hint="--column")
+    return ours, theirs

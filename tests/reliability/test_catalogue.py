@@ -183,6 +183,26 @@ def dataset_is_a_fifo(c: Ctx):
     return ["data", "check", str(c.tmp / "pipe.jsonl")]
 
 
+def csv_with_a_ragged_row(c: Ctx):
+    c.write("rows.csv", "instruction,output\n" + "".join(f"q{i},a{i}\n" for i in range(5)) + "q5,a5,\"a, b\"\n")
+    return ["data", "check", str(c.tmp / "rows.csv")]
+
+
+def json_array_cut_short(c: Ctx):
+    c.write("rows.json", json.dumps(GOOD_ROWS[:4], indent=1)[:-60])
+    return ["train", "-c", str(c.config(data=c.tmp / "rows.json"))]
+
+
+def parquet_that_is_not(c: Ctx):
+    data = c.jsonl("rows.parquet", GOOD_ROWS[:3])  # a JSONL file given a .parquet name
+    return ["train", "-c", str(c.config(data=data))]
+
+
+def columns_named_otherwise(c: Ctx):
+    data = c.jsonl("renamed.jsonl", [{"conversation": r["messages"]} for r in GOOD_ROWS])
+    return ["train", "-c", str(c.config(data=data))]
+
+
 def missing_dataset(c: Ctx):
     return ["train", "-c", str(c.config(data=c.tmp / "nowhere.jsonl"))]
 
@@ -620,6 +640,14 @@ CASES = [
     Case("jsonl-in-utf16", utf16_jsonl, 2, ("{tmp}/unicode.jsonl", "UTF-16 text", "save it as UTF-8")),
     Case("jsonl-line-in-latin1", latin1_line, 2, ("{tmp}/mixed.jsonl:3", "not UTF-8 text (byte 0xe9")),
     Case("dataset-is-not-a-file", dataset_is_a_fifo, 2, ("{tmp}/pipe.jsonl", "not a file")),
+    Case("csv-row-with-an-extra-cell", csv_with_a_ragged_row, 2, ("{tmp}/rows.csv:7: 3 cells, but the header has 2",)),
+    Case("json-array-cut-short", json_array_cut_short, 2, ("{tmp}/rows.json:", "invalid JSON"),
+         absent=(f"{RUN}/data",)),
+    Case("parquet-that-is-not-parquet", parquet_that_is_not, 2, ("{tmp}/rows.parquet: not a Parquet file",),
+         absent=(f"{RUN}/data",)),
+    Case("columns-named-otherwise", columns_named_otherwise, 2, ("{tmp}/renamed.jsonl:1: unknown row format (keys: "
+                                                                 "conversation)", "data.columns"),
+         absent=(f"{RUN}/data",)),
     Case("missing-dataset", missing_dataset, 2, ("{tmp}/nowhere.jsonl",), absent=(f"{RUN}/data",)),
     # config
     Case("unknown-config-key", unknown_config_key, 2, ("train.learning_rte",), absent=(RUN,)),

@@ -204,3 +204,95 @@ def test_text_in_other_encodings_is_named_with_its_line(tmp_path):
     utf16.write_bytes(row.encode("utf-16"))
     with pytest.raises(InputFileError, match="UTF-16 text .* save it as UTF-8"):
         read_rows(utf16)
+
+
+CONVERSATIONS = [chat(f"question {i}", f"answer {i}") for i in range(4)]
+
+
+def write_table(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("form", ["json-array", "csv-messages", "tsv-instruction", "parquet"])
+def test_data_in_the_forms_other_tools_export_loads_as_the_same_rows(tmp_path, form):
+    """JSON arrays, CSV/TSV (a conversation in a cell as JSON text, or instruction columns) and Parquet (nested
+    lists of structs): the same conversations as the JSONL."""
+    expected, _ = read_rows(write_jsonl(tmp_path / "same.jsonl", CONVERSATIONS))
+    if form == "json-array":
+        path = tmp_path / "rows.json"
+        path.write_text(json.dumps(CONVERSATIONS, indent=2))
+    elif form == "csv-messages":
+        path = write_table(tmp_path / "rows.csv", [{"id": i, "messages": json.dumps(r["messages"])}
+                                                    for i, r in enumerate(CONVERSATIONS)])
+    elif form == "tsv-instruction":
+        path = write_table(tmp_path / "rows.tsv", [{"instruction": f"question {i}", "input": "",
+                                                    "output": f"answer {i}"} for i in range(4)], delimiter="\t")
+    else:
+        path = write_parquet(tmp_path / "rows.parquet", CONVERSATIONS)
+    rows, problems = read_rows(path)
+    assert problems == [] and [r.messages for r in rows] == [r.messages for r in expected]
+
+
+def test_every_form_names_its_problems_where_the_user_finds_them(tmp_path):
+    """A JSON array names the line an element starts on; a CSV the line its record starts on (quoted cells may
+    span lines); Parquet the row."""
+    bad = {"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"},
+                        {"role": "assistant", "content": "z"}]}
+    array = tmp_path / "rows.json"
+    array.write_text(json.dumps([CONVERSATIONS[0], bad], indent=1))
+    table = write_table(tmp_path / "rows.csv", [{"messages": json.dumps(CONVERSATIONS[0]["messages"], indent=1)},
+                                                {"messages": json.dumps(bad["messages"])},
+                                                {"messages": "[not json"}])
+    parquet = write_parquet(tmp_path / "rows.parquet", [CONVERSATIONS[0], bad])
+    two_users = "[messages[1].role]: two user turns in a row (messages[0] and messages[1]); turns must alternate"
+    assert [str(p).split(";")[0] for p in read_rows(array)[1]] == [f"{array}:14 {two_users.split(';')[0]}"]
+    csv_problems = [str(p) for p in read_rows(table)[1]]
+    assert csv_problems[0].startswith(f"{table}:12 {two_users.split(';')[0]}"), csv_problems
+    assert csv_problems[1].startswith(f"{table}:13 [messages]: JSON text that does not parse"), csv_problems
+    assert len(csv_problems) == 2, csv_problems
+    assert [str(p).split(";")[0] for p in read_rows(parquet)[1]] == [f"{parquet}, row 2 {two_users.split(';')[0]}"]
+
+
+def test_broken_files_of_each_form_are_named(tmp_path):
+    from packager.errors import InputFileError
+
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps(CONVERSATIONS, indent=2)[:-40])
+    rows, problems = read_rows(cut)
+    assert len(rows) == 3 and len(problems) == 1 and str(problems[0]).startswith(f"{cut}:") \
+        and "invalid JSON" in str(problems[0])
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text('instruction,output\n"q1","a1"\n"q2","a2",extra\n')
+    assert [str(p) for p in read_rows(ragged)[1]] == [f"{ragged}:3: 3 cells, but the header has 2"]
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("instruction,output\n")
+    with pytest.raises(InputFileError, match=r"fake\.parquet: not a Parquet file"):
+        read_rows(fake)
+
+
+def test_columns_named_otherwise_are_mapped_and_problems_use_the_datas_names(tmp_path):
+    """Hub datasets name their fields as they like (conversation, prompt/response): data.columns maps them,
+    and a problem names the data's own column."""
+    rows = [{"conversation": r["messages"], "source": "x"} for r in CONVERSATIONS]
+    rows.append({"conversation": [{"role": "user", "content": "only a question"}], "source": "x"})
+    path = write_parquet(tmp_path / "rows.parquet", rows)
+    read, problems = read_rows(path, columns={"messages": "conversation"})
+    assert [r.messages for r in read] == [r["messages"] for r in CONVERSATIONS]
+    assert [str(p) for p in problems] == [f"{path}, row 5 [conversation]: no assistant turn: nothing to learn from "
+                                          "this row"]
+    unmapped, problems = read_rows(path)
+    assert not unmapped and "or name the columns that hold them with data.columns" in str(problems[0])

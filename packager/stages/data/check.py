@@ -16,6 +16,7 @@ from packager.models.checkpoint import resolve_base
 from packager.models.tokenizer import load_tokenizer
 from packager.stages.data.masks import as_ids
 from packager.stages.data.rows import Problem, Row, read_rows
+from packager.stages.data.sources import DataSpec, Source, open_source
 
 
 MIN_ROWS = 200
@@ -29,6 +30,8 @@ class DataReport:
     token_stats: dict[str, int] | None = None
     sample: str | None = None
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, Source] = field(default_factory=dict)
+    """What "train" and "eval" were read from: their files, and a Hub dataset's pinned commit."""
 
     @property
     def errors(self) -> list[Problem]:
@@ -41,7 +44,8 @@ class DataReport:
     def to_json(self) -> dict[str, Any]:
         return {"train_rows": len(self.train_rows), "eval_rows": len(self.eval_rows),
                 "errors": [asdict(p) for p in self.errors], "warnings": [asdict(p) for p in self.warnings],
-                "token_stats": self.token_stats, "sample": self.sample, "notes": self.notes}
+                "token_stats": self.token_stats, "sample": self.sample, "notes": self.notes,
+                "sources": {k: {"name": v.name, "pinned": v.pinned} for k, v in self.sources.items()}}
 
     def summary(self) -> str:
         """The human-readable report of ``packager data check``."""
@@ -68,14 +72,15 @@ def find_duplicates(rows: list[Row]) -> list[Problem]:
     for row in rows:
         first = seen.setdefault(row.key, row)
         if first is not row:
-            problems.append(Problem(row.path, row.line, None, f"exact duplicate of line {first.line}"))
+            problems.append(Problem(row.path, row.line, None, f"exact duplicate of {first.unit} {first.line}",
+                                    unit=row.unit))
     return problems
 
 
 def find_leakage(train: list[Row], eval_rows: list[Row]) -> list[Problem]:
     train_keys = {row.key: row for row in train}
-    return [Problem(row.path, row.line, None, f"also in the training data ({train_keys[row.key].path}:"
-                                                f"{train_keys[row.key].line}): eval would measure memorization")
+    return [Problem(row.path, row.line, None, f"also in the training data ({train_keys[row.key].location}): eval "
+                                                "would measure memorization", unit=row.unit)
             for row in eval_rows if row.key in train_keys]
 
 
@@ -97,14 +102,15 @@ def token_lengths(tokenizer, rows: list[Row], *, max_seq_length: int) -> tuple[l
         try:
             ids = tokenizer.apply_chat_template(row.messages, tokenize=True, return_dict=False)
         except Exception as exc:  # the template's own raise_exception(), or a Jinja error  # noqa: BLE001
-            problems.append(Problem(row.path, row.line, "messages", f"the chat template cannot render this row: {exc}"))
+            problems.append(Problem(row.path, row.line, "messages", f"the chat template cannot render this row: {exc}",
+                                    unit=row.unit))
             continue
         ids = as_ids(ids)
         lengths.append(len(ids))
         if len(ids) > max_seq_length:
             problems.append(Problem(row.path, row.line, "messages",
                                     f"{len(ids)} tokens, longer than max_seq_length {max_seq_length}; "
-                                    "shorten the row or raise data.max_seq_length"))
+                                    "shorten the row or raise data.max_seq_length", unit=row.unit))
     return lengths, problems
 
 
@@ -118,22 +124,24 @@ def length_stats(lengths: list[int], *, model_max: int | None = None) -> dict[st
             "suggested_max_seq_length": suggested}
 
 
-def check_dataset(train_path: Path, *, eval_path: Path | None = None, eval_fraction: float = 0.1, seed: int = 42,
-                  max_seq_length: int = 1024, system_prompt: str | None = None,
-                  tokenizer=None, model_max: int | None = None) -> DataReport:
+def check_dataset(train_path: DataSpec, *, eval_path: DataSpec | None = None, eval_fraction: float = 0.1,
+                  seed: int = 42, max_seq_length: int = 1024, system_prompt: str | None = None,
+                  columns: dict[str, str] | None = None, tokenizer=None, model_max: int | None = None) -> DataReport:
     """Read, validate, de-duplicate and split; with a tokenizer, also render and measure every row."""
-    train_rows, problems = read_rows(train_path, system_prompt=system_prompt)
+    sources = {"train": open_source(train_path)}
+    train_rows, problems = read_rows(sources["train"], system_prompt=system_prompt, columns=columns)
     problems += find_duplicates(train_rows)
     if eval_path is not None:
-        eval_rows, eval_problems = read_rows(eval_path, system_prompt=system_prompt)
+        sources["eval"] = open_source(eval_path)
+        eval_rows, eval_problems = read_rows(sources["eval"], system_prompt=system_prompt, columns=columns)
         problems += eval_problems + find_duplicates(eval_rows) + find_leakage(train_rows, eval_rows)
     else:
         unique = list({row.key: row for row in train_rows}.values())
         train_rows, eval_rows = split_rows(unique, eval_fraction=eval_fraction, seed=seed)
-    report = DataReport(train_rows, eval_rows, problems)
+    report = DataReport(train_rows, eval_rows, problems, sources=sources)
     usable = len(train_rows)
     if usable < MIN_ROWS:
-        report.problems.append(Problem(str(train_path), None, None,
+        report.problems.append(Problem(sources["train"].name, None, None,
                                        f"only {usable} usable training rows (fewer than {MIN_ROWS}): the model "
                                        "will likely memorize them rather than learn the task", severity="warning"))
     if tokenizer is not None and (train_rows or eval_rows):
@@ -158,12 +166,12 @@ def tokenizer_for_model(model: str, chat_template: Path | None = None):
     return prepared.tokenizer, prepared.notes, config.get("max_position_embeddings")
 
 
-def check_data(dataset: Path, *, eval_path: Path | None = None, model: str | None = None,
+def check_data(dataset: DataSpec, *, eval_path: DataSpec | None = None, model: str | None = None,
                chat_template: Path | None = None, max_seq_length: int = 1024, eval_fraction: float = 0.1,
-               seed: int = 42) -> DataReport:
+               seed: int = 42, columns: dict[str, str] | None = None) -> DataReport:
     """``packager data check``: :func:`check_dataset`, rendering with ``model``'s tokenizer when one is given."""
     tokenizer, notes, model_max = tokenizer_for_model(model, chat_template) if model else (None, [], None)
     report = check_dataset(dataset, eval_path=eval_path, eval_fraction=eval_fraction, seed=seed,
-                           max_seq_length=max_seq_length, tokenizer=tokenizer, model_max=model_max)
+                           max_seq_length=max_seq_length, columns=columns, tokenizer=tokenizer, model_max=model_max)
     report.notes.extend(notes)
     return report

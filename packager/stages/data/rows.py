@@ -1,28 +1,33 @@
 """Reading a dataset: every record normalized to one chat form, every problem kept with its file, line and field.
 
-Accepted inputs: JSONL in chat form (``messages: [{role, content}]``, optional
-``system``) or instruction form (``instruction``, ``input``, ``output``,
-optional ``system``), and Hugging Face ``datasets`` directories saved with
-``save_to_disk``. JSONL as other tools write it loads too: a UTF-8 byte-order
-mark (Windows tools), CRLF line endings, and message content as a list of
-OpenAI-style text parts (``[{"type": "text", "text": ...}]``), joined with a
-newline as vLLM joins them for a string template (its
-``renderers/chat_utils/chat_message.py``). Image, audio and other parts are
-refused: packager trains text models.
+Records (from any source: :mod:`packager.stages.data.sources`) are in chat form (``messages: [{role,
+content}]``, optional ``system``) or instruction form (``instruction``, ``input``, ``output``, optional
+``system``), under these names or the ones ``data.columns`` maps them to. ``messages`` may be JSON text (a
+CSV cell). Message content may be a list of OpenAI-style text parts (``[{"type": "text", "text": ...}]``),
+joined with a newline as vLLM joins them for a string template (its ``renderers/chat_utils/chat_message.py``).
+Image, audio and other parts are refused: packager trains text models.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from packager.errors import InputFileError, MissingPathError
+from packager.config import HubDataset
+from packager.stages.data.sources import Source, open_source
 
 
 ROLES = ("system", "user", "assistant")
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def where(path: str, number: int | None, unit: str = "line") -> str:
+    """``file:12`` for a line, ``file, row 12`` for a row of a table or a Hub dataset."""
+    if number is None:
+        return path
+    return f"{path}:{number}" if unit == "line" else f"{path}, row {number}"
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,11 @@ class Problem:
     field: str | None
     message: str
     severity: str = "error"  # "error" blocks training; "warning" is said and let through
+    unit: str = "line"  # what ``line`` counts: "line" or "row"
 
     def __str__(self) -> str:
-        where = self.path + (f":{self.line}" if self.line is not None else "")
-        where += f" [{self.field}]" if self.field else ""
-        return f"{where}: {self.message}"
+        return where(self.path, self.line, self.unit) + (f" [{self.field}]" if self.field else "") + \
+            f": {self.message}"
 
 
 @dataclass
@@ -45,50 +50,16 @@ class Row:
     line: int
     messages: list[dict[str, str]]
     source_format: str
+    unit: str = "line"
+
+    @property
+    def location(self) -> str:
+        return where(self.path, self.line, self.unit)
 
     @property
     def key(self) -> str:
         """Canonical identity of a conversation: duplicates and leakage compare this."""
         return json.dumps(self.messages, sort_keys=True, ensure_ascii=False)
-
-
-def _raw_records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """(line or row number, parsed record, JSON error) for every non-blank record."""
-    if path.is_dir():
-        yield from _dataset_records(path)
-        return
-    if not path.is_file():
-        raise InputFileError(path, "not a file (a JSONL file or a `datasets` directory was expected)")
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if number == 1 and raw.startswith(_UTF16_BOMS):
-                raise InputFileError(path, "UTF-16 text (a Windows \"Unicode\" save); save it as UTF-8")
-            try:
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                yield number, None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text), None
-            except ValueError as exc:
-                yield number, None, f"invalid JSON: {exc}"
-
-
-def _dataset_records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        ds = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise InputFileError(path, f"not a JSONL file or a `datasets` directory saved with save_to_disk: {exc}") from None
-    if isinstance(ds, DatasetDict):
-        if "train" not in ds:
-            raise InputFileError(path, f"DatasetDict has splits {list(ds)}; expected a 'train' split")
-        ds = ds["train"]
-    for number, record in enumerate(ds, start=1):
-        yield number, record, None
 
 
 def _normalize(record: Any, path: str, line: int,
@@ -120,7 +91,8 @@ def _normalize(record: Any, path: str, line: int,
     else:
         keys = ", ".join(sorted(record)) or "none"
         return None, None, [Problem(path, line, None, f"unknown row format (keys: {keys}); expected 'messages' "
-                                                      "(chat form) or 'instruction'/'output' (instruction form)")]
+                                                      "(chat form) or 'instruction'/'output' (instruction form), "
+                                                      "or name the columns that hold them with data.columns")]
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     return messages, fmt, []
@@ -192,27 +164,58 @@ def _text(content: str | list) -> str:
     return content if isinstance(content, str) else "\n".join(part["text"] for part in content)
 
 
-def read_rows(path: Path | str, *, system_prompt: str | None = None) -> tuple[list[Row], list[Problem]]:
-    """Read one dataset file or directory; return the usable rows and every problem found."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingPathError(path, "dataset not found")
+def read_rows(source: Source | Path | str | HubDataset, *, system_prompt: str | None = None,
+              columns: dict[str, str] | None = None) -> tuple[list[Row], list[Problem]]:
+    """Read one dataset (a file, a directory, a Hub dataset); return the usable rows and every problem found."""
+    if not isinstance(source, Source):
+        source = open_source(source if isinstance(source, HubDataset) else Path(source))
     rows, problems, first_format = [], [], None
-    name = str(path)
-    for line, record, json_error in _raw_records(path):
-        if json_error:
-            problems.append(Problem(name, line, None, json_error))
+    name, unit = source.name, source.unit
+    for line, record, read_error in source.records:
+        if read_error:
+            problems.append(Problem(name, line, None, read_error, unit=unit))
             continue
-        messages, fmt, row_problems = _normalize(record, name, line, system_prompt)
+        record, field_problems = _named_fields(record, columns or {})
+        if field_problems:
+            messages, fmt, row_problems = None, None, [Problem(name, line, at, why) for at, why in field_problems]
+        else:
+            messages, fmt, row_problems = _normalize(record, name, line, system_prompt)
         if fmt is not None:
             if first_format is None:
                 first_format = (fmt, line)
             elif fmt != first_format[0]:
-                row_problems.append(Problem(name, line, None, f"{fmt} form, but line {first_format[1]} is "
+                row_problems.append(Problem(name, line, None, f"{fmt} form, but {unit} {first_format[1]} is "
                                                               f"{first_format[0]} form: one format per file"))
-        problems.extend(row_problems)
+        problems.extend(replace(p, unit=unit, field=_their_name(p.field, columns or {})) for p in row_problems)
         if not row_problems and messages is not None:
-            rows.append(Row(name, line, messages, fmt))
+            rows.append(Row(name, line, messages, fmt, unit))
     if not rows and not problems:
         problems.append(Problem(name, None, None, "the dataset is empty"))
     return rows, problems
+
+
+def _named_fields(record: Any, columns: dict[str, str]) -> tuple[Any, list[tuple[str, str]]]:
+    """The record under packager's field names (``data.columns`` maps ours to the data's), with ``messages``
+    given as JSON text (a CSV cell) decoded; and (field, message) for what is wrong with them."""
+    if not isinstance(record, dict):
+        return record, []
+    problems = []
+    if columns:
+        record = {**{k: v for k, v in record.items() if k not in columns.values()},
+                  **{ours: record[theirs] for ours, theirs in columns.items() if theirs in record}}
+    messages = record.get("messages")
+    if isinstance(messages, str) and messages.lstrip().startswith("["):
+        try:
+            record = {**record, "messages": json.loads(messages)}
+        except ValueError as exc:
+            problems.append(("messages", f"JSON text that does not parse: {exc}"))
+    return record, problems
+
+
+def _their_name(at: str | None, columns: dict[str, str]) -> str | None:
+    """A problem's field in the data's own words: ``messages[2].role`` is ``conversation[2].role`` when
+    data.columns maps messages to conversation."""
+    if not at:
+        return at
+    root = re.split(r"[\[.]", at, maxsplit=1)[0]
+    return columns[root] + at[len(root):] if root in columns else at

@@ -28,22 +28,24 @@ def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> D
     """
     report = check_dataset(data_cfg.train, eval_path=data_cfg.eval, eval_fraction=data_cfg.eval_fraction,
                            seed=data_cfg.seed, max_seq_length=data_cfg.max_seq_length,
-                           system_prompt=data_cfg.system_prompt, tokenizer=tokenizer, model_max=model_max)
+                           system_prompt=data_cfg.system_prompt, columns=data_cfg.columns, tokenizer=tokenizer,
+                           model_max=model_max)
     if report.errors:
         raise DatasetError(report.errors)
-    parameters = {"train": str(data_cfg.train), "eval": str(data_cfg.eval) if data_cfg.eval else None,
+    sources = report.sources
+    parameters = {"train": sources["train"].name, "eval": sources["eval"].name if "eval" in sources else None,
                   "eval_fraction": data_cfg.eval_fraction, "seed": data_cfg.seed,
                   "max_seq_length": data_cfg.max_seq_length, "system_prompt": data_cfg.system_prompt}
+    parameters.update({f"{k}_hub": v.pinned for k, v in sources.items() if v.pinned})  # id, commit, config, split
+    if data_cfg.columns:
+        parameters["columns"] = dict(data_cfg.columns)
     texts = {"train.jsonl": rows_to_jsonl(report.train_rows), "eval.jsonl": rows_to_jsonl(report.eval_rows),
              "report.json": json.dumps(report.to_json(), indent=2)}
     if _split_recorded(run, parameters, texts):
         return report  # the same split from the same files: recording it again would only change timestamps
     with run.stage("data", parameters=parameters) as st:
-        for source in filter(None, (data_cfg.train, data_cfg.eval)):
-            if Path(source).is_dir():
-                st.add_input_dir(source, patterns=("**/*",))
-            else:
-                st.add_input(source)
+        for file in dict.fromkeys(f for source in sources.values() for f in source.files):
+            st.add_input(file)
         out = st.output_dir("data")
         for name, text in texts.items():
             (out / name).write_text(text, encoding="utf-8")
