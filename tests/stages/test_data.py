@@ -177,10 +177,10 @@ TEXT_ONLY = ": packager trains text models, so content parts must be text parts"
      "a part of type 'image_url'" + TEXT_ONLY),
     ([{"type": "text", "text": "look:"}, {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}],
      "messages[0].content[1]", "a part of type 'input_audio'" + TEXT_ONLY),
-    (["a bare string"], "messages[0].content[0]", "a str where a {type, text} part belongs" + TEXT_ONLY),
+    (["a bare string"], "messages[0].content[0]", "a string where a {type, text} part belongs" + TEXT_ONLY),
     ([{"type": "text", "text": 3}], "messages[0].content[0].text", "a text part needs a string 'text'"),
     ([], "messages[0].content", "empty content"),
-    ({"text": "hi"}, "messages[0].content", "must be a string or a list of text parts, got dict"),
+    ({"text": "hi"}, "messages[0].content", "must be a string or a list of text parts, got an object"),
 ], ids=["image", "audio", "bare-string", "text-not-string", "no-parts", "object"])
 def test_content_that_is_not_text_is_refused_naming_the_part(tmp_path, content, field, message):
     data = tmp_path / "parts.jsonl"
@@ -296,3 +296,18 @@ def test_columns_named_otherwise_are_mapped_and_problems_use_the_datas_names(tmp
                                           "this row"]
     unmapped, problems = read_rows(path)
     assert not unmapped and "or name the columns that hold them with data.columns" in str(problems[0])
+
+
+@pytest.mark.parametrize("record, field, message", [
+    (None, None, "expected an object with 'messages' (or 'instruction' and 'output'), got null"),
+    ([], None, "expected an object with 'messages' (or 'instruction' and 'output'), got an array"),
+    ("text", None, "expected an object with 'messages' (or 'instruction' and 'output'), got a string"),
+    ({"instruction": None, "output": "x"}, "instruction", "missing"),
+    ({"instruction": "q", "output": 3}, "output", "must be a string, got a number"),
+    ({"instruction": "q", "output": "a", "input": True}, "input", "must be a string, got true"),
+], ids=["null", "array", "string", "null-instruction", "number-output", "bool-input"])
+def test_values_of_the_wrong_kind_are_named_in_jsons_words(tmp_path, record, field, message):
+    """A null instruction had crashed the data check (None + str); Python type names (NoneType, dict) had
+    reached users who wrote JSON."""
+    rows, problems = read_rows(write_jsonl(tmp_path / "odd.jsonl", [json.dumps(record)]))
+    assert not rows and [(p.field, p.message) for p in problems] == [(field, message)]

@@ -66,7 +66,8 @@ def _normalize(record: Any, path: str, line: int,
                system_prompt: str | None) -> tuple[list[dict] | None, str | None, list[Problem]]:
     """One record to (chat messages, source format, problems); fields are named as in the file."""
     if not isinstance(record, dict):
-        return None, None, [Problem(path, line, None, f"expected a JSON object, got {type(record).__name__}")]
+        return None, None, [Problem(path, line, None, f"expected an object with 'messages' (or 'instruction' and "
+                                                      f"'output'), got {json_kind(record)}")]
     system = record.get("system") or system_prompt
     if "messages" in record:
         messages = record["messages"]
@@ -78,8 +79,9 @@ def _normalize(record: Any, path: str, line: int,
         messages = [{"role": m["role"], "content": _text(m["content"])} for m in messages]
         fmt = "chat"
     elif "instruction" in record or "output" in record:
-        problems = [Problem(path, line, k, "missing") for k in ("instruction", "output") if k not in record]
-        problems += [Problem(path, line, k, "must be a string") for k in ("instruction", "input", "output", "system")
+        problems = [Problem(path, line, k, "missing") for k in ("instruction", "output") if record.get(k) is None]
+        problems += [Problem(path, line, k, f"must be a string, got {json_kind(record[k])}")
+                     for k in ("instruction", "input", "output", "system")
                      if record.get(k) is not None and not isinstance(record[k], str)]
         problems += [Problem(path, line, k, "empty content") for k in ("instruction", "output")
                      if isinstance(record.get(k), str) and not record[k].strip()]
@@ -96,6 +98,16 @@ def _normalize(record: Any, path: str, line: int,
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     return messages, fmt, []
+
+
+def json_kind(value: Any) -> str:
+    """A value as JSON names it: null, true, a number, a string, an array, an object."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    for kind, name in ((int | float, "a number"), (str, "a string"), (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 def _check_messages(messages: list, path: str, line: int) -> list[Problem]:
@@ -121,7 +133,7 @@ def _check_messages(messages: list, path: str, line: int) -> list[Problem]:
             problems.append(Problem(path, line, f"{at}.content", "empty content"))
         elif not isinstance(content, str):
             problems.append(Problem(path, line, f"{at}.content", f"must be a string or a list of text parts, "
-                                                                 f"got {type(content).__name__}"))
+                                                                 f"got {json_kind(content)}"))
         if role == "system":
             if i != 0:
                 problems.append(Problem(path, line, f"{at}.role", "a system message must come first"))
@@ -149,7 +161,7 @@ def _check_parts(parts: list, path: str, line: int, at: str) -> list[Problem]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind != "text":
             what = f"a part of type {kind!r}" if kind else \
-                f"a {type(part).__name__} where a {{type, text}} part belongs"
+                f"{json_kind(part)} where a {{type, text}} part belongs"
             problems.append(Problem(path, line, f"{at}[{j}]", f"{what}: packager trains text models, so content "
                                                               "parts must be text parts"))
         elif not isinstance(part.get("text"), str):
