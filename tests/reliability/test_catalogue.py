@@ -183,6 +183,12 @@ def dataset_is_a_fifo(c: Ctx):
     return ["data", "check", str(c.tmp / "pipe.jsonl")]
 
 
+def null_instruction(c: Ctx):
+    c.jsonl("nulls.jsonl", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(3)] +
+            [{"instruction": None, "input": "", "output": "x"}])
+    return ["data", "check", str(c.tmp / "nulls.jsonl")]
+
+
 def csv_with_a_ragged_row(c: Ctx):
     c.write("rows.csv", "instruction,output\n" + "".join(f"q{i},a{i}\n" for i in range(5)) + "q5,a5,\"a, b\"\n")
     return ["data", "check", str(c.tmp / "rows.csv")]
@@ -640,6 +646,7 @@ CASES = [
     Case("jsonl-in-utf16", utf16_jsonl, 2, ("{tmp}/unicode.jsonl", "UTF-16 text", "save it as UTF-8")),
     Case("jsonl-line-in-latin1", latin1_line, 2, ("{tmp}/mixed.jsonl:3", "not UTF-8 text (byte 0xe9")),
     Case("dataset-is-not-a-file", dataset_is_a_fifo, 2, ("{tmp}/pipe.jsonl", "not a file")),
+    Case("instruction-is-null", null_instruction, 2, ("{tmp}/nulls.jsonl:4 [instruction]: missing",)),
     Case("csv-row-with-an-extra-cell", csv_with_a_ragged_row, 2, ("{tmp}/rows.csv:7: 3 cells, but the header has 2",)),
     Case("json-array-cut-short", json_array_cut_short, 2, ("{tmp}/rows.json:", "invalid JSON"),
          absent=(f"{RUN}/data",)),
