@@ -181,6 +181,8 @@ def test_the_vllm_context_lints_validates_and_vllm_accepts_its_flags(runner, smo
         p.name for p in (run_dir / "merged").iterdir())
     dockerfile = (context / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=docker.io/vllm/vllm-openai:v0.33.0" in dockerfile and "latest" not in dockerfile
+    # A `# syntax=` directive makes BuildKit pull that frontend image before building: no air-gapped build.
+    assert "# syntax=" not in dockerfile
     assert dockerfile.index("COPY --chown=10001:10001 model/") < dockerfile.index("LABEL") < dockerfile.index("CMD")
     assert "USER 10001:10001" in dockerfile and "EXPOSE 8000" in dockerfile and "/health" in dockerfile
     assert hadolint_findings(context / "Dockerfile") == []
@@ -275,6 +277,7 @@ def test_the_ollama_context_carries_a_proven_template_and_every_stop(runner, smo
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     dockerfile = (context / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=docker.io/ollama/ollama:0.13.0" in dockerfile and "ollama create smol" in dockerfile
+    assert "# syntax=" not in dockerfile  # BuildKit would pull the frontend image it names
     # Podman 4.3 keys a RUN --mount=type=bind step's cache on its text alone: the text names what it reads.
     baked = {"Modelfile": hashlib.sha256(modelfile.encode()).hexdigest(),
              "smol-q8_0.gguf": hashlib.sha256((context / "smol-q8_0.gguf").read_bytes()).hexdigest()}
