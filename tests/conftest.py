@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from support.containers import ollama_standin, podman, vllm_standin  # noqa: F401 (fixtures)
+from support.hub_server import local_hub  # noqa: F401 (fixture)
 from support.models import build_tiny_llama
 from support.runs import EXAMPLE_DATA, TICKET_FORMAT, copy_run
 from support.servers import Registry, Server, needs_registry

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from pathlib import Path
 
@@ -311,3 +312,94 @@ def test_values_of_the_wrong_kind_are_named_in_jsons_words(tmp_path, record, fie
     reached users who wrote JSON."""
     rows, problems = read_rows(write_jsonl(tmp_path / "odd.jsonl", [json.dumps(record)]))
     assert not rows and [(p.field, p.message) for p in problems] == [(field, message)]
+
+
+TICKETS_CARD = """---
+configs:
+- config_name: tickets
+  data_files:
+  - split: train
+    path: data/train-*.parquet
+  - split: test
+    path: data/test-*.parquet
+---
+# Tickets
+"""
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+def tickets_repo(rows: list[dict], held_out: list[dict]) -> dict[str, bytes | str]:
+    """A dataset repository as the Hub holds one: a card whose configs name the splits' files, Parquet shards
+    (LFS files), fields named as the dataset likes (conversation)."""
+    return {"README.md": TICKETS_CARD,
+            "data/train-00000-of-00001.parquet": parquet_bytes([{"conversation": r["messages"]} for r in rows]),
+            "data/test-00000-of-00001.parquet": parquet_bytes([{"conversation": r["messages"]} for r in held_out])}
+
+
+@pytest.fixture
+def hub_datasets(local_hub, monkeypatch, tmp_path):
+    """The real huggingface_hub pointed at a local Hub (tests/support/hub_server.py); `datasets` caching here."""
+    import datasets
+
+    from support.hub_server import point_huggingface_hub_at
+
+    point_huggingface_hub_at(local_hub, monkeypatch, tmp_path / "hf-home")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    return local_hub
+
+
+def test_a_hub_dataset_is_read_at_its_pinned_commit_and_recorded_like_a_base_model(hub_datasets, tmp_path):
+    from packager.config import HubDataset
+    from packager.run.directory import Run
+    from packager.run.manifest import read_manifest
+    from packager.stages.data.split import prepare_data
+    from types import SimpleNamespace
+
+    train, held_out = [chat(f"ticket {i}", f"label {i}") for i in range(6)], [chat("held", "out")]
+    first = hub_datasets.add_repo("org/tickets", tickets_repo(train, held_out), repo_type="dataset")
+    spec = HubDataset(hub="org/tickets", config="tickets", split="train")
+    report = check_dataset(spec, eval_path=spec.model_copy(update={"split": "test"}),
+                           columns={"messages": "conversation"})
+    assert not report.errors and [r.messages for r in report.train_rows] == [r["messages"] for r in train]
+    assert [r.messages for r in report.eval_rows] == [held_out[0]["messages"]]
+    assert report.sources["train"].pinned == {"hub": "org/tickets", "revision": None, "commit": first,
+                                              "config": "tickets", "split": "train"}
+
+    run = Run.create(tmp_path / "run")
+    data_cfg = SimpleNamespace(train=spec, eval=spec.model_copy(update={"split": "test"}), eval_fraction=0.1,
+                               seed=1, max_seq_length=256, system_prompt=None, columns={"messages": "conversation"})
+    prepare_data(run, data_cfg, tokenizer=None)
+    stage = read_manifest(run.path).stages["data"]
+    assert stage.parameters["train"] == f"org/tickets@{first[:12]} (tickets) [train]"
+    assert stage.parameters["train_hub"]["commit"] == stage.parameters["eval_hub"]["commit"] == first
+    shard = next(i for i in stage.inputs if i.path.endswith("train-00000-of-00001.parquet"))
+    assert shard.sha256 == hashlib.sha256(tickets_repo(train, held_out)["data/train-00000-of-00001.parquet"]).hexdigest()
+
+    newer = hub_datasets.add_repo("org/tickets", tickets_repo(train[:3], held_out), repo_type="dataset")
+    moved = check_dataset(spec, columns={"messages": "conversation"}, eval_fraction=0.5)
+    assert moved.sources["train"].pinned["commit"] == newer and len(moved.train_rows + moved.eval_rows) == 3
+    pinned = check_dataset(spec.model_copy(update={"revision": first}), columns={"messages": "conversation"})
+    assert pinned.sources["train"].pinned["commit"] == first and len(pinned.train_rows + pinned.eval_rows) == 6
+
+
+def test_a_hub_dataset_that_is_not_there_is_named(hub_datasets):
+    from packager.config import HubDataset
+    from packager.errors import InputFileError, MissingPathError
+
+    hub_datasets.add_repo("org/tickets", tickets_repo([chat()], [chat()]), repo_type="dataset")
+    with pytest.raises(MissingPathError, match="org/nothing: no such dataset repository on the Hub"):
+        check_dataset(HubDataset(hub="org/nothing"))
+    with pytest.raises(MissingPathError, match="org/tickets: has no revision 'v9'"):
+        check_dataset(HubDataset(hub="org/tickets", revision="v9"))
+    with pytest.raises(InputFileError, match=r"org/tickets: at [0-9a-f]{12}: .*validation"):
+        check_dataset(HubDataset(hub="org/tickets", config="tickets", split="validation"))
