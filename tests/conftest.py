@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.containers import ollama_standin, podman, vllm_standin  # noqa: F401 (fixtures)
+from support.containers import docker, engine, engine_standins, podman, vllm_standin  # noqa: F401 (fixtures)
 from support.hub_server import local_hub  # noqa: F401 (fixture)
 from support.models import build_tiny_llama
 from support.runs import EXAMPLE_DATA, TICKET_FORMAT, copy_run

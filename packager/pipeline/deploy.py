@@ -301,7 +301,7 @@ def _build(target: str) -> Callable[[Plan], tuple[str, str]]:
     def run(plan: Plan) -> tuple[str, str]:
         built = build_run_image(plan.run, target=target, engine=_engine(plan).name,
                                 timeout_s=plan.cfg.containers.timeout_s)
-        return "done", f"{built['tag']} {built['image_id'][:12]}"
+        return "done", f"{built['tag']} {built['image_id'].removeprefix('sha256:')[:12]}"
     return run
 
 

@@ -96,7 +96,10 @@ def build_image(engine: Engine, context: Path, tag: str, *, log_file: Path, time
     Raises:
         StageError: the build failed or ran out of ``timeout_s``; the message has the log's last lines.
     """
-    args = ["build", "-t", tag, "-f", str(context / "Dockerfile")]
+    # No RUN step of packager's Dockerfiles needs a network (the Ollama bake talks to its own server on
+    # loopback): --network none proves it, and builds the same on an air-gapped runner or on a daemon without
+    # a bridge network. The base image itself is still pulled when missing (containers.pull), by the engine.
+    args = ["build", "--network", "none", "-t", tag, "-f", str(context / "Dockerfile")]
     if engine.name == "podman":
         args += ["--format", "docker"]  # the OCI format drops HEALTHCHECK
     args.append(str(context))
@@ -118,8 +121,9 @@ def inspect_image(engine: Engine, ref: str) -> dict:
     out = _run(engine, "image", "inspect", ref, timeout=QUICK_S, what="image inspect")
     data = json.loads(out)[0]
     config = data.get("Config") or {}
-    return {"image_id": data.get("Id", ""), "digest": data.get("Digest") or next(iter(data.get("RepoDigests") or []),
-                                                                                  None),
+    image_id = data.get("Id", "")  # Docker says sha256:HEX, Podman HEX: recorded one way whichever built it
+    return {"image_id": image_id if image_id.startswith("sha256:") or not image_id else f"sha256:{image_id}",
+            "digest": data.get("Digest") or next(iter(data.get("RepoDigests") or []), None),
             "size": data.get("Size"), "user": config.get("User"), "labels": config.get("Labels") or {},
             "layers": (data.get("RootFS") or {}).get("Layers") or [],
             "healthcheck": bool(config.get("Healthcheck") or data.get("Healthcheck") or data.get("HealthCheck"))}
@@ -132,9 +136,13 @@ def image_exists(engine: Engine, ref: str) -> bool:
 def run_detached(engine: Engine, image: str, *, name: str, ports: dict[int, int] | None = None,
                  host_network: bool = False, env: dict[str, str] | None = None, gpus: bool = False,
                  shm_size: str | None = None, extra_args: tuple[str, ...] = (),
-                 command: list[str] | None = None, timeout_s: float = 300) -> str:
-    """Start a container in the background; returns its id."""
-    args = ["run", "-d", "--name", name]
+                 command: list[str] | None = None, labels: dict[str, str] | None = None,
+                 timeout_s: float = 300) -> str:
+    """Start a container of a local image in the background (never pulling: a missing image is an error, not a
+    download); returns its id."""
+    args = ["run", "-d", "--pull", "never", "--name", name]
+    for key, value in (labels or {}).items():
+        args += ["--label", f"{key}={value}"]
     if host_network:
         args += ["--network", "host"]
     for host_port, container_port in (ports or {}).items():

@@ -29,6 +29,10 @@ from packager.serve.images import image_file
 from packager.serve.targets import TARGETS
 
 
+SMOKE_LABEL = "dev.packager.smoke"
+"""On every container a smoke test starts (its value: the run's name), so leftovers can be found by label."""
+
+
 def expectations(run, cfg, target: str) -> Expectations:
     """Golden answers, stop texts and tokenizer of what ``target`` serves, as the run recorded them."""
     model_dir = merged_model_dir(run)
@@ -158,7 +162,7 @@ def _smoke_container(run, cfg, target: str, image: dict, expect: Expectations, o
             container = run_detached(engine, image["tag"], name=name, ports=ports, host_network=options.host_network,
                                      env=env, gpus=gpus, shm_size="8g" if spec.shm_size else None,
                                      extra_args=options.run_args, command=command,
-                                     timeout_s=cfg.smoke.ready_timeout_s)
+                                     labels={SMOKE_LABEL: run.manifest.run}, timeout_s=cfg.smoke.ready_timeout_s)
 
             def alive() -> str | None:
                 state = container_state(engine, container, timeout_s=min(QUICK_S, cfg.smoke.ready_timeout_s))

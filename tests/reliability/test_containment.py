@@ -14,6 +14,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -91,6 +92,26 @@ def test_the_server_is_published_on_this_machine_only_unless_asked_and_its_api_k
     rendered = "".join(p.read_text(errors="replace") for p in context.rglob("*") if p.is_file() and
                        p.suffix != ".safetensors")
     assert "sk-never-baked-123" not in rendered
+
+
+@pytest.mark.parametrize("containers", [{}, {"bind": "0.0.0.0", "vllm": {"api_key_env": "T_API_KEY"}},
+                                        {"bind": "::1"}, {"ollama": {"quant": "f16"}}],
+                         ids=["default", "api-key", "ipv6", "ollama"])
+def test_every_compose_file_is_one_docker_compose_accepts(runner, tiny_gguf_run, tmp_path, containers):
+    """Checked by Docker Compose itself (Debian's docker-compose, `config -q`), not by reading the YAML."""
+    from support.containers import compose_config_errors
+    from support.runs import copy_run
+
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (make test installs it with docker.io)")
+    run = copy_run(tiny_gguf_run, tmp_path / "t")
+    target = "ollama" if "ollama" in containers else "vllm"
+    cfg = read_manifest(run).stages["train"].parameters["config"]
+    cfg["containers"] = containers
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(cli, ["containerize", str(run), "--target", target, "-c", str(tmp_path / "serve.yaml")])
+    assert result.exit_code == 0, result.output
+    assert compose_config_errors(run / "containers" / target / "compose.yaml") == []
 
 
 @pytest.mark.parametrize("bad, message", [({"bind": "every-interface"}, "not a valid IPv4 or IPv6 address"),
@@ -205,7 +226,8 @@ def test_pickle_weights_need_the_explicit_flag_and_it_is_recorded(runner, tmp_pa
 def image_files(engine: str, tag: str, out: Path):
     """Every file of every layer of the saved image (and the image config), as (name, bytes)."""
     archive = out / "image.tar"
-    saved = subprocess.run([engine, "image", "save", "--format", "docker-archive", "-o", str(archive), tag],
+    archive_format = ["--format", "docker-archive"] if engine == "podman" else []  # Docker writes only that
+    saved = subprocess.run([engine, "image", "save", *archive_format, "-o", str(archive), tag],
                            capture_output=True, text=True)
     assert saved.returncode == 0, saved.stderr
     with tarfile.open(archive) as outer:
@@ -263,30 +285,34 @@ def test_no_secret_reaches_the_run_its_logs_or_any_image_layer(runner, run_copy,
 
 
 @pytest.mark.slow
-def test_no_image_ships_a_private_key(runner, tiny_gguf_run, tmp_path, ollama_standin):
+def test_no_image_ships_a_private_key(runner, tiny_gguf_run, tmp_path, engine):
     """`ollama serve` writes an identity key pair while the Ollama image bakes its model in: every image built
-    from the same Dockerfile would have shipped one private key. Built with Podman on a stand-in whose `ollama`
-    writes the key as Ollama does, every layer is scanned."""
+    from the same Dockerfile would have shipped one private key. Built with Podman and with Docker on a
+    stand-in whose `ollama` writes the key (Ollama's own binary where .venv-ollama has it), every layer is
+    scanned."""
     from support.runs import copy_run
 
     run = copy_run(tiny_gguf_run, tmp_path / "t")
     cfg = read_manifest(run).stages["train"].parameters["config"]
-    cfg["containers"] = {"ollama": {"quant": "f16", "image": ollama_standin}}
+    cfg["containers"] = {"ollama": {"quant": "f16", "image": engine.ollama_image}}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
-    built = runner.invoke(cli, ["containerize", str(run), "--target", "ollama", "--build", "--engine", "podman",
+    built = runner.invoke(cli, ["containerize", str(run), "--target", "ollama", "--build", "--engine", engine.name,
                                 "-c", str(tmp_path / "serve.yaml")])
     assert built.exit_code == 0, built.output
     image = json.loads((run / "containers" / "ollama-image.json").read_text())
     names = []
     try:
-        for name, data in image_files("podman", image["tag"], tmp_path):
+        for name, data in image_files(engine.name, image["tag"], tmp_path):
             names.append(name)
             key_file = name.rsplit("/", 1)[-1] in ("id_ed25519", ".wh.id_ed25519")  # a whiteout: removed too late
-            assert not key_file and not re.search(rb"stand-in-identity-\d+", data), name
+            a_key = data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")  # Ollama's own, or the script's
+            assert not key_file and not a_key and not re.search(rb"stand-in-identity-\d+", data), name
     finally:
-        subprocess.run(["podman", "rmi", "-f", image["tag"]], capture_output=True)
-    assert any(name.endswith("models/t/Modelfile") for name in names), ("the baking step stored no model",
-                                                                          [n for n in names if "models" in n])
+        engine.run("rmi", "-f", image["tag"])
+    stored = ("models/manifests/registry.ollama.ai/library/t/latest" if engine.ollama_is_ollama
+              else "models/t/Modelfile")
+    assert any(name.endswith(stored) for name in names), ("the baking step stored no model",
+                                                          [n for n in names if "models" in n])
 
 
 FAKE_HELPER = """#!/bin/sh

@@ -34,7 +34,8 @@ from packager.models.chat_template import ChatTemplate
 
 from support.models import build_tokenizer
 from support.runs import copy_run
-from support.containers import CONTAINERS, VLLM_IMAGE, standin_run_args
+from support.containers import (CONTAINERS, VLLM_IMAGE, compose_config_errors, smoke_containers_left,
+                                standin_run_args)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -317,26 +318,29 @@ def test_ollama_refuses_the_quant_that_failed_parity_and_offers_adapter_mode(run
     assert changed.metrics["baked_digest"] != lora_stage.metrics["baked_digest"], "the baking step runs again"
 
 
-# ---------------------------------------------------------------- built and served with Podman
+# ---------------------------------------------------------------- built and served with Podman and Docker
 
 
 @pytest.mark.slow
-def test_the_vllm_image_builds_with_podman_and_passes_the_smoke_test(runner, smollm2_served_run, tmp_path,
-                                                                     vllm_standin):
+def test_the_vllm_image_builds_and_passes_the_smoke_test(runner, smollm2_served_run, tmp_path, engine):
     run_dir = copy_run(smollm2_served_run, tmp_path / "smol")
-    stage = containerize(runner, run_dir, "vllm", "--build", "--engine", "podman")
+    stage = containerize(runner, run_dir, "vllm", "--build", "--engine", engine.name)
     image = json.loads((run_dir / "containers" / "vllm-image.json").read_text())
-    assert image["engine"] == "podman" and image["image_id"] and image["digest"].startswith("sha256:")
+    assert image["engine"] == engine.name and image["image_id"].startswith("sha256:")
+    if engine.name == "podman":  # Docker knows an image's manifest digest only once it is pushed
+        assert image["digest"].startswith("sha256:")
     assert image["tag"] == stage.parameters["tag"] and image["user"] == "10001:10001" and image["healthcheck"]
     assert image["labels"]["dev.packager.model-digest"] == f"sha256:{stage.metrics['model_digest']}"
     assert image["base_image"] == VLLM_IMAGE
     assert read_manifest(run_dir).stages["image-vllm"].metrics["image_id"] == image["image_id"]
+    if engine.name == "docker":  # Docker Compose comes with Docker
+        assert compose_config_errors(run_dir / "containers" / "vllm" / "compose.yaml") == []
 
     # A config-only change rebuilds the flags, not the weights layer.
     recorded = read_manifest(run_dir).stages["train"].parameters["config"]
     recorded["containers"] = {"vllm": {"gpu_memory_utilization": 0.7}}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(recorded))
-    containerize(runner, run_dir, "vllm", "--build", "--engine", "podman", "-c", str(tmp_path / "serve.yaml"))
+    containerize(runner, run_dir, "vllm", "--build", "--engine", engine.name, "-c", str(tmp_path / "serve.yaml"))
     rebuilt = json.loads((run_dir / "containers" / "vllm-image.json").read_text())
     assert rebuilt["image_id"] != image["image_id"]
     shared = [a for a, b in zip(image["layers"], rebuilt["layers"]) if a == b]
@@ -348,11 +352,10 @@ def test_the_vllm_image_builds_with_podman_and_passes_the_smoke_test(runner, smo
     report = json.loads((run_dir / "smoke" / "vllm.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
     assert report["passed"] and checks["golden answers"]["passed"] and checks["answers stop"]["passed"]
-    assert checks["8 concurrent requests"]["passed"] and report["timings"]["container"]["engine"] == "podman"
+    assert checks["8 concurrent requests"]["passed"] and report["timings"]["container"]["engine"] == engine.name
     assert any(a["exact"] for a in report["answers"])
     assert read_manifest(run_dir).stages["smoke-vllm"].metrics["passed"]
-    leftovers = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
-    assert "packager-smoke-smol" not in leftovers.stdout  # the container is always removed
+    assert smoke_containers_left(engine) == [], "the smoke container is always removed"
     assert verify_run(run_dir).ok
 
     # The built image goes to a registry with the engine; the digest recorded is the registry's.
@@ -364,7 +367,8 @@ def test_the_vllm_image_builds_with_podman_and_passes_the_smoke_test(runner, smo
     registry = Registry(tmp_path / "registry")
     try:
         ref = f"{registry.host}/serving/smol-vllm:v1"
-        pushed = runner.invoke(cli, ["push", "image", str(run_dir), ref, "--target", "vllm", "--insecure"])
+        pushed = runner.invoke(cli, ["push", "image", str(run_dir), ref, "--target", "vllm", "--insecure",
+                                     "--engine", engine.name])
         assert pushed.exit_code == 0, pushed.output
         head = requests.head(f"http://{registry.host}/v2/serving/smol-vllm/manifests/v1", timeout=10, headers={
             "Accept": "application/vnd.docker.distribution.manifest.v2+json"})

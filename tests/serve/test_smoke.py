@@ -243,8 +243,8 @@ def test_a_container_whose_start_failed_is_removed_all_the_same(tmp_path, monkey
         _smoke_container(run, cfg, "vllm", {"tag": "packager/t-vllm:1"}, Expectations(),
                          ContainerOptions(engine=engine, gpus=False), echo=lambda _: None)
     calls = (tmp_path / "calls").read_text().splitlines()
-    started = next(c for c in calls if c.startswith("run -d --name "))
-    name = started.split()[3]
+    started = next(c for c in calls if c.startswith("run -d --pull never --name "))  # never a pull
+    name = started.split()[5]
     assert calls[-1] == removal + name, calls
 
 
