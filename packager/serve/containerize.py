@@ -68,7 +68,9 @@ def render_context(run, cfg, target: str, *, tag: str | None = None) -> Context:
     tag = check_image_ref(tag or default_tag(run, target, ctx.model_digest, {
         "settings": tcfg.model_dump(mode="json"), "max_len": cfg.trained_max_length}))
     base_image = qualified(tcfg.image)
+    healthcheck = [part.format(name=ctx.served_name) for part in spec.healthcheck]
     ctx.texts["Dockerfile"] = render_file(f"{target}.Dockerfile.j2", run, ctx, command=ctx.command,
+                                          healthcheck=healthcheck,
                                           baked_digest=ctx.details.get("baked_digest"),
                                           lora=ctx.details.get("lora", False),
                                           model_source=ctx.details.get("model_source"),
@@ -79,7 +81,7 @@ def render_context(run, cfg, target: str, *, tag: str | None = None) -> Context:
     service = f"{run.manifest.run.lower().replace('_', '-').replace('.', '-')}-{target}"
     common = {"service": service, "port": spec.port, "shm_size": shm, "gpus": spec.gpus(cfg), "tag": tag,
               "api_key_env": getattr(tcfg, "api_key_env", None)}  # vLLM's; Ollama has no API keys
-    ctx.texts["compose.yaml"] = render_file("compose.yaml.j2", run, ctx, healthcheck=spec.healthcheck,
+    ctx.texts["compose.yaml"] = render_file("compose.yaml.j2", run, ctx, healthcheck=healthcheck,
                                             start_period=spec.start_period, bind=str(cfg.containers.bind), **common)
     ctx.texts["kubernetes.yaml"] = render_file("kubernetes.yaml.j2", run, ctx, shm_limit=shm_limit,
                                                health_path=spec.health_path,

@@ -53,7 +53,7 @@ class Target:
     name: str
     port: int
     health_path: str  # what Kubernetes probes
-    healthcheck: list[str]  # the image's and compose's HEALTHCHECK
+    healthcheck: list[str]  # the image's and compose's HEALTHCHECK ({name}: the served model's name)
     start_period: str  # compose: how long loading may take before health counts
     startup_minutes: int  # Kubernetes: the startup probe's patience
     shm_size: tuple[str, str] | None  # (compose, Kubernetes) /dev/shm; vLLM's workers need it

@@ -172,8 +172,13 @@ def on_host_network(run, port: int) -> tuple[list[str] | None, dict[str, str]]:
 
 
 TARGET = Target(
-    name="ollama", port=PORT, health_path="/", healthcheck=["CMD", "ollama", "list"],
-    start_period="60s", startup_minutes=10, shm_size=None,
+    name="ollama", port=PORT, health_path="/",
+    # `ollama list` only proves the server answers. `show` fails (exit 1) when the model is not in the store;
+    # `run NAME ""` with no terminal is a generate request with no prompt, which Ollama answers only once the
+    # model (adapter included) is loaded [ollama server/routes.go GenerateHandler: "load the model"], and which
+    # keeps it loaded. The `show` first: `run` would pull a missing model [ollama cmd/cmd.go RunHandler].
+    healthcheck=["CMD-SHELL", "ollama show {name} >/dev/null && ollama run {name} ''"],
+    start_period="600s", startup_minutes=10, shm_size=None,  # loading a large GGUF takes minutes
     local_description="llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs)",
     context=ollama_context, golden=golden, served_files=served_files, local_server=local_server,
     on_host_network=on_host_network, gpus=lambda cfg: 1, request_options=request_options)
