@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
 from packager.errors import MissingPathError, StageError
 from packager.models.chat_template import ChatTemplate
-from packager.models.gguf import canonical_quant
+from packager.models.gguf import canonical_quant, read_gguf_metadata
 from packager.models.stop_tokens import stop_token_texts
 from packager.run.artifacts import merged_model_dir
 from packager.serve.chat_format import check_parity, infer_chat_format
@@ -36,6 +37,8 @@ def ollama_context(run, cfg) -> Context:
     gguf, adapter = served_files(run, cfg) if ocfg.serve_mode == "lora" else (*served_files(run, cfg), None)
     note = f"{gguf.name} + ADAPTER {adapter.name}" if adapter else \
         f"GGUF {run.relative(gguf)} (passed the parity check)"
+    if adapter is not None:
+        check_adapter_support(gguf, ocfg.image)
     for file in filter(None, (adapter, gguf)):
         ctx.links[file.name] = file
     ctx.model_digest = links_digest(run, ctx.links)
@@ -131,6 +134,28 @@ def _license_text(cfg) -> str | None:
     if lic == "other":
         return f"{cfg.export.license_name}: {cfg.export.license_link}"
     return f"License: {lic} (the Hugging Face Hub's license id)" if lic else None
+
+
+NEW_ENGINE_ARCHITECTURES = frozenset({
+    "gemma3", "gemma3n", "mistral3", "qwen3", "qwen3moe", "qwen3vl", "qwen3vlmoe", "qwen25vl", "llama4", "mllama",
+    "gptoss", "gpt-oss", "deepseek2", "deepseekocr"})
+"""GGUF architectures Ollama 0.12-0.13 always runs on its own Go engine [ollama fs/ggml/ggml.go
+OllamaEngineRequired, v0.13.0], which refuses every LoRA adapter when the model loads ("loras are not yet
+implemented", runner/ollamarunner/runner.go); `ollama create` accepts the ADAPTER all the same. From 0.30 on,
+every GGUF runs on llama.cpp's llama-server, which is given each adapter (--lora, llm/llama_server.go)."""
+
+
+def check_adapter_support(base_gguf: Path, image: str) -> None:
+    """Refuse ``serve_mode: lora`` where the pinned Ollama would build the image and then fail to load it."""
+    version = re.search(r":v?(\d+)\.(\d+)(?:\.\d+)?(?:@|$)", image)
+    if version is None or not (0, 12) <= (int(version[1]), int(version[2])) < (0, 30):
+        return  # before its Go engine, or after llama-server took over: adapters load on every architecture
+    architecture = read_gguf_metadata(base_gguf).get("architecture")
+    if architecture in NEW_ENGINE_ARCHITECTURES:
+        raise StageError("containerize", f"Ollama {version[1]}.{version[2]} ({image}) runs {architecture} models on "
+                                         "its own engine, which refuses LoRA adapters when the model loads",
+                         hint="serve the merged GGUF (containers.ollama.serve_mode: merged), or pin an Ollama "
+                              "image of 0.30 or later (containers.ollama.image)")
 
 
 # ---------------------------------------------------------------- the endpoint

@@ -402,3 +402,33 @@ def test_sampling_parameters_come_from_generation_config():
         [("temperature", 0.6), ("top_p", 0.9), ("repeat_penalty", 1.1)]
     # none set: no penalty, as transformers and vLLM apply, instead of Ollama's default 1.1
     assert ollama_sampling({"eos_token_id": 2}) == [("repeat_penalty", 1.0)]
+
+
+def gguf_of_architecture(path: Path, architecture: str) -> Path:
+    """A GGUF header with nothing but its architecture (what the adapter check reads), written by gguf-py."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), architecture)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("architecture, image, refused", [
+    ("gemma3", "ollama/ollama:0.13.0", True), ("qwen3", "ollama/ollama:0.12.6", True),
+    ("llama", "ollama/ollama:0.13.0", False), ("gemma3", "ollama/ollama:0.32.15", False),
+    ("gemma3", "ollama/ollama:0.11.4", False)], ids=["gemma3-0.13", "qwen3-0.12", "llama-0.13", "gemma3-0.32",
+                                                     "gemma3-0.11"])
+def test_a_lora_the_pinned_ollama_cannot_load_is_refused(tmp_path, architecture, image, refused):
+    """Ollama 0.12-0.29 runs these architectures on its Go engine, which fails every adapter at load time after
+    `ollama create` accepted it: the image would build and never serve."""
+    from packager.serve.ollama import check_adapter_support
+
+    base = gguf_of_architecture(tmp_path / "base.gguf", architecture)
+    if refused:
+        with pytest.raises(StageError, match=f"runs {architecture} models on its own engine, which refuses LoRA"):
+            check_adapter_support(base, image)
+    else:
+        check_adapter_support(base, image)
