@@ -102,22 +102,35 @@ def resolve_base(cfg: BaseModelConfig) -> Checkpoint:
 
 
 def _download_from_hub(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple[Path, str]:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    """The checkpoint files of ``repo_id`` at ``revision`` (a branch, tag or full sha; the default branch when
+    None), from the Hub or huggingface_hub's cache, and the commit they are at.
+
+    One snapshot_download call pins the revision (_snapshot_download.snapshot_download resolves it to a
+    commit once with repo_info, then lists and downloads that commit's files only) and names the snapshot
+    folder after the commit, which is what is recorded. It also writes ``refs/<revision>`` in the cache, and
+    that is how the same call finds the snapshot again with HF_HUB_OFFLINE=1 or the Hub out of reach; a
+    separate model_info call would fail there, and the branch could move between the two calls.
+    """
+    import httpx2  # huggingface_hub's HTTP client: its transport errors are no OSError
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
 
     patterns = [*WEIGHT_PATTERNS, *TOKENIZER_FILES, *CONFIG_FILES]
     if allow_pickle:
         patterns += list(PICKLE_PATTERNS)
     try:
-        commit = HfApi().model_info(repo_id, revision=revision).sha
-        path = snapshot_download(repo_id, revision=commit, allow_patterns=patterns)
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except RepositoryNotFoundError:
         raise MissingPathError(repo_id, "no such model repository on the Hub (or it is gated/private "
                                         "and no token is set)", hint="check the id, or run `hf auth login`") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+    except RevisionNotFoundError:
+        raise MissingPathError(repo_id, f"has no revision {revision!r} on the Hub",
+                               hint="set base.revision to one of its branches or tags, or a full commit sha") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, httpx2.HTTPError) as exc:
         raise MissingPathError(repo_id, f"could not fetch from the Hugging Face Hub: {exc}",
                                hint="check the network, or give a local checkpoint directory") from None
-    return Path(path), commit
+    return path, path.name  # snapshots/<commit sha>
 
 
 def record_base(stage: StageWriter, ckpt: Checkpoint, cfg: BaseModelConfig) -> None:

@@ -78,6 +78,10 @@ def plan_commit(run, cfg, *, what: str, repo_id: str, revision: str | None = Non
         raise BadInputError("the base model is a local directory with no Hub id, and a model card's base_model "
                             "must be one (the Hub rejects local paths)",
                             hint="set base.hub_id in packager.yaml to the id the base came from")
+    if not re.fullmatch(HUB_REPO_ID, hub_id):  # the Hub's validate-yaml refuses the card, after create_repo
+        raise BadInputError(f"base.hub_id {hub_id!r} is not a Hub id like org/model, and a model card's "
+                            "base_model must be one (the Hub rejects the card)",
+                            hint="set base.hub_id in packager.yaml to the id the base came from")
     files = [PlannedFile(name, rec.size, rec.sha256, local=run.resolve(rec.path))
              for name, rec in published_files(run, what) if name != "README.md"]
     listed = [{"path": f.path_in_repo, "size": f.size, "sha256": f.sha256} for f in files]
@@ -107,6 +111,8 @@ def _ollama_files(run, cfg) -> list[PlannedFile]:
 # ---------------------------------------------------------------- pushing
 
 def default_client():
+    """huggingface_hub's HfApi with the user's token, at the endpoint huggingface_hub is configured for
+    (``HF_ENDPOINT``: the Hub, a mirror, or a local Hub in the tests)."""
     from huggingface_hub import HfApi, get_token
 
     token = get_token()  # HF_TOKEN, or the token `hf auth login` stored
@@ -154,7 +160,12 @@ class HubResult:
 def push_hub(run_dir: Path | str, *, repo_id: str, what: str = "merged", private: bool = True,
              revision: str | None = None, dry_run: bool = False,
              client_factory: Callable[[], object] = default_client) -> HubResult:
-    """``packager push hub RUN --repo-id ID``. ``client_factory`` returns an HfApi (tests pass their own)."""
+    """``packager push hub RUN --repo-id ID``. ``client_factory`` returns an HfApi (tests pass their own).
+
+    The repo is compared at its head commit and the commit names that head as its parent
+    (``create_commit(parent_commit=)``), so an edit that lands in between is refused by the Hub (412), not
+    silently mixed with the run's files. Nothing is recorded unless the commit was made.
+    """
     if what not in KINDS:
         raise BadInputError(f"--what must be one of {', '.join(KINDS)}")
     run = Run.open(run_dir)
@@ -175,25 +186,68 @@ def push_hub(run_dir: Path | str, *, repo_id: str, what: str = "merged", private
         api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-        remote = {e.path: e for e in api.list_repo_tree(repo_id, recursive=True, expand=True, revision=revision,
-                                                         repo_type="model") if hasattr(e, "blob_id")}
+        head = api.repo_info(repo_id, revision=revision, repo_type="model").sha
+        remote = {e.path: e for e in api.list_repo_tree(repo_id, recursive=True, revision=head, repo_type="model")
+                  if hasattr(e, "blob_id")}
         changed, stale = _changes(plan, remote)
         if not changed and not stale:
             return HubResult(plan, None, None, [], [])
         operations = [CommitOperationAdd(f.path_in_repo, f.content if f.content is not None else str(f.local))
                       for f in changed] + [CommitOperationDelete(p) for p in stale]
         info = api.create_commit(repo_id, operations, commit_message=plan.message, revision=revision,
-                                 repo_type="model")
+                                 repo_type="model", parent_commit=head)
     except (BadInputError, StageError):
         raise  # packager's own (MissingPathError is an OSError too)
-    except (OSError, httpx2.HTTPError) as exc:  # HfHubHTTPError, offline, connection errors; a bug is no refusal
-        raise StageError("push hub", f"the Hub refused or could not be reached: {type(exc).__name__}: "
-                                     f"{first_line(exc)}") from None
+    except (OSError, httpx2.HTTPError, ValueError, RuntimeError) as exc:
+        refusal = _hub_refusal(exc, repo_id, (OSError, httpx2.HTTPError))
+        if refusal is None:
+            raise  # a bug is no refusal
+        raise refusal from None
     with run.stage(f"push-hub-{what}", parameters={"repo_id": repo_id, "revision": revision or "main",
                                                    "private": private}) as st:
         for f in plan.files:
             if f.local is not None:
                 st.add_input(f.local)
         st.metrics.update({"commit": info.oid, "url": info.commit_url, "uploaded": [f.path_in_repo for f in changed],
-                           "deleted": stale, "message": plan.message})
+                           "deleted": stale, "message": plan.message, "parent": head})
     return HubResult(plan, info.oid, info.commit_url, [f.path_in_repo for f in changed], stale)
+
+
+def _hub_refusal(exc: BaseException, repo_id: str, transport: tuple[type, ...]) -> StageError | None:
+    """What the Hub (or the way to it) said, as one message; None for an exception that is a bug.
+
+    huggingface_hub raises HfHubHTTPError for an HTTP answer, ``ValueError(...) from BadRequestError`` when
+    validate-yaml refuses the card (hf_api.HfApi._validate_yaml), and ``RuntimeError(...) from`` the HTTP
+    error when an LFS upload fails (after http_backoff's retries of 5xx; _commit_api._upload_lfs_files).
+    """
+    from huggingface_hub.errors import BadRequestError, HfHubHTTPError
+
+    cause = exc.__cause__
+    nothing = "nothing was recorded in the run; push again when this is fixed"
+    if isinstance(exc, ValueError) and isinstance(cause, BadRequestError):
+        return StageError("push hub", f"the Hub rejected the model card (README.md): "
+                                      f"{' '.join(str(exc).split())}",
+                          hint="set the field it names in packager.yaml (export.license, base.hub_id) and push "
+                               f"again; {nothing}")
+    if isinstance(exc, RuntimeError) and isinstance(cause, transport):
+        detail = _hub_refusal(cause, repo_id, transport)
+        return StageError("push hub", f"{first_line(exc).rstrip('.')}: {detail.message.removeprefix('push hub: ')}",
+                          hint=detail.hint)
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        said = exc.server_message.strip().splitlines()[0] if exc.server_message else first_line(exc)
+        if status == 401:
+            return StageError("push hub", f"the Hub refused the token (HTTP 401: {said})",
+                              hint="set HF_TOKEN to a valid token with write access, or log in again with "
+                                   f"`hf auth login`; {nothing}")
+        if status == 403:
+            return StageError("push hub", f"the token may not write to {repo_id} (HTTP 403: {said})",
+                              hint=f"use a token with write access to {repo_id.split('/')[0]}; {nothing}")
+        if status == 412:
+            return StageError("push hub", f"{repo_id} changed while pushing (HTTP 412: {said})",
+                              hint=f"push again: packager compares with the new state; {nothing}")
+        return StageError("push hub", f"the Hub refused: HTTP {status}: {said}", hint=nothing)
+    if isinstance(exc, transport):
+        return StageError("push hub", f"the Hub refused or could not be reached: {type(exc).__name__}: "
+                                      f"{first_line(exc)}", hint=nothing)
+    return None

@@ -46,8 +46,13 @@ def test_no_weights_at_all(tiny_llama_copy):
         inspect_checkpoint(tiny_llama_copy)
 
 
-def test_a_hub_id_offline_gives_a_clear_error(monkeypatch):
+def test_a_hub_id_offline_gives_a_clear_error(monkeypatch, tmp_path):
+    """Offline with an empty cache (this machine's own huggingface_hub cache may hold the model)."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     with pytest.raises(MissingPathError) as info:
         resolve_base(BaseModelConfig(model="HuggingFaceTB/SmolLM2-135M-Instruct"))
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in str(info.value) and "local checkpoint" in info.value.hint

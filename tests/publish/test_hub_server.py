@@ -1,5 +1,6 @@
 """The local Hub model (support/hub_server.py) against the real huggingface_hub client: downloads, revisions,
-offline re-use, errors, tree pagination, resumed transfers, and the three ways of pointing the client at it.
+offline re-use, errors, tree pagination, resumed transfers, the three ways of pointing the client at it; and
+the write API: repos, commits with parents, LFS uploads by sha256, tokens, card validation, faults.
 
 Hermetic: the hub is on 127.0.0.1, every cache is under tmp_path, no token from the environment is used.
 """
@@ -19,9 +20,18 @@ import pytest
 from support.hub_server import LocalHub, local_hub, point_huggingface_hub_at  # noqa: F401 (fixture)
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
-from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download  # noqa: E402
+from huggingface_hub import (  # noqa: E402
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    constants,
+    hf_hub_download,
+    snapshot_download,
+)
 from huggingface_hub.errors import (  # noqa: E402
+    BadRequestError,
     EntryNotFoundError,
+    HfHubHTTPError,
     LocalEntryNotFoundError,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
@@ -313,3 +323,194 @@ def test_a_child_process_uses_the_hub_through_its_environment(local_hub, tmp_pat
     path = Path(done.stdout.strip().splitlines()[-1])
     assert path == tmp_path / "hf-home" / "hub" / "models--org--tiny" / "snapshots" / sha
     assert snapshot_files(path) == MODEL
+
+
+# ---------------------------------------------------------------- writing
+
+
+@pytest.fixture
+def writable(hub, monkeypatch):
+    """The hub with two users' tokens (``me`` also writes to ``team``); uploads over plain LFS, not Xet."""
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    hub.tokens = {"hf_me": "me", "hf_other": "other"}
+    hub.orgs = {"me": ["team"]}
+    return hub
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_repo_is_created_and_committed_to_through_the_real_client(writable, tmp_path):
+    api = HfApi(endpoint=writable.url, token="hf_me")
+    assert api.whoami()["name"] == "me" and [o["name"] for o in api.whoami()["orgs"]] == ["team"]
+    url = api.create_repo("me/model", private=True)
+    assert url.repo_id == "me/model" and url == f"{writable.url}/me/model"
+    initial = writable.log("me/model")
+    assert [c.message for c in initial] == ["initial commit"] and set(initial[0].files) == {".gitattributes"}
+    api.create_repo("me/model", exist_ok=True)  # 409, passed over
+    with pytest.raises(HfHubHTTPError) as exists:
+        api.create_repo("me/model")
+    assert exists.value.response.status_code == 409 and "You already created this model repo" in str(exists.value)
+
+    files = {"README.md": b"---\nlicense: mit\nbase_model: org/base\n---\n# Model\n",
+             "config.json": b'{"model_type": "llama"}',
+             "model.safetensors": b"\x08" + bytes(300),  # LFS by .gitattributes
+             "notes/big.txt": b"a" * (11 * MB),  # LFS by size
+             "model.gguf": b"GGUF\x03\x00\x00\x00" + os.urandom(64)}  # LFS because binary (a NUL byte)
+    info = api.create_commit("me/model", [CommitOperationAdd(p, d) for p, d in files.items()],
+                             commit_message="Add the model", commit_description="All of it.")
+
+    head = writable.log("me/model")[0]
+    assert info.oid == head.sha == writable.head("me/model") and head.parent == initial[0].sha
+    assert info.commit_url == f"{writable.url}/me/model/commit/{head.sha}"
+    assert head.author == "me" and head.message == "Add the model\n\nAll of it."
+    assert writable.files_at("me/model") == {**files, ".gitattributes": initial[0].files[".gitattributes"]}
+    assert head.lfs == {"model.safetensors", "notes/big.txt", "model.gguf"}
+    assert sorted(writable.lfs_uploads) == sorted(sha256_hex(files[p]) for p in head.lfs)
+    tree = {e.path: e for e in api.list_repo_tree("me/model", recursive=True) if hasattr(e, "blob_id")}
+    assert tree["model.gguf"].lfs.sha256 == sha256_hex(files["model.gguf"]) and tree["config.json"].lfs is None
+    assert tree["config.json"].blob_id == git_blob_sha1(files["config.json"])
+    assert [c.title for c in api.list_repo_commits("me/model")] == ["Add the model", "initial commit"]
+    assert api.model_info("me/model").private is True
+    with pytest.raises(RepositoryNotFoundError):  # private: not for anonymous readers, nor for other users
+        HfApi(endpoint=writable.url, token=False).model_info("me/model")
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=writable.url, token="hf_other").model_info("me/model")
+    path = snapshot_download("me/model", cache_dir=tmp_path / "cache", endpoint=writable.url, token="hf_me")
+    assert snapshot_files(path) == writable.files_at("me/model")
+
+    # Unchanged files are dropped by create_commit (preupload's oid), LFS content the repo holds is not sent
+    # again (the batch answer has no actions for it), a deletion is one line.
+    puts = len(writable.cdn_requests)
+    unchanged = [CommitOperationAdd(p, d) for p, d in files.items() if p != "notes/big.txt"]
+    copy = CommitOperationAdd("copy.safetensors", files["model.safetensors"])
+    again = api.create_commit("me/model", [*unchanged, copy, CommitOperationDelete("notes/big.txt")],
+                              commit_message="Copy and delete")
+    commit_body = [e.body for e in writable.exchanges if e.target == "/api/models/me/model/commit/main"][-1]
+    lines = [json.loads(line) for line in commit_body.splitlines()]
+    assert [(line["key"], line["value"].get("path")) for line in lines] == [
+        ("header", None), ("lfsFile", "copy.safetensors"), ("deletedFile", "notes/big.txt")]
+    assert len(writable.cdn_requests) == puts and again.oid == writable.head("me/model")
+    assert "notes/big.txt" not in writable.files_at("me/model")
+    assert "copy.safetensors" in writable.log("me/model")[0].lfs
+
+
+def test_commits_have_parents_branches_and_the_hub_s_refusals(writable):
+    api = HfApi(endpoint=writable.url, token="hf_me")
+    api.create_repo("team/model")  # an organisation of the user
+    first = api.create_commit("team/model", [CommitOperationAdd("a.txt", b"a")], commit_message="a").oid
+    api.create_branch("team/model", branch="dev", revision=first)
+    api.create_branch("team/model", branch="dev", exist_ok=True)
+    dev = api.create_commit("team/model", [CommitOperationAdd("b.txt", b"b")], commit_message="b", revision="dev")
+    assert writable.log("team/model", "dev")[0].parent == first and writable.head("team/model") == first
+    assert set(writable.files_at("team/model", "dev")) == {".gitattributes", "a.txt", "b.txt"}
+
+    someone = writable.edit("team/model", add={"c.txt": "c"}, delete=("a.txt",))  # main moved
+    with pytest.raises(HfHubHTTPError) as stale:
+        api.create_commit("team/model", [CommitOperationAdd("d.txt", b"d")], commit_message="d",
+                          parent_commit=first)
+    assert stale.value.response.status_code == 412
+    assert "The branch was updated since you opened this page. Please refresh and try again." in str(stale.value)
+    ok = api.create_commit("team/model", [CommitOperationAdd("d.txt", b"d")], commit_message="d",
+                           parent_commit=someone[:7])  # a short sha, as the docs allow
+    assert writable.log("team/model")[0].parent == someone and ok.oid == writable.head("team/model")
+
+    with pytest.raises(EntryNotFoundError, match="A file with this name doesn't exist"):
+        api.create_commit("team/model", [CommitOperationDelete("a.txt")], commit_message="gone already")
+    with pytest.raises(RevisionNotFoundError):
+        api.create_commit("team/model", [CommitOperationAdd("e.txt", b"e")], commit_message="e", revision="nope")
+    with pytest.raises(HfHubHTTPError) as bad_path:
+        api.create_commit("team/model", [CommitOperationAdd("..\\ddd", b"x")], commit_message="escape")
+    assert bad_path.value.response.status_code == 422
+    assert writable.head("team/model") == ok.oid and writable.head("team/model", "dev") == dev.oid
+
+
+def test_tokens_users_and_namespaces(writable):
+    other = HfApi(endpoint=writable.url, token="hf_other")
+    bad = HfApi(endpoint=writable.url, token="hf_forged")
+    writable.add_repo("me/public", {"a.txt": b"a"})
+
+    with pytest.raises(HfHubHTTPError, match="Invalid user token"):
+        bad.whoami()
+    for call in (lambda: bad.create_repo("me/x", exist_ok=True), lambda: bad.model_info("me/public")):
+        with pytest.raises(HfHubHTTPError) as refused:
+            call()
+        # The Hub's answer to a bad token, which the client does not take for a missing repo.
+        assert refused.value.response.status_code == 401 and not isinstance(refused.value, RepositoryNotFoundError)
+        assert "Invalid credentials in Authorization header" in str(refused.value)
+    with pytest.raises(HfHubHTTPError) as namespace:
+        other.create_repo("me/theirs")
+    assert namespace.value.response.status_code == 403 and 'under the namespace "me"' in str(namespace.value)
+    assert other.model_info("me/public").sha == writable.head("me/public")  # public: anyone reads it
+    with pytest.raises(HfHubHTTPError) as read_only:
+        other.create_commit("me/public", [CommitOperationAdd("b.txt", b"b")], commit_message="not mine")
+    assert read_only.value.response.status_code == 403
+    with pytest.raises(RepositoryNotFoundError):  # no token at all: the Hub's 401 for a repo route
+        HfApi(endpoint=writable.url, token=False).create_commit(
+            "me/public", [CommitOperationAdd("b.txt", b"b")], commit_message="anonymous")
+    assert [c.message for c in writable.log("me/public")] == ["Commit 1 on main"]
+    assert ("POST", "/api/repos/create") in writable.requests and not writable.lfs_uploads
+
+
+def test_card_metadata_is_validated_before_anything_is_uploaded(writable, monkeypatch):
+    api = HfApi(endpoint=writable.url, token="hf_me")
+    api.create_repo("me/carded")
+    weights = CommitOperationAdd("model.safetensors", b"\x08" + bytes(64))
+
+    card = b"---\nbase_model: ./checkpoints/base\nlicense: mit\n---\n# Card\n"
+    with pytest.raises(ValueError, match="Invalid metadata in README.md") as local_path:
+        api.create_commit("me/carded", [CommitOperationAdd("README.md", card), weights], commit_message="card")
+    assert ('"base_model" with value "./checkpoints/base" is not valid. Use a model id from https://hf.co/models.'
+            in str(local_path.value))
+    with pytest.raises(ValueError, match='"license" must be one of \\[apache-2.0, mit, .*, other, array\\]'):
+        api.create_commit("me/carded", [CommitOperationAdd("README.md", b"---\nlicense: proprietary\n---\n")],
+                          commit_message="card")
+    assert not any("/preupload/" in path for _, path in writable.requests) and not writable.lfs_uploads
+    with pytest.warns(UserWarning, match="Empty or missing yaml metadata"):
+        api.create_commit("me/carded", [CommitOperationAdd("README.md", b"# No metadata\n")], commit_message="ok")
+    good = b"---\nbase_model: [org/a, org/b]\nbase_model_relation: merge\nlicense: apache-2.0\n---\n"
+    api.create_commit("me/carded", [CommitOperationAdd("README.md", good)], commit_message="good")
+    assert writable.files_at("me/carded")["README.md"] == good
+
+    # A client that skips validate-yaml meets the same rule at the commit (the 400 create_commit would raise).
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    payload = [{"key": "header", "value": {"summary": "raw"}},
+               {"key": "file", "value": {"path": "README.md", "encoding": "base64",
+                                         "content": __import__("base64").b64encode(card).decode()}}]
+    response = get_session().post(f"{writable.url}/api/models/me/carded/commit/main",
+                                  content=b"".join(json.dumps(line).encode() + b"\n" for line in payload),
+                                  headers={"Authorization": "Bearer hf_me", "Content-Type": "application/x-ndjson"})
+    with pytest.raises(BadRequestError, match="base_model"):
+        hf_raise_for_status(response, endpoint_name="commit")
+    monkeypatch.setattr(constants, "ENDPOINT", writable.url)  # ModelCard.validate reads it
+    from huggingface_hub import ModelCard
+
+    with pytest.raises(ValueError, match='- Error: "license" must be one of'):
+        ModelCard("---\nlicense: proprietary\n---\n").validate()
+    assert writable.files_at("me/carded")["README.md"] == good
+
+
+def test_a_5xx_on_an_upload_is_retried_and_one_on_the_commit_is_raised(writable):
+    api = HfApi(endpoint=writable.url, token="hf_me")
+    api.create_repo("me/faulty")
+    weights = b"\x08" + os.urandom(4096)
+    writable.fail_next("PUT", "/upload/models/me/faulty/*", status=503)
+
+    api.create_commit("me/faulty", [CommitOperationAdd("model.safetensors", weights)], commit_message="w")
+
+    puts = [e for e in writable.exchanges if e.method == "PUT"]
+    assert [e.status for e in puts] == [503, 200] and writable.lfs_uploads == [sha256_hex(weights)]
+    assert writable.files_at("me/faulty")["model.safetensors"] == weights
+
+    before = writable.head("me/faulty")
+    writable.fail_next("POST", "/api/models/me/faulty/commit/main", status=500)
+    more = b"\x08" + os.urandom(4096)
+    with pytest.raises(HfHubHTTPError) as failed:  # _send_commit does not retry: a commit is no idempotent call
+        api.create_commit("me/faulty", [CommitOperationAdd("more.safetensors", more)], commit_message="more")
+    assert failed.value.response.status_code == 500 and "Internal Error" in str(failed.value)
+    assert writable.head("me/faulty") == before and writable.lfs_uploads[-1] == sha256_hex(more)
+    api.create_commit("me/faulty", [CommitOperationAdd("more.safetensors", more)], commit_message="more")
+    assert writable.lfs_uploads.count(sha256_hex(more)) == 1  # stored by the failed attempt, not sent again
+    assert writable.log("me/faulty")[0].parent == before

@@ -1,14 +1,13 @@
 """Publishing: OCI artifacts to a real registry (Debian's docker-registry on 127.0.0.1, with and without
-htpasswd auth), signing with model-signing, the Hub through a client the test supplies, and deploy.
+htpasswd auth), signing with model-signing, the Hub, and deploy.
 
-The Hub cannot be reached from here: `FakeHub` keeps a repo's files in memory and implements the four
-HfApi calls packager makes (create_repo, create_branch, list_repo_tree, create_commit), so the tests
-assert the exact operations; the dry-run plan is checked as written.
+The Hub is a local one on 127.0.0.1 (tests/support/hub_server.py: repos, commits with parents, LFS objects by
+sha256, tokens, the Hub's card validation) and packager talks to it with its own client, the real HfApi with
+HF_TOKEN, pointed there as HF_ENDPOINT would; the tests assert what the Hub holds and what reached it.
 """
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -148,86 +147,183 @@ def test_signing_detects_a_changed_byte_a_deleted_and_an_added_file_and_an_edite
         verify_signature(served, public_key=other / "signing-key.pub.pem")
 
 
-# ---------------------------------------------------------------- the Hub, through a client the test supplies
+# ---------------------------------------------------------------- the Hub, through the real client
 
-@dataclass
-class RemoteFile:
-    path: str
-    size: int
-    blob_id: str
-    lfs: dict | None
+HUB_TOKEN = "hf_packagerPusher0123456789"
 
 
-@dataclass
-class Commit:
-    oid: str
-    commit_url: str
+@pytest.fixture
+def hub(local_hub, monkeypatch, tmp_path):
+    """The local Hub, knowing one token (user ``me``), and huggingface_hub pointed at it; packager's default
+    client (HfApi with the token from HF_TOKEN) reaches it unchanged."""
+    from support.hub_server import point_huggingface_hub_at
+
+    local_hub.tokens = {HUB_TOKEN: "me"}
+    point_huggingface_hub_at(local_hub, monkeypatch, tmp_path / "hf-home")
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    return local_hub
 
 
-class FakeHub:
-    """The four HfApi calls packager makes, over an in-memory repo; every call is logged."""
+@pytest.fixture(scope="module")
+def tiny_pushable_build(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A tiny LoRA run, dry-run trained, merged and exported as safetensors, once for this module: the push
+    mechanics need files and a manifest, not SmolLM2. Copy it before changing it."""
+    from click.testing import CliRunner
 
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.calls: list[tuple] = []
-        self.commits = 0
+    from packager.config import load_config
+    from support.runs import write_config
 
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs.get("private"), kwargs.get("exist_ok")))
+    config = write_config(tmp_path_factory.mktemp("tiny-push"), tiny_llama_dir, learning_rate=0.05)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["base"]["hub_id"] = "packager-tests/tiny-llama"
+    config.write_text(yaml.safe_dump(cfg))
+    run_dir = load_config(config).run_dir
+    for args in (["train", "-c", str(config), "--dry-run"], ["merge", str(run_dir)],
+                 ["export", str(run_dir), "--format", "safetensors"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, (args, result.output)
+    return run_dir
 
-    def create_branch(self, repo_id, **kwargs):
-        self.calls.append(("create_branch", repo_id, kwargs.get("branch")))
 
-    def list_repo_tree(self, repo_id, **kwargs):
-        self.calls.append(("list_repo_tree", repo_id))
-        return [RemoteFile(p, len(d), hashlib.sha1(b"blob %d\0" % len(d) + d).hexdigest(),
-                           {"sha256": hashlib.sha256(d).hexdigest()} if len(d) >= 10 << 20 else None)
-                for p, d in self.files.items()]
+@pytest.fixture
+def pushable_run(tiny_pushable_build, tmp_path) -> Path:
+    return copy_run(tiny_pushable_build, tmp_path / "runs" / "t")
 
-    def create_commit(self, repo_id, operations, *, commit_message, **kwargs):
-        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-        self.commits += 1
-        ops = []
-        for op in operations:
-            if isinstance(op, CommitOperationAdd):
-                source = op.path_or_fileobj
-                self.files[op.path_in_repo] = source if isinstance(source, bytes) else Path(source).read_bytes()
-                ops.append(("add", op.path_in_repo))
-            elif isinstance(op, CommitOperationDelete):
-                self.files.pop(op.path_in_repo)
-                ops.append(("delete", op.path_in_repo))
-        self.calls.append(("create_commit", repo_id, commit_message, sorted(ops)))
-        return Commit(f"{self.commits:040x}", f"https://huggingface.co/{repo_id}/commit/{self.commits:040x}")
+def commit_posts(hub) -> list[str]:
+    return [path for method, path in hub.requests if method == "POST" and "/commit/" in path]
+
+
+def pushed_stages(run_dir: Path) -> list[str]:
+    return [name for name in read_manifest(run_dir).stages if name.startswith("push-hub")]
+
+
+def test_hub_push_of_a_tiny_run_commits_once_and_uploads_its_weights_once(hub, pushable_run):
+    from huggingface_hub import HfApi
+
+    from packager.publish.hub import push_hub
+
+    first = push_hub(pushable_run, repo_id="me/t", what="merged")
+
+    history = hub.log("me/t")
+    assert [c.message.split(" (")[0] for c in history] == ["packager: merged of run t", "initial commit"]
+    assert history[0].parent == history[1].sha and history[0].author == "me"
+    local = {p.name: p.read_bytes() for p in (pushable_run / "export" / "safetensors").iterdir()
+             if p.name != "README.md"}
+    remote = hub.files_at("me/t")
+    assert {k: v for k, v in remote.items() if k not in ("README.md", ".gitattributes")} == local
+    assert remote["README.md"].decode() == first.plan.to_dict()["card"]
+    assert history[0].lfs == {"model.safetensors"}  # as the Hub's .gitattributes says; tokenizer.json is git
+    assert hub.lfs_uploads == [hashlib.sha256(local["model.safetensors"]).hexdigest()]
+    stage = read_manifest(pushable_run).stages["push-hub-merged"]
+    assert stage.metrics["commit"] == first.commit == hub.head("me/t") and stage.metrics["parent"] == history[1].sha
+    assert stage.metrics["url"] == f"{hub.url}/me/t/commit/{first.commit}"
+    assert HfApi().model_info("me/t").private is True  # --private is the default
+    assert all(e.headers.get("authorization") == f"Bearer {HUB_TOKEN}" for e in hub.exchanges
+               if e.server == "hub" and "/me/t" in e.target)
+
+    seen = len(hub.requests)
+    second = push_hub(pushable_run, repo_id="me/t", what="merged")
+    assert second.commit is None and len(hub.lfs_uploads) == 1
+    assert hub.requests[seen:] == [("POST", "/api/repos/create"), ("GET", "/api/models/me/t"),  # 409, then head
+                                   ("GET", f"/api/models/me/t/tree/{first.commit}")]  # decided from the listing
+    assert read_manifest(pushable_run).stages["push-hub-merged"] == stage  # nothing new recorded
+
+    edited = hub.edit("me/t", add={"README.md": "# edited on the Hub\n", "extra.bin": b"\0stale"},
+                      delete=("tokenizer.json",))
+    third = push_hub(pushable_run, repo_id="me/t", what="merged")
+    assert (third.uploaded, third.deleted) == (["README.md", "tokenizer.json"], ["extra.bin"])
+    assert [c.sha for c in hub.log("me/t")[:2]] == [third.commit, edited] and len(hub.log("me/t")) == 4
+    assert hub.files_at("me/t") == remote and len(hub.lfs_uploads) == 1  # restored; the weights not resent
+    header = json.loads([e.body for e in hub.exchanges if "/commit/" in e.target][-1].splitlines()[0])
+    assert header["value"]["parentCommit"] == edited  # the commit was made on the state it was compared with
+
+
+def test_hub_push_refusals_are_clear_and_leave_nothing_recorded(hub, pushable_run, tiny_pushable_build, runner,
+                                                                tmp_path):
+    from packager.errors import StageError
+    from packager.publish.hub import push_hub
+
+    forged = runner.invoke(cli, ["push", "hub", str(pushable_run), "--repo-id", "me/t"], env={"HF_TOKEN": "hf_forged"})
+    assert forged.exit_code == 1
+    assert "the Hub refused the token (HTTP 401: Invalid credentials in Authorization header)" in forged.output
+    assert "HF_TOKEN" in forged.output and "hf_forged" not in forged.output
+    with pytest.raises(KeyError):
+        hub.head("me/t")  # not even the repo was created
+
+    hub.fail_next("POST", "/api/models/me/t/commit/main", status=500)
+    with pytest.raises(StageError, match="the Hub refused: HTTP 500: Internal Error") as failed:
+        push_hub(pushable_run, repo_id="me/t", what="merged")
+    assert "nothing was recorded" in failed.value.hint
+    assert [c.message for c in hub.log("me/t")] == ["initial commit"] and pushed_stages(pushable_run) == []
+    assert len(hub.lfs_uploads) == 1  # the weights reached the LFS storage before the commit failed
+    pushed = push_hub(pushable_run, repo_id="me/t", what="merged")
+    assert pushed.commit == hub.head("me/t") and len(hub.lfs_uploads) == 1  # and are not sent again
+    assert pushed_stages(pushable_run) == ["push-hub-merged"]
+
+    hub.fail_next("PUT", "/upload/models/me/t-adapter/*", status=503)  # retried by huggingface_hub's backoff
+    adapter = push_hub(pushable_run, repo_id="me/t-adapter", what="adapter")
+    puts = [e.status for e in hub.exchanges if e.method == "PUT" and "/me/t-adapter/" in e.target]
+    assert puts == [503, 200] and adapter.commit == hub.head("me/t-adapter")
+    assert "adapter_model.safetensors" in hub.log("me/t-adapter")[0].lfs
+    hub.fail_next("PUT", "/upload/models/me/t-adapter-2/*", status=507)  # a 5xx http_backoff does not retry
+    with pytest.raises(StageError, match="Error while uploading 'adapter_model.safetensors' to the Hub: "
+                                         "the Hub refused: HTTP 507"):
+        push_hub(pushable_run, repo_id="me/t-adapter-2", what="adapter")
+    assert [c.message for c in hub.log("me/t-adapter-2")] == ["initial commit"]
+    assert pushed_stages(pushable_run) == ["push-hub-merged", "push-hub-adapter"]
+
+    # A card the Hub's validate-yaml refuses (a license id it does not know): refused before any upload.
+    proprietary = copy_run(tiny_pushable_build, tmp_path / "proprietary" / "t")
+    manifest = json.loads((proprietary / "manifest.json").read_text())
+    manifest["stages"]["train"]["parameters"]["config"]["export"]["license"] = "proprietary"
+    (proprietary / "manifest.json").write_text(json.dumps(manifest))
+    uploads = len(hub.lfs_uploads)
+    with pytest.raises(StageError, match=r'rejected the model card \(README.md\).*"license" must be one of'):
+        push_hub(proprietary, repo_id="me/t-proprietary", what="merged")
+    assert [c.message for c in hub.log("me/t-proprietary")] == ["initial commit"]
+    assert len(hub.lfs_uploads) == uploads and "push-hub-merged" not in read_manifest(proprietary).stages
+
+    local_base = copy_run(tiny_pushable_build, tmp_path / "local-base" / "t")
+    manifest = json.loads((local_base / "manifest.json").read_text())
+    manifest["stages"]["train"]["parameters"]["config"]["base"]["hub_id"] = "./checkpoints/base"
+    (local_base / "manifest.json").write_text(json.dumps(manifest))
+    requests = len(hub.requests)
+    with pytest.raises(BadInputError, match="'./checkpoints/base' is not a Hub id"):
+        push_hub(local_base, repo_id="me/t-local", what="merged", dry_run=True)  # caught before the Hub would
+    assert len(hub.requests) == requests
 
 
 @pytest.mark.slow
-def test_hub_push_is_idempotent_and_uploads_only_what_changed(served):
+def test_hub_push_is_idempotent_and_uploads_only_what_changed(served, hub):
     from packager.publish.hub import push_hub
 
-    hub = FakeHub()
-    first = push_hub(served, repo_id="me/smol-GGUF", what="gguf", client_factory=lambda: hub)
-    assert sorted(hub.files) == ["README.md", "params", "smol-q8_0.gguf", "template"]
-    assert hub.calls[0] == ("create_repo", "me/smol-GGUF", True, True)
-    commit = hub.calls[-1]
-    assert commit[0] == "create_commit" and commit[2].startswith("packager: gguf of run smol (manifest lineage")
+    first = push_hub(served, repo_id="me/smol-GGUF", what="gguf")
+    files = hub.files_at("me/smol-GGUF")
+    assert sorted(files) == [".gitattributes", "README.md", "params", "smol-q8_0.gguf", "template"]
+    history = hub.log("me/smol-GGUF")
+    assert history[0].message.startswith("packager: gguf of run smol (manifest lineage") and len(history) == 2
+    assert history[0].lfs == {"smol-q8_0.gguf"}  # over 10 MiB, and binary
+    gguf = (served / "export" / "gguf" / "smol-q8_0.gguf").read_bytes()
+    assert files["smol-q8_0.gguf"] == gguf and hub.lfs_uploads == [hashlib.sha256(gguf).hexdigest()]
     stage = read_manifest(served).stages["push-hub-gguf"]
-    assert stage.metrics["commit"] == first.commit and stage.metrics["url"].endswith(first.commit)
+    assert stage.metrics["commit"] == first.commit == history[0].sha and stage.metrics["url"].endswith(first.commit)
 
-    second = push_hub(served, repo_id="me/smol-GGUF", what="gguf", client_factory=lambda: hub)
-    assert second.commit is None and hub.commits == 1  # nothing new: no commit
+    posts = len(commit_posts(hub))
+    second = push_hub(served, repo_id="me/smol-GGUF", what="gguf")
+    assert second.commit is None and len(commit_posts(hub)) == posts  # nothing new: no commit reached the Hub
 
-    hub.files["template"] = b"{{ .Prompt }}"  # someone edited the repo
-    hub.files["old-model.gguf"] = b"stale"
-    third = push_hub(served, repo_id="me/smol-GGUF", what="gguf", client_factory=lambda: hub)
-    assert hub.calls[-1][3] == [("add", "template"), ("delete", "old-model.gguf")] and third.commit
+    edited = hub.edit("me/smol-GGUF", add={"template": "{{ .Prompt }}", "old-model.gguf": b"GGUF\0stale"})
+    third = push_hub(served, repo_id="me/smol-GGUF", what="gguf")
+    assert (third.uploaded, third.deleted) == (["template"], ["old-model.gguf"])
+    assert hub.log("me/smol-GGUF")[0].parent == edited and len(commit_posts(hub)) == posts + 1
+    assert hub.files_at("me/smol-GGUF") == files and len(hub.lfs_uploads) == 1  # the GGUF was sent once
 
-    card = hub.files["README.md"].decode()
-    front = yaml.safe_load(card.split("---")[1])
+    front = yaml.safe_load(files["README.md"].decode().split("---")[1])
     assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and front["base_model_relation"] == "quantized"
-    params = json.loads(hub.files["params"])
+    params = json.loads(files["params"])
     assert params["stop"] == ["<|im_end|>"] and params["num_ctx"] == 256
-    assert "<|im_start|>assistant" in hub.files["template"].decode() or third.commit
+    assert "<|im_start|>assistant" in files["template"].decode()
 
 
 @pytest.mark.slow
