@@ -142,7 +142,8 @@ def test_the_ollama_image_bakes_the_model_with_ollama_itself(runner, smollm2_ser
         # model that is not there fails it at once.
         dockerfile = (run / "containers" / "ollama" / "Dockerfile").read_text()
         healthcheck = re.search(r"^HEALTHCHECK .*--timeout=(\d+)s.* CMD (.+)$", dockerfile, re.M)
-        limit, command = healthcheck[1], healthcheck[2]
+        limit, (shell, flag, command) = healthcheck[1], json.loads(healthcheck[2])
+        assert (shell, flag) == ("/bin/sh", "-c")
         shown_only = engine.run("exec", *host, name, "timeout", limit, "sh", "-c", command.split(" && ")[0])
         assert shown_only.returncode == 0, shown_only.stderr
         checked = engine.run("exec", *host, name, "timeout", limit, "sh", "-c", command)
