@@ -96,9 +96,15 @@ class CommandTimeout(StageError):
                          hint=f"if it is only slow, not hung, raise {setting}" if setting else None)
 
 
-def shown(command: list[str], words: int = 3) -> str:
-    """The first words of a command line, for messages (never its full argument list: it may hold paths)."""
-    return " ".join(Path(command[0]).name.split() + list(command[1:words]))
+def shown(command: list[str], words: int = 2) -> str:
+    """The program and its sub-commands (``podman build``, ``git push``), for messages: never its options or
+    paths, which may be long or private."""
+    subcommands = []
+    for word in command[1:1 + words]:
+        if word.startswith("-") or "/" in word or "=" in word:
+            break
+        subcommands.append(word)
+    return " ".join([Path(command[0]).name, *subcommands])
 
 
 def run_command(command: list[str], *, timeout_s: float, what: str, setting: str | None = None,

@@ -23,7 +23,7 @@ def test_a_hung_command_is_stopped_with_its_children_and_named(tmp_path):
     """subprocess.run(timeout=) kills the direct child only, then waits for the pipe a grandchild still holds:
     a hung engine's helper would have kept packager waiting past every time limit."""
     pids = tmp_path / "pids"
-    with pytest.raises(CommandTimeout, match=r"engine: `sh -c .*` did not finish in 1 s and was stopped"):
+    with pytest.raises(CommandTimeout, match=r"engine: `sh` did not finish in 1 s and was stopped"):
         run_command(["sh", "-c", f"sleep 600 & echo $! > {pids}; sleep 600"], timeout_s=1, what="engine")
     grandchild = int(pids.read_text())
     deadline = time.monotonic() + 10

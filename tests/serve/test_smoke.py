@@ -258,8 +258,8 @@ esac
 """
 
 
-@pytest.mark.parametrize("hang, message", [("run", r"container start: `podman run -d` did not finish in 2 s"),
-                                           ("inspect", r"container state: `podman inspect --format` did not "
+@pytest.mark.parametrize("hang, message", [("run", r"container start: `podman run` did not finish in 2 s"),
+                                           ("inspect", r"container state: `podman inspect` did not "
                                                        r"finish in 2 s")])
 def test_a_hung_engine_cannot_outlast_the_ready_timeout(tmp_path, monkeypatch, hang, message):
     """`podman run` or `podman inspect` that never returns had held the smoke test forever, whatever

@@ -226,7 +226,7 @@ def test_a_hung_converter_is_stopped_at_its_time_limit(tmp_path):
     model.mkdir()
     os.mkfifo(model / "config.json")
     out = tmp_path / "out.gguf"
-    with pytest.raises(CommandTimeout, match=r"export: `convert_hf_to_gguf --outtype f16` did not finish in 3 s"):
+    with pytest.raises(CommandTimeout, match=r"export: `convert_hf_to_gguf` did not finish in 3 s"):
         with Conversion(model, out, outtype="f16", metadata={}, timeout_s=3) as conversion:
             conversion.wait()
     assert not out.exists() and not list(tmp_path.glob("*.metadata.json"))

@@ -68,7 +68,7 @@ class Conversion:
             self.child.stop()
             self._reaper.join()
             self.out_file.unlink(missing_ok=True)
-            raise CommandTimeout("export", ["convert_hf_to_gguf", "--outtype", self.outtype], self.timeout_s)
+            raise CommandTimeout("export", ["convert_hf_to_gguf"], self.timeout_s)
         if self.child.returncode != 0:
             self.out_file.unlink(missing_ok=True)
             self.log.seek(0)
