@@ -9,6 +9,7 @@ from pathlib import Path
 
 from packager.config import BaseModelConfig
 from packager.errors import InputFileError, MissingPathError, UnsafeInputError
+from packager.hub_snapshot import download_snapshot
 from packager.names import HUB_ID
 from packager.run.directory import StageWriter
 from packager.run.hashing import sha256_file
@@ -102,35 +103,13 @@ def resolve_base(cfg: BaseModelConfig) -> Checkpoint:
 
 
 def _download_from_hub(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple[Path, str]:
-    """The checkpoint files of ``repo_id`` at ``revision`` (a branch, tag or full sha; the default branch when
-    None), from the Hub or huggingface_hub's cache, and the commit they are at.
-
-    One snapshot_download call pins the revision (_snapshot_download.snapshot_download resolves it to a
-    commit once with repo_info, then lists and downloads that commit's files only) and names the snapshot
-    folder after the commit, which is what is recorded. It also writes ``refs/<revision>`` in the cache, and
-    that is how the same call finds the snapshot again with HF_HUB_OFFLINE=1 or the Hub out of reach; a
-    separate model_info call would fail there, and the branch could move between the two calls.
-    """
-    import httpx2  # huggingface_hub's HTTP client: its transport errors are no OSError
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
-
+    """The checkpoint files of ``repo_id`` at ``revision``, from the Hub or its cache, and their commit."""
     patterns = [*WEIGHT_PATTERNS, *TOKENIZER_FILES, *CONFIG_FILES]
     if allow_pickle:
         patterns += list(PICKLE_PATTERNS)
-    try:
-        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except RepositoryNotFoundError:
-        raise MissingPathError(repo_id, "no such model repository on the Hub (or it is gated/private "
-                                        "and no token is set)", hint="check the id, or run `hf auth login`") from None
-    except RevisionNotFoundError:
-        raise MissingPathError(repo_id, f"has no revision {revision!r} on the Hub",
-                               hint="set base.revision to one of its branches or tags, or a full commit sha") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, httpx2.HTTPError) as exc:
-        raise MissingPathError(repo_id, f"could not fetch from the Hugging Face Hub: {exc}",
-                               hint="check the network, or give a local checkpoint directory") from None
-    return path, path.name  # snapshots/<commit sha>
+    return download_snapshot(repo_id, revision=revision, allow_patterns=patterns,
+                             revision_hint="set base.revision to one of its branches or tags, or a full commit sha",
+                             instead="a local checkpoint directory")
 
 
 def record_base(stage: StageWriter, ckpt: Checkpoint, cfg: BaseModelConfig) -> None:

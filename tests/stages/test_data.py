@@ -403,3 +403,42 @@ def test_a_hub_dataset_that_is_not_there_is_named(hub_datasets):
         check_dataset(HubDataset(hub="org/tickets", revision="v9"))
     with pytest.raises(InputFileError, match=r"org/tickets: at [0-9a-f]{12}: .*validation"):
         check_dataset(HubDataset(hub="org/tickets", config="tickets", split="validation"))
+
+
+def test_a_downloaded_hub_dataset_is_checked_again_offline_and_when_the_hub_is_gone(hub_datasets, runner,
+                                                                                  monkeypatch):
+    """`packager data check hf://datasets/...@REV` once online, then with HF_HUB_OFFLINE=1 and with the Hub
+    closed: the same rows from huggingface_hub's cache, pinned to the same commit, and not one request."""
+    from huggingface_hub import constants
+
+    from packager.cli import cli
+    from packager.config import HubDataset
+    from packager.errors import MissingPathError
+
+    train = [chat(f"ticket {i}", f"label {i}") for i in range(4)]
+    first = hub_datasets.add_repo("org/tickets", tickets_repo(train, [chat()]), repo_type="dataset")
+    hub_datasets.tag("org/tickets", "v1", repo_type="dataset")
+    hub_datasets.add_repo("org/tickets", tickets_repo(train[:1], [chat()]), repo_type="dataset")  # main moves on
+
+    def check(url: str) -> dict:
+        done = runner.invoke(cli, ["data", "check", url, "--subset", "tickets", "--column",
+                                   "messages=conversation", "--eval-fraction", "0.25", "--json"])
+        assert done.exit_code == 0, done.output
+        report = json.loads(done.stdout)
+        return {"rows": report["train_rows"] + report["eval_rows"], **report["sources"]["train"]["pinned"]}
+
+    online = {rev: check(f"hf://datasets/org/tickets@{rev}") for rev in ("v1", first)}
+    assert online["v1"] == {"rows": 4, "hub": "org/tickets", "revision": "v1", "commit": first,
+                            "config": "tickets", "split": "train"}
+    seen = len(hub_datasets.requests)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1, as read at import
+    assert {rev: check(f"hf://datasets/org/tickets@{rev}") for rev in online} == online
+    assert len(hub_datasets.requests) == seen  # not one request
+    with pytest.raises(MissingPathError, match=r"org/tickets: could not fetch from the Hugging Face Hub "
+                                               r"\(revision 'v2'\): not in the local cache, and HF_HUB_OFFLINE") as e:
+        check_dataset(HubDataset(hub="org/tickets", revision="v2", config="tickets"))
+    assert "local file" in e.value.hint
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub_datasets.close()  # online, but the Hub is out of reach: the cached snapshot still serves
+    assert check("hf://datasets/org/tickets@v1") == online["v1"]

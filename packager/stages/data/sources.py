@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from packager.config import HubDataset
 from packager.errors import InputFileError, MissingPathError
+from packager.hub_snapshot import download_snapshot
 
 
 DataSpec = Path | HubDataset
@@ -186,9 +187,12 @@ def _saved_dataset_records(path: Path) -> Iterator[Record]:
 
 def _hub_source(spec: HubDataset) -> Source:
     """Download the repository at the commit ``spec.revision`` resolves to (through huggingface_hub's cache,
-    so a second read is offline), then let ``datasets`` pick the config and split from the files, as it does
-    for any dataset repository (its README's ``configs:``, else the file names)."""
-    directory, commit = _download_dataset(spec)
+    so a second read needs no Hub, HF_HUB_OFFLINE=1 included), then let ``datasets`` pick the config and split
+    from the files, as it does for any dataset repository (its README's ``configs:``, else the file names)."""
+    directory, commit = download_snapshot(
+        spec.hub, repo_type="dataset", revision=spec.revision, allow_patterns=spec.files, instead="a local file",
+        revision_hint="set the dataset's revision (data.train.revision, or hf://datasets/ORG/NAME@REVISION) to "
+                      "one of its branches or tags, or a full commit sha")
     from datasets import load_dataset
 
     try:
@@ -202,22 +206,3 @@ def _hub_source(spec: HubDataset) -> Source:
     records = ((number, record, None) for number, record in enumerate(ds, start=1))
     files = sorted(p for p in directory.rglob("*") if p.is_file() and ".cache" not in p.parts)
     return Source(name, "row", records, files, pinned)
-
-
-def _download_dataset(spec: HubDataset) -> tuple[Path, str]:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
-
-    try:
-        commit = HfApi().dataset_info(spec.hub, revision=spec.revision).sha
-        path = snapshot_download(spec.hub, repo_type="dataset", revision=commit, allow_patterns=spec.files)
-    except RepositoryNotFoundError:
-        raise MissingPathError(spec.hub, "no such dataset repository on the Hub (or it is gated/private and no "
-                                         "token is set)", hint="check the id, or run `hf auth login`") from None
-    except RevisionNotFoundError:
-        raise MissingPathError(spec.hub, f"has no revision {spec.revision!r}") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        raise MissingPathError(spec.hub, f"could not fetch the dataset from the Hugging Face Hub: {exc}",
-                               hint="check the network, or give a local file") from None
-    return Path(path), commit
