@@ -17,12 +17,12 @@ that differs, rather than shipped wrong.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
 from packager.serve.go_template import go_available, render_go_template
+from packager.serve.modelfile import go_printable, go_string_constant
 
 
 ROLES = ("system", "user", "assistant")
@@ -94,10 +94,13 @@ class ChatFormat:
 def _go_text(text: str) -> str:
     """Literal text for a Go template: raw where that is safe, else a Go string constant.
 
-    Quoted when it contains an action delimiter, or ends in whitespace that the next line's ``{{-`` would trim.
+    Quoted when it contains an action delimiter, ends in whitespace that the next line's ``{{-`` would trim, or
+    holds a character that Ollama's Modelfile parser would delete (a no-break space, a zero-width space: the
+    constant spells it as an escape).
     """
-    if "{{" in text or "}}" in text or text != text.rstrip():
-        return "{{ " + json.dumps(text, ensure_ascii=False) + " }}"
+    hidden = not all(go_printable(c) or c in "\n\t" for c in text)
+    if "{{" in text or "}}" in text or text != text.rstrip() or hidden:
+        return "{{ " + go_string_constant(text) + " }}"
     return text
 
 
@@ -209,6 +212,27 @@ def check_parity(template: ChatTemplate, fmt: ChatFormat, *, go_template: str | 
                                                     f"the Jinja chat template: {_first_difference(want, rendered)}")
     return {"conversations": len(conversations), "checked_with": "go text/template" if go else
             "packager's model of the template (install Go to check with text/template itself)"}
+
+
+def check_user_template(template: ChatTemplate, go_template: str, *,
+                        conversations: list[list[dict]] = PARITY_CONVERSATIONS) -> dict:
+    """Check the user's own TEMPLATE (``containers.ollama.template``) against the Jinja chat template on the
+    parity conversations, with Go's text/template. Needs no inferred structure: it is the way out for
+    templates packager cannot translate.
+
+    Raises:
+        StageError: a conversation renders differently; the message shows where.
+        DependencyMissingError: there is no Go toolchain.
+    """
+    bos = template.bos_token if template.adds_bos else ""  # llama.cpp prepends BOS itself
+    for n, messages in enumerate(conversations, 1):
+        want = template.render(messages, add_generation_prompt=True)
+        want = want[len(bos):] if bos and want.startswith(bos) else want
+        rendered = render_go_template(go_template, {"Messages": messages, "System": "", "Prompt": "", "Response": ""})
+        if rendered != want:
+            raise StageError("ollama template", f"containers.ollama.template renders conversation {n} differently "
+                                                f"from the Jinja chat template: {_first_difference(want, rendered)}")
+    return {"conversations": len(conversations), "checked_with": "go text/template (containers.ollama.template)"}
 
 
 def _first_difference(want: str, got: str) -> str:

