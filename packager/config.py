@@ -253,7 +253,7 @@ class VllmConfig(Section):
     when the container starts, Kubernetes from the Secret <service>-api-key; never baked into the image."""
 
 class OllamaConfig(Section):
-    image: PinnedImage = "ollama/ollama:0.13.0"
+    image: PinnedImage = "ollama/ollama:0.32.15"
     """Base image, by pinned tag; add @sha256:... to pin by digest."""
     quant: str = "q8_0"
     """Which exported GGUF to serve (it must have passed its parity check)."""

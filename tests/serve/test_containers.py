@@ -27,11 +27,13 @@ from packager.serve.chat_format import check_parity, expected_prompt, infer_chat
 from packager.serve.go_template import render_go_template
 from packager.cli import cli
 from packager.serve.context import context_digest
+from packager.serve.modelfile import parse_modelfile
 from packager.errors import StageError
 from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 from packager.models.chat_template import ChatTemplate
 
+from support.modelfiles import blob_cleanup_script
 from support.models import build_tokenizer
 from support.runs import copy_run
 from support.containers import (CONTAINERS, VLLM_IMAGE, compose_config_errors, smoke_containers_left,
@@ -250,7 +252,8 @@ def test_vllm_lora_mode_serves_the_base_plus_the_adapter(runner, smollm2_served_
 # ---------------------------------------------------------------- Ollama context
 
 def modelfile_template(modelfile: str) -> str:
-    return re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.S | re.M).group(1)
+    """The TEMPLATE as Ollama's parser reads it (packager.serve.modelfile models that parser)."""
+    return dict(parse_modelfile(modelfile))["template"]
 
 
 @pytest.mark.slow
@@ -277,7 +280,7 @@ def test_the_ollama_context_carries_a_proven_template_and_every_stop(runner, smo
         assert render_go_template(modelfile_template(modelfile), {"Messages": messages}) == \
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     dockerfile = (context / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=docker.io/ollama/ollama:0.13.0" in dockerfile and "ollama create smol" in dockerfile
+    assert "ARG BASE_IMAGE=docker.io/ollama/ollama:0.32.15" in dockerfile and "ollama create smol" in dockerfile
     assert "# syntax=" not in dockerfile  # BuildKit would pull the frontend image it names
     # Podman 4.3 keys a RUN --mount=type=bind step's cache on its text alone: the text names what it reads.
     baked = {"Modelfile": hashlib.sha256(modelfile.encode()).hexdigest(),
@@ -307,7 +310,7 @@ def test_ollama_refuses_the_quant_that_failed_parity_and_offers_adapter_mode(run
     containerize(runner, run_dir, "ollama", "-c", str(config))
     modelfile = (run_dir / "containers" / "ollama" / "Modelfile").read_text()
     assert "FROM ./smol-base-f16.gguf" in modelfile and "ADAPTER ./smol-lora.gguf" in modelfile
-    assert 'SYSTEM """Triage the support ticket."""' in modelfile
+    assert 'SYSTEM "Triage the support ticket."' in modelfile
     lora_stage = read_manifest(run_dir).stages["containerize-ollama"]
     assert lora_stage.metrics["baked_digest"] in (run_dir / "containers" / "ollama" / "Dockerfile").read_text()
 
@@ -419,10 +422,10 @@ def gguf_of_architecture(path: Path, architecture: str) -> Path:
 @pytest.mark.parametrize("architecture, image, refused", [
     ("gemma3", "ollama/ollama:0.13.0", True), ("qwen3", "ollama/ollama:0.12.6", True),
     ("llama", "ollama/ollama:0.13.0", False), ("gemma3", "ollama/ollama:0.32.15", False),
-    ("gemma3", "ollama/ollama:0.11.4", False)], ids=["gemma3-0.13", "qwen3-0.12", "llama-0.13", "gemma3-0.32",
-                                                     "gemma3-0.11"])
+    ("gemma3", "ollama/ollama:0.6.0", True), ("gemma3", "ollama/ollama:0.5.13", False)],
+    ids=["gemma3-0.13", "qwen3-0.12", "llama-0.13", "gemma3-0.32", "gemma3-0.6", "gemma3-0.5"])
 def test_a_lora_the_pinned_ollama_cannot_load_is_refused(tmp_path, architecture, image, refused):
-    """Ollama 0.12-0.29 runs these architectures on its Go engine, which fails every adapter at load time after
+    """Ollama 0.6-0.29 runs these architectures on its Go engine, which fails every adapter at load time after
     `ollama create` accepted it: the image would build and never serve."""
     from packager.serve.ollama import check_adapter_support
 
@@ -432,3 +435,27 @@ def test_a_lora_the_pinned_ollama_cannot_load_is_refused(tmp_path, architecture,
             check_adapter_support(base, image)
     else:
         check_adapter_support(base, image)
+
+
+def test_the_baking_step_removes_every_blob_no_manifest_names(tmp_path):
+    """From 0.30 `ollama create` rewrites the GGUF into a new blob and leaves the uploaded one behind: the
+    Dockerfile's step removes blobs no manifest names (here planted), keeps the named ones, and fails rather than
+    remove everything when there is no manifest at all."""
+    models = tmp_path / "models"
+    named = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
+    manifest = models / "manifests" / "registry.ollama.ai" / "library" / "smol" / "latest"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"config": {"digest": named[0]}, "layers": [{"digest": named[1]}]}))
+    (models / "blobs").mkdir()
+    for digest in [*named, "sha256:" + "c" * 64]:
+        (models / "blobs" / digest.replace(":", "-")).write_bytes(b"x")
+    env = {**os.environ, "OLLAMA_MODELS": str(models)}
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", blob_cleanup_script()], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (models / "blobs").iterdir()) == [d.replace(":", "-") for d in named]
+    shutil.rmtree(models / "manifests")
+    failed = subprocess.run(["bash", "-o", "pipefail", "-c", blob_cleanup_script()], env=env, capture_output=True,
+                            text=True)
+    assert failed.returncode == 1 and "no Ollama manifest under" in failed.stdout
+    assert len(list((models / "blobs").iterdir())) == 2

@@ -164,7 +164,7 @@ class OllamaThatBreaksOnChat(GarbageHandler):
 
     def do_GET(self):
         if self.path == "/api/version":
-            return self._send({"version": "0.13.0"})
+            return self._send({"version": "0.32.15"})
         super().do_GET()
 
     def do_POST(self):

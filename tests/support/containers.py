@@ -25,7 +25,7 @@ CONTAINERS = Path(__file__).resolve().parents[1] / "serve" / "containers"
 
 
 VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.33.0"
-OLLAMA_STANDIN = "localhost/packager-tests/ollama-standin:0.13.0"
+OLLAMA_STANDIN = "localhost/packager-tests/ollama-standin:0.32.15"
 """Not under the pinned Ollama name: builds that find the pinned image locally (deploy, the demo) would then
 bake and start a model in an image that cannot serve it."""
 OLLAMA_ITSELF_STANDIN = "localhost/packager-tests/ollama-bigdl:0.9.3"
