@@ -8,9 +8,10 @@ marker contents: a prefix and suffix per role, a default system turn the
 template adds when none is given, and the generation prompt. From that it
 writes the Go template, and then checks, on a set of conversations, that
 
-    Jinja (as transformers renders it) == packager's model of the format == Go text/template
+    Jinja (as transformers renders it) == packager's model of the format == the TEMPLATE as Ollama executes it
 
-the last one with a real Go renderer when Go is installed (see :func:`render_go_template`).
+the last one, when Go is installed, with a model of Ollama's template execution over Go's own text/template
+(messages collated, a map for data, its functions; see :func:`render_as_ollama`).
 A template whose output the inference cannot reproduce is refused, naming the conversation
 that differs, rather than shipped wrong.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
-from packager.serve.go_template import go_available, render_go_template
+from packager.serve.go_template import go_available, render_as_ollama
 from packager.serve.modelfile import go_printable, go_string_constant
 
 
@@ -205,8 +206,7 @@ def check_parity(template: ChatTemplate, fmt: ChatFormat, *, go_template: str | 
         if got != want:
             raise _cannot(f"conversation {n} renders differently: {_first_difference(want, got)}")
         if go:
-            rendered = render_go_template(go_template, {"Messages": messages, "System": "", "Prompt": "",
-                                                        "Response": ""})
+            rendered = render_as_ollama(go_template, messages)
             if rendered != want:
                 raise StageError("ollama template", f"the Go TEMPLATE renders conversation {n} differently from "
                                                     f"the Jinja chat template: {_first_difference(want, rendered)}")
@@ -228,7 +228,7 @@ def check_user_template(template: ChatTemplate, go_template: str, *,
     for n, messages in enumerate(conversations, 1):
         want = template.render(messages, add_generation_prompt=True)
         want = want[len(bos):] if bos and want.startswith(bos) else want
-        rendered = render_go_template(go_template, {"Messages": messages, "System": "", "Prompt": "", "Response": ""})
+        rendered = render_as_ollama(go_template, messages)
         if rendered != want:
             raise StageError("ollama template", f"containers.ollama.template renders conversation {n} differently "
                                                 f"from the Jinja chat template: {_first_difference(want, rendered)}")

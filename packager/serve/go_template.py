@@ -1,4 +1,5 @@
-"""Go's own ``text/template``, as Ollama executes a TEMPLATE: a tiny renderer built once per source version."""
+"""Ollama's template execution (its ``template/template.go`` over Go's own ``text/template``), modelled in a tiny Go
+program built once per source version."""
 
 from __future__ import annotations
 
@@ -53,10 +54,15 @@ def _run(command: list[str], *, timeout: float, **kwargs) -> subprocess.Complete
     return run_command(command, timeout_s=timeout, what="ollama template", **kwargs)
 
 
-def render_go_template(template: str, data: dict) -> str:
-    """Execute ``template`` with Go's text/template, as Ollama does, on ``data``."""
-    result = _run([str(_go_binary())], input=json.dumps({"template": template, "data": data}),
-                  timeout=GO_RENDER_TIMEOUT_S)
+def render_as_ollama(template: str, messages: list[dict], *, tools: list[dict] | None = None,
+                     think: bool | str | None = None, date: str | None = None) -> str:
+    """The prompt Ollama 0.32.15 makes of a chat request with ``template`` as its TEMPLATE: messages collated (one
+    turn per run of a role, all system messages as .System), the data a map (a missing field prints
+    "<no value>"), its functions (``currentDate`` gives ``date``, YYYY-MM-DD, default today), and the
+    .Prompt/.Response path for templates that do not name .Messages. See go/render_template.go."""
+    request = {"template": template, "messages": messages, "tools": tools, "think": think, "date": date or ""}
+    result = _run([str(_go_binary())], input=json.dumps(request), timeout=GO_RENDER_TIMEOUT_S)
     if result.returncode != 0:
-        raise StageError("ollama template", f"Go text/template failed: {result.stderr.strip()}")
+        raise StageError("ollama template", f"the TEMPLATE fails in Ollama's template execution: "
+                                            f"{result.stderr.strip()}")
     return result.stdout

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from packager.serve.chat_format import check_parity, expected_prompt, infer_chat_format
-from packager.serve.go_template import render_go_template
+from packager.serve.go_template import render_as_ollama
 from packager.cli import cli
 from packager.serve.context import context_digest
 from packager.serve.modelfile import parse_modelfile
@@ -91,7 +91,7 @@ def test_the_go_template_renders_exactly_what_apply_chat_template_renders(tmp_pa
                      [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a\nb {{ c }}"},
                       {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more ☕"}]]:
         jinja = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        go = render_go_template(fmt.go_template(), {"Messages": messages})
+        go = render_as_ollama(fmt.go_template(), messages)
         assert go == jinja, (name, go, jinja)
 
 
@@ -133,7 +133,7 @@ def test_the_go_renderer_builds_into_a_cache_on_another_file_system(monkeypatch)
         pytest.skip("needs /dev/shm on a file system other than the temporary folder's")
     with tempfile.TemporaryDirectory(dir=shm) as cache:
         monkeypatch.setenv("XDG_CACHE_HOME", cache)
-        assert render_go_template("{{ .System }}!", {"System": "go"}) == "go!"
+        assert render_as_ollama("{{ .System }}!", [{"role": "system", "content": "go"}]) == "go!"
         assert [p.name for p in (Path(cache) / "packager").iterdir()][0].startswith("render-template-")
 
 
@@ -277,7 +277,7 @@ def test_the_ollama_context_carries_a_proven_template_and_every_stop(runner, smo
                      [{"role": "system", "content": "Triage the support ticket."},
                       {"role": "user", "content": "I was charged twice"}, {"role": "assistant", "content": "{}"},
                       {"role": "user", "content": "Again?"}]):
-        assert render_go_template(modelfile_template(modelfile), {"Messages": messages}) == \
+        assert render_as_ollama(modelfile_template(modelfile), messages) == \
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     dockerfile = (context / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=docker.io/ollama/ollama:0.32.15" in dockerfile and "ollama create smol" in dockerfile

@@ -13,7 +13,7 @@ import pytest
 from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
 from packager.serve.chat_format import check_parity, check_user_template, infer_chat_format
-from packager.serve.go_template import go_available, render_go_template
+from packager.serve.go_template import go_available, render_as_ollama
 from packager.serve.modelfile import (ModelfileSyntaxError, check_modelfile, check_ollama_name, go_string_constant,
                                       modelfile_string, parse_modelfile)
 
@@ -114,7 +114,7 @@ def test_a_template_with_a_no_break_space_survives_the_modelfile_as_a_go_constan
     assert read == go
     assert check_parity(chat, fmt, go_template=read, use_go=True)["checked_with"] == "go text/template"
     messages = [{"role": "user", "content": "hi"}]
-    assert render_go_template(read, {"Messages": messages}) == chat.render(messages, add_generation_prompt=True)
+    assert render_as_ollama(read, messages) == chat.render(messages, add_generation_prompt=True)
 
 
 def test_go_string_constants_escape_what_the_parser_would_delete():

@@ -1,0 +1,76 @@
+"""Ollama's template execution as packager models it (packager/serve/go/render_template.go, from Ollama v0.32.15's
+template/template.go and server/prompt.go): what a TEMPLATE turns a chat request into, beyond plain Go
+text/template. Each case is a behaviour read in Ollama's source that a plain text/template run gets wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from packager.errors import StageError
+from packager.serve.go_template import go_available, render_as_ollama
+
+pytestmark = pytest.mark.skipif(not go_available(), reason="go is not installed (apt install golang-go)")
+
+TURNS = "{{ range .Messages }}[{{ .Role }}:{{ .Content }}]{{ end }}"
+
+
+def test_consecutive_messages_of_a_role_are_collated_and_every_system_message_is_dot_system():
+    messages = [{"role": "system", "content": "s1"}, {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"}, {"role": "system", "content": "s2"},
+                {"role": "tool", "content": "t1"}, {"role": "tool", "content": "t2"}]
+    assert render_as_ollama(TURNS + "|{{ .System }}", messages) == \
+        "[system:s1][user:a\n\nb][system:s2][tool:t1][tool:t2]|s1\n\ns2"
+
+
+def test_the_data_is_a_map_so_a_missing_field_prints_no_value():
+    """Plain text/template on a struct fails on an unknown field; Ollama's map prints "<no value>"."""
+    assert render_as_ollama(TURNS + "{{ .Prompt }}|{{ .Suffix }}", [{"role": "user", "content": "x"}]) == \
+        "[user:x]<no value>|<no value>"
+
+
+def test_a_template_without_messages_runs_once_per_exchange_and_the_last_is_cut_at_the_response():
+    template = "{{ if .System }}<s>{{ .System }}</s>{{ end }}U:{{ .Prompt }} A:{{ .Response }}END\n"
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "q1"},
+                {"role": "assistant", "content": "r1"}, {"role": "user", "content": "q2"}]
+    assert render_as_ollama(template, messages) == "<s>S</s>U:q1 A:r1END\nU:q2 A:"
+
+
+def test_a_template_naming_neither_messages_nor_response_gets_the_response_appended():
+    messages = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "r1"},
+                {"role": "user", "content": "q2"}]
+    assert render_as_ollama("<{{ .Prompt }}>", messages) == "<q1>r1<q2>"
+
+
+def test_its_functions_and_think_fields():
+    date = TURNS + "{{ currentDate }} {{ yesterdayDate }}"
+    assert render_as_ollama(date, [{"role": "user", "content": "x"}], date="2026-03-01") == \
+        "[user:x]2026-03-01 2026-02-28"
+    think = TURNS + "{{ .Think }}/{{ .ThinkLevel }}/{{ .IsThinkSet }}"
+    user = [{"role": "user", "content": "x"}]
+    assert render_as_ollama(think, user) == "[user:x]false//false"
+    assert render_as_ollama(think, user, think=True) == "[user:x]true/medium/true"
+    assert render_as_ollama(think, user, think="high") == "[user:x]true/high/true"
+    assert render_as_ollama(think, user, think=False) == "[user:x]false//true"
+
+
+def test_tools_are_there_for_the_template_as_ollama_gives_them():
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Find a ticket.", "parameters": {
+        "type": "object", "required": ["id"],
+        "properties": {"id": {"type": "integer"}, "tags": {"type": ["array", "null"]}}}}}]
+    template = ("{{ range .Tools }}{{ .Function.Name }}({{ range $k, $v := .Function.Parameters.Properties }}"
+                "{{ $k }}: {{ toTypeScriptType $v }}; {{ end }}){{ end }}|{{ json (index .Tools 0).Function.Name }}"
+                + TURNS)
+    assert render_as_ollama(template, [{"role": "user", "content": "x"}], tools=tools) == \
+        'lookup(id: number; tags: any[] | null; )|"lookup"[user:x]'
+    assert render_as_ollama("{{ .Tools }}|{{ if .Tools }}yes{{ end }}" + TURNS, [{"role": "user", "content": "x"}]) \
+        == "null|[user:x]"
+    calls = [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "lookup",
+                                                                               "arguments": {"id": 7}}}]}]
+    assert render_as_ollama("{{ range .Messages }}{{ range .ToolCalls }}{{ .Function.Name }} "
+                            "{{ .Function.Arguments }}{{ end }}{{ end }}", calls) == 'lookup {"id":7}'
+
+
+def test_the_last_exchange_runs_without_ollamas_functions_as_in_ollama():
+    """Ollama executes the cut tree of a .Prompt-style template on a bare template, which has no functions."""
+    with pytest.raises(StageError, match="fails in Ollama's template execution"):
+        render_as_ollama("{{ json .Prompt }}", [{"role": "user", "content": "x"}])
