@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from packager.config import BaseModelConfig
+from packager.errors import StageError
 from packager.models.checkpoint import resolve_base
 from packager.models.tokenizer import load_tokenizer
-from packager.stages.data.masks import as_ids
+from packager.stages.data.masks import tokenize_with_assistant_mask
 from packager.stages.data.rows import Problem, Row, read_rows
 from packager.stages.data.sources import DataSpec, Source, open_source
 
@@ -100,12 +101,15 @@ def token_lengths(tokenizer, rows: list[Row], *, max_seq_length: int) -> tuple[l
     lengths, problems = [], []
     for row in rows:
         try:
-            ids = tokenizer.apply_chat_template(row.messages, tokenize=True, return_dict=False)
+            encoded = tokenize_with_assistant_mask(tokenizer, row.messages)
+        except StageError as exc:  # no assistant text to learn from can be found in the rendering
+            problems.append(Problem(row.path, row.line, "messages", str(exc).removeprefix("data: "), unit=row.unit))
+            continue
         except Exception as exc:  # the template's own raise_exception(), or a Jinja error  # noqa: BLE001
             problems.append(Problem(row.path, row.line, "messages", f"the chat template cannot render this row: {exc}",
                                     unit=row.unit))
             continue
-        ids = as_ids(ids)
+        ids = encoded["input_ids"]
         lengths.append(len(ids))
         if len(ids) > max_seq_length:
             problems.append(Problem(row.path, row.line, "messages",
