@@ -238,6 +238,14 @@ class PackagerConfig(Section):
                                 hint="add data.train: path/to/train.jsonl to packager.yaml")
         return self.data
 
+    @model_validator(mode="after")
+    def _served_context_covers_training(self) -> "PackagerConfig":
+        served, trained = self.containers.context_length, self.trained_max_length
+        if served is not None and trained is not None and served < trained:
+            raise ValueError(f"containers.context_length {served} is below data.max_seq_length {trained}: servers "
+                             "would cut conversations as long as the ones the model was trained on")
+        return self
+
     @property
     def trained_max_length(self) -> int | None:
         """The longest sequence training saw (data.max_seq_length); None for an adapter trained elsewhere."""

@@ -48,6 +48,9 @@ class ContainersConfig(Section):
     """Let the engine pull missing base images. false: deploy builds only targets whose base image is local."""
     timeout_s: int = Field(7200, ge=1)
     """The longest one image build or push may take (a first build pulls vLLM's ~10 GB base image)."""
+    context_length: int | None = Field(None, ge=1)
+    """The context every server gets (vLLM --max-model-len, Ollama num_ctx). Default: the model's own limit,
+    at most 32768 (the KV cache grows with it); never below the training length, never above the model's."""
     vllm: VllmConfig = {}
     ollama: OllamaConfig = {}
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 import packager
 
+from packager.errors import StageError
 from packager.templates import render
 
 
@@ -95,16 +96,47 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+SERVED_CONTEXT_CAP = 32768
+"""The longest context served by default: a server reserves KV cache for all of it (an 8B Llama at 128k
+tokens needs about 16 GB for it alone); containers.context_length asks for more."""
+UNKNOWN_LIMIT_CONTEXT = 4096
+
+
+def model_context_limit(model_config: dict) -> int | None:
+    """max_position_embeddings of config.json, at the top or in a nested text_config (Gemma 3, Llama 4...)."""
+    for source in (model_config, model_config.get("text_config") or {}):
+        if isinstance(source.get("max_position_embeddings"), int):
+            return source["max_position_embeddings"]
+    return None
+
+
 def served_context_length(cfg, model_config: dict) -> tuple[int, str]:
-    """The context length a server gets (vLLM --max-model-len, Ollama num_ctx), and why."""
-    trained = cfg.trained_max_length
-    limit = model_config.get("max_position_embeddings")
-    if trained is None:  # an adapter trained elsewhere: its training length is not recorded
-        return (limit, "the model's limit (the adapter was trained elsewhere)") if limit else \
-            (2048, "2048: neither the training length nor the model's limit is known")
-    if limit and limit < trained:
-        return limit, f"the model's limit (training used {trained})"
-    return trained, f"the training max length (the model supports {limit or 'an unknown length'})"
+    """The context length every server gets (vLLM --max-model-len, Ollama num_ctx), and why.
+
+    The model's own limit, capped at :data:`SERVED_CONTEXT_CAP` unless ``containers.context_length`` says
+    otherwise, never below the training length where the model allows it: a server that cuts a conversation
+    shorter than the ones trained on drops its start silently (Ollama) or refuses it (vLLM).
+
+    Raises:
+        StageError: ``containers.context_length`` is beyond the model's limit.
+    """
+    trained, limit, asked = cfg.trained_max_length, model_context_limit(model_config), cfg.containers.context_length
+    training = f"training used {trained}" if trained else "the training length is not recorded"
+    if asked is not None:
+        if limit is not None and asked > limit:
+            raise StageError("containerize", f"containers.context_length {asked} is beyond the model's limit "
+                                             f"{limit} (max_position_embeddings in config.json)",
+                             hint=f"set containers.context_length to {limit} or less")
+        return asked, f"containers.context_length ({training}; the model supports {limit or 'an unknown length'})"
+    if limit is None:
+        length = max(trained or 0, UNKNOWN_LIMIT_CONTEXT)
+        return length, (f"{length}: config.json gives no max_position_embeddings ({training}); "
+                        "set containers.context_length")
+    if limit <= SERVED_CONTEXT_CAP or (trained is not None and trained >= limit):
+        return limit, f"the model's own limit ({training})"
+    length = max(SERVED_CONTEXT_CAP, trained or 0)
+    return length, (f"the model supports {limit}, served with {length} ({training}; the KV cache grows with the "
+                    "context: set containers.context_length for more)")
 
 
 def provenance(run, target: str, model_digest: str, files: dict[str, str]) -> str:

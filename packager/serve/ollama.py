@@ -68,7 +68,8 @@ def ollama_context(run, cfg) -> Context:
     baked["Modelfile"] = hashlib.sha256(ctx.texts["Modelfile"].encode()).hexdigest()
     ctx.details = {"model_note": note, "gguf": gguf.name, "adapter": adapter.name if adapter else None,
                    "baked_digest": context_digest(baked), "template_parity": parity, "stops": params["stop"],
-                   "num_ctx": params["num_ctx"]}
+                   "num_ctx": params["num_ctx"], "context_length": params["num_ctx"],
+                   "context_note": params["num_ctx_note"]}
     return ctx
 
 
@@ -209,7 +210,7 @@ def local_server(run, cfg, port: int) -> LocalServer:
     lora = ["--lora_path", str(files[1])] if len(files) > 1 else []
     return LocalServer([sys.executable, "-m", "llama_cpp.server", "--model", str(files[0]),
                         "--model_alias", run.manifest.run, "--host", "127.0.0.1", "--port", str(port),
-                        "--n_ctx", str(max(2048, cfg.trained_max_length or 0)),
+                        "--n_ctx", str(modelfile_parameters(cfg, merged_model_dir(run))["num_ctx"]),  # as served
                         "--n_threads", str(min(4, os.cpu_count() or 1)), *lora])
 
 

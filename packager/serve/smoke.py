@@ -22,6 +22,7 @@ from packager.process import ChildProcess
 from packager.run.artifacts import merged_model_dir
 from packager.run.directory import Run
 from packager.run.settings import deployment_config
+from packager.serve.context import read_json, served_context_length
 from packager.serve.endpoint import Expectations, SmokeReport, check_endpoint, format_report
 from packager.serve.engine import (QUICK_S, container_logs, container_state, find_engine, remove_container,
                                    run_detached)
@@ -99,6 +100,15 @@ def local_server(run, cfg, target: str, *, echo: Callable[[str], None] = click.e
             shutil.rmtree(server.scratch, ignore_errors=True)
 
 
+def served_context(run, cfg, target: str) -> dict:
+    """The context the target's server is given: as its build context recorded it, else by the same rule."""
+    recorded = run.manifest.stages.get(f"containerize-{target}")
+    if recorded is not None and "context_length" in recorded.metrics:
+        return {"length": recorded.metrics["context_length"], "why": recorded.metrics.get("context_note", "")}
+    length, why = served_context_length(cfg, read_json(merged_model_dir(run) / "config.json"))
+    return {"length": length, "why": why}
+
+
 def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model: str | None = None,
               options: ContainerOptions | None = None, config_path: Path | None = None, local: bool = False,
               echo: Callable[[str], None] = click.echo) -> SmokeReport:
@@ -135,6 +145,7 @@ def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model
         else:
             report = check_endpoint(url, model or run.manifest.run, expect, target=target,
                                     ready_timeout_s=cfg.smoke.ready_timeout_s, echo=echo)
+        report.context = served_context(run, cfg, target)
         st.write_output_text(f"smoke/{target}.json", json.dumps(report.to_dict(), indent=2) + "\n")
         st.metrics.update({"passed": report.passed, "failures": report.failures(), "timings": report.timings,
                            "checks": {c.name: ("skipped" if c.skipped else c.passed) for c in report.checks}})

@@ -37,7 +37,7 @@ def vllm_context(run, cfg) -> Context:
     config = read_json(model_dir / "config.json")
     ctx.command = [model_path, *_flags(cfg, model_dir, model_path, config, served_name=name)]
     ctx.details = {"model_source": "model", "model_path": model_path, "lora": False,
-                   "model_note": f"merged checkpoint {run.relative(model_dir)}/"}
+                   "model_note": f"merged checkpoint {run.relative(model_dir)}/", **_context(cfg, config)}
     return ctx
 
 
@@ -91,8 +91,14 @@ def _lora_context(run, cfg, ctx: Context) -> Context:
     ctx.command = [model_path, *flags, "--enable-lora", "--max-lora-rank", str(_max_lora_rank(rank)),
                    "--lora-modules", json.dumps(lora_module, separators=(",", ":"))]
     ctx.details = {"model_source": "base", "model_path": model_path, "lora": True, "adapter_path": adapter_path,
-                   "lora_rank": rank, "model_note": f"base {cfg.base.model} + LoRA adapter (rank {rank})"}
+                   "lora_rank": rank, "model_note": f"base {cfg.base.model} + LoRA adapter (rank {rank})",
+                   **_context(cfg, read_json(ckpt.path / "config.json"))}
     return ctx
+
+
+def _context(cfg, model_config: dict) -> dict:
+    length, why = served_context_length(cfg, model_config)
+    return {"context_length": length, "context_note": why}
 
 
 def _max_lora_rank(rank: int) -> int:

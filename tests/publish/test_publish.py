@@ -297,7 +297,9 @@ def test_hub_push_refusals_are_clear_and_leave_nothing_recorded(hub, pushable_ru
 @pytest.mark.slow
 def test_hub_push_is_idempotent_and_uploads_only_what_changed(served, hub):
     from packager.publish.hub import push_hub
+    from packager.serve.containerize import containerize_run
 
+    containerize_run(served, target="ollama")  # the card says what context the servers get
     first = push_hub(served, repo_id="me/smol-GGUF", what="gguf")
     files = hub.files_at("me/smol-GGUF")
     assert sorted(files) == [".gitattributes", "README.md", "params", "smol-q8_0.gguf", "template"]
@@ -322,8 +324,9 @@ def test_hub_push_is_idempotent_and_uploads_only_what_changed(served, hub):
     front = yaml.safe_load(files["README.md"].decode().split("---")[1])
     assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and front["base_model_relation"] == "quantized"
     params = json.loads(files["params"])
-    assert params["stop"] == ["<|im_end|>"] and params["num_ctx"] == 256
+    assert params["stop"] == ["<|im_end|>"] and params["num_ctx"] == 8192
     assert "<|im_start|>assistant" in files["template"].decode()
+    assert "| ollama | 8192 | the model's own limit (training used 256) |" in files["README.md"].decode()
 
 
 @pytest.mark.slow

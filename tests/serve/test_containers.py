@@ -208,7 +208,7 @@ def test_the_vllm_context_lints_validates_and_vllm_accepts_its_flags(runner, smo
     command = stage.metrics["command"]
     accepted = vllm_accepts(command, {"/models/smol": context / "model"})
     assert accepted["served_model_name"] in ("smol", ["smol"])
-    assert accepted["max_model_len"] == 256  # the training max length (the model supports 8192)
+    assert accepted["max_model_len"] == 8192  # the model's own limit, above the training length (256)
     assert accepted["dtype"] == "torch.bfloat16" and accepted["architectures"] == ["LlamaForCausalLM"]
     assert accepted["architecture_supported"]
     assert accepted["generation_config"] == str(context / "model")
@@ -268,7 +268,7 @@ def test_the_ollama_context_carries_a_proven_template_and_every_stop(runner, smo
                                                         "kubernetes.yaml", "provenance.json", "smol-q8_0.gguf"]
     modelfile = (context / "Modelfile").read_text()
     assert "FROM ./smol-q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
-    assert "PARAMETER num_ctx 256" in modelfile and "temperature" not in modelfile  # none in generation_config
+    assert "PARAMETER num_ctx 8192" in modelfile and "temperature" not in modelfile  # none in generation_config
     assert "PARAMETER repeat_penalty 1.0" in modelfile
     assert stage.metrics["template_parity"]["checked_with"] == "go text/template"
     # The TEMPLATE as written in the Modelfile, rendered by Go, equals apply_chat_template of the merged model.

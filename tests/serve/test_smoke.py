@@ -280,3 +280,18 @@ def test_a_hung_engine_cannot_outlast_the_ready_timeout(tmp_path, monkeypatch, h
         _smoke_container(run, cfg, "vllm", {"tag": "packager/t-vllm:1"}, Expectations(),
                          ContainerOptions(engine="podman", gpus=False), echo=lambda _: None)
     assert (tmp_path / "calls").read_text().splitlines()[-1].startswith("rm -f -t 5 packager-smoke-t-vllm-")
+
+
+def test_the_same_text_is_full_agreement_whatever_tokens_generated_it(tmp_path):
+    """A model may generate a split its tokenizer would not make: the golden answer's own ids then differ from
+    the re-tokenized answer although the text is the same ('"Hauswilde"' scored 0.43 and failed a smoke test).
+    Texts are compared, and different texts by the tokenizer's own split of both."""
+    from packager.serve.endpoint import _agreement, _tokenizer
+
+    from support.models import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    tokenizer = _tokenizer(tmp_path / "tokenizer.json")
+    assert _agreement(tokenizer, '"Hauswilde"', '"Hauswilde"') == 1.0
+    assert 0 < _agreement(tokenizer, "The quick brown fox", "The quick brown dog") < 1
+    assert _agreement(None, "a", "b") == 0.0
