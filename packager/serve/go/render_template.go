@@ -29,14 +29,17 @@ import (
 
 type jsonObject map[string]any
 
-// String is what a template prints for the value: JSON, "{}" for none (Ollama's templateArgs).
-func (o jsonObject) String() string {
-	if o == nil {
+// objectJSON is what a template prints for a map: its JSON, "{}" for none (Ollama's templateArgs and
+// templateProperties).
+func objectJSON(v any, none bool) string {
+	if none {
 		return "{}"
 	}
-	b, _ := json.Marshal(map[string]any(o))
+	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+func (o jsonObject) String() string { return objectJSON(map[string]any(o), o == nil) }
 
 type propertyType []string
 
@@ -83,13 +86,7 @@ type property struct {
 
 type properties map[string]property
 
-func (p properties) String() string {
-	if p == nil {
-		return "{}"
-	}
-	b, _ := json.Marshal(map[string]property(p))
-	return string(b)
-}
+func (p properties) String() string { return objectJSON(map[string]property(p), p == nil) }
 
 type parameters struct {
 	Type       string     `json:"type"`
