@@ -73,18 +73,16 @@ def test_each_way_of_not_getting_a_snapshot_names_the_repository_and_the_revisio
     assert unreachable.value.hint == "check the network, or give a local file"
 
 
-def test_a_gated_repository_says_what_to_do(monkeypatch):
-    """The local Hub models no gated repos: huggingface_hub's own error, as hf_raise_for_status makes it."""
-    import httpx2
-    import huggingface_hub
-    from huggingface_hub.errors import GatedRepoError
-
-    def gated(repo_id, **kwargs):
-        response = httpx2.Response(401, request=httpx2.Request("GET", f"https://huggingface.co/api/models/{repo_id}"))
-        raise GatedRepoError("Access to model org/gated is restricted.", response=response)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+def test_a_gated_repository_says_what_to_do(hub, monkeypatch):
+    """A gated repo on the local Hub: its files answer GatedRepo, which huggingface_hub raises as
+    GatedRepoError, to an account not granted access; once granted, the same call downloads it."""
+    commit = hub.add_repo("org/gated", {"config.json": "{}"}, gated=True)
+    hub.tag("org/gated", "v2")
+    hub.tokens = {"hf_other": "someone"}
+    monkeypatch.setenv("HF_TOKEN", "hf_other")
     with pytest.raises(MissingPathError, match="org/gated: is a gated model repository: reading revision 'v2' "
                                                "needs the token of an account that accepted") as refused:
         snapshot("v2", repo_id="org/gated", repo_type="model")
     assert "accept the conditions on its Hub page" in refused.value.hint
+    hub.grant("org/gated", "someone")
+    assert snapshot("v2", repo_id="org/gated", repo_type="model")[1] == commit

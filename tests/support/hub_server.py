@@ -56,7 +56,8 @@ What is modelled: reading
   unknown (or private and not yours) repo -> 401 (no Authorization header) or 404, ``RepoNotFound`` ->
   RepositoryNotFoundError; unknown revision -> 404 ``RevisionNotFound`` -> RevisionNotFoundError; unknown
   file or tree path -> 404 ``EntryNotFound`` (with ``X-Repo-Commit`` on resolve, which hf_hub_download caches
-  in ``.no_exist``) -> RemoteEntryNotFoundError (an EntryNotFoundError). Revisions are branch names, tags
+  in ``.no_exist``) -> RemoteEntryNotFoundError (an EntryNotFoundError); a gated repo's files (``add_repo(...,
+  gated=True)``, ``grant()``) -> 401/403 ``GatedRepo`` -> GatedRepoError, its metadata readable. Revisions are branch names, tags
   (``tag()``) and full 40-hex commit shas of that repo; names arrive URL-encoded (``refs%2Fconvert%2Fparquet``)
   and are decoded per path segment, so an unknown one is a clean RevisionNotFound.
 
@@ -365,6 +366,8 @@ class _Repo:
     repo_type: str
     repo_id: str
     private: bool = False
+    gated: bool = False  # files need an account the owner granted access (``granted``, or the owner)
+    granted: set[str] = field(default_factory=set)
     commits: dict[str, _Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -442,10 +445,12 @@ class LocalHub:
     # -- content
 
     def add_repo(self, repo_id: str, files: dict[str, bytes | str] | Path, *, repo_type: str = "model",
-                 branch: str = "main", message: str | None = None, private: bool = False) -> str:
+                 branch: str = "main", message: str | None = None, private: bool = False,
+                 gated: bool = False) -> str:
         """Commit ``files`` (path -> content, or a directory to read) as the whole tree of a new commit on
         ``branch`` (created if new, from the default branch), and return the commit's 40-hex sha. ``private``
-        applies to a repo this call creates."""
+        and ``gated`` (its files readable by the owner and the users in the repo's ``granted`` only) apply to
+        a repo this call creates."""
         if repo_type not in REPO_TYPES:
             raise ValueError(f"repo_type must be one of {sorted(REPO_TYPES)}, not {repo_type!r}")
         if not _is_repo_id(repo_id):
@@ -466,7 +471,8 @@ class LocalHub:
         blobs = {path: _make_blob(data, lfs=_is_lfs(path, len(data), data, patterns))
                  for path, data in sorted(contents.items())}
         with self._lock:
-            repo = self._repos.setdefault((repo_type, repo_id), _Repo(repo_type, repo_id, private=private))
+            repo = self._repos.setdefault((repo_type, repo_id), _Repo(repo_type, repo_id, private=private,
+                                                                      gated=gated))
             parent = repo.resolve(branch) if branch in repo.branches else repo.resolve(repo.default_branch)
             message = message or f"Commit {len(repo.commits) + 1} on {branch}"
             return self._commit(repo, branch, blobs, parent=parent, message=message,
@@ -497,6 +503,11 @@ class LocalHub:
             message = message or f"Edit by {author}"
             return self._commit(repo, branch, files, parent=head, message=message,
                                 author=(author, f"{author}@users.noreply.huggingface.co")).sha
+
+    def grant(self, repo_id: str, user: str, *, repo_type: str = "model") -> None:
+        """Let ``user`` read a gated repo's files (as accepting its conditions on the Hub does)."""
+        with self._lock:
+            self._repos[(repo_type, repo_id)].granted.add(user)
 
     def files_at(self, repo_id: str, revision: str = "main", *, repo_type: str = "model") -> dict[str, bytes]:
         """The content of every file at ``revision`` (branch, tag or sha), private repos included."""
@@ -874,6 +885,18 @@ class _HubHandler(_Handler):
             raise _HTTPError(401, "RepoNotFound", "Invalid username or password.")
         return repo
 
+    def check_file_access(self, repo: _Repo) -> None:
+        """A gated repo's files: its metadata is public, its files answer GatedRepo to anyone not granted
+        access (401 anonymous, 403 authenticated), as the Hub does (hf_raise_for_status -> GatedRepoError)."""
+        if not repo.gated or self.hub._can_write(self.user, repo.namespace) or self.user in repo.granted:
+            return
+        kind = REPO_TYPES[repo.repo_type][:-1]
+        if self.user is None:
+            raise _HTTPError(401, "GatedRepo", f"Access to {kind} {repo.repo_id} is restricted. You must have "
+                                               "access to it and be authenticated to access it. Please log in.")
+        raise _HTTPError(403, "GatedRepo", f"Access to {kind} {repo.repo_id} is restricted and you are not in "
+                                           "the authorized list. Visit the repository page to ask for access.")
+
     def find_commit(self, repo: _Repo, revision: str) -> _Commit:
         commit = self.hub._resolve(repo, revision)
         if commit is None:
@@ -1197,6 +1220,7 @@ class _HubHandler(_Handler):
 
     def resolve(self, repo_type: str, repo_id: str, revision: str, path: str, *, raw: bool) -> None:
         repo = self.find_repo(repo_type, repo_id)
+        self.check_file_access(repo)
         commit = self.find_commit(repo, revision)
         blob = commit.files.get(path)
         if blob is None:
@@ -1227,6 +1251,7 @@ class _HubHandler(_Handler):
 
     def resolve_cache(self, repo_type: str, repo_id: str, commit_sha: str, path: str) -> None:
         repo = self.find_repo(repo_type, repo_id)
+        self.check_file_access(repo)
         commit = self.find_commit(repo, commit_sha)
         blob = commit.files.get(path)
         if blob is None:
