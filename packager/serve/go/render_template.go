@@ -208,12 +208,8 @@ func identifiers(node parse.Node, into map[string]bool) {
 		identifiers(n.Pipe, into)
 	case *parse.TemplateNode:
 		identifiers(n.Pipe, into)
-	case *parse.IfNode:
-		branch(&n.BranchNode, into)
-	case *parse.RangeNode:
-		branch(&n.BranchNode, into)
-	case *parse.WithNode:
-		branch(&n.BranchNode, into)
+	case *parse.IfNode, *parse.RangeNode, *parse.WithNode:
+		branch(branchOf(n), into)
 	case *parse.PipeNode:
 		if n != nil {
 			for _, c := range n.Cmds {
@@ -231,6 +227,19 @@ func identifiers(node parse.Node, into map[string]bool) {
 			into[strings.ToLower(id)] = true
 		}
 	}
+}
+
+// branchOf: what an if, range or with node shares (its pipeline, its list, its else list).
+func branchOf(node parse.Node) *parse.BranchNode {
+	switch n := node.(type) {
+	case *parse.IfNode:
+		return &n.BranchNode
+	case *parse.RangeNode:
+		return &n.BranchNode
+	case *parse.WithNode:
+		return &n.BranchNode
+	}
+	return nil
 }
 
 func branch(b *parse.BranchNode, into map[string]bool) {
@@ -267,12 +276,8 @@ func cutAfterResponse(root *parse.ListNode) *parse.ListNode {
 				}
 			}
 			n.Nodes = kept
-		case *parse.IfNode:
-			walkBranch(&n.BranchNode, walk)
-		case *parse.RangeNode:
-			walkBranch(&n.BranchNode, walk)
-		case *parse.WithNode:
-			walkBranch(&n.BranchNode, walk)
+		case *parse.IfNode, *parse.RangeNode, *parse.WithNode:
+			walkBranch(branchOf(n), walk)
 		case *parse.ActionNode:
 			pipe := walk(n.Pipe)
 			if pipe == nil {
