@@ -20,6 +20,9 @@ from support.families import TEMPLATES
 from support.models import CHATML_TEMPLATE, CORPUS
 
 HIDDEN = 32
+# Weights 5x transformers' default spread: logits spread enough that greedy answers are not decided by ties a
+# float16 rounding flips (at the default, a random model's logits have a std of 0.11).
+INIT = 0.1
 # Qwen 2's pre-tokenizer split pattern (its tokenizer.json), the same for Qwen 1.5 to 3.
 QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
                 r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
@@ -139,11 +142,12 @@ def build_checkpoint(arch: Architecture | str, directory: Path, *, seed: int = 0
            "pad_token_id": tokenizer.pad_token_id}
     if arch.name == "gpt2":
         config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=HIDDEN, n_layer=2, n_head=4,
-                                         n_positions=512, **ids)
+                                         n_positions=512, initializer_range=INIT, **ids)
     else:
         config = getattr(transformers, arch.config_class)(
             vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **ids, **arch.settings)
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=INIT, **ids,
+            **arch.settings)
     torch.manual_seed(seed)
     model = getattr(transformers, arch.model_class)(config)
     # what packager's merge writes: every token that ends an assistant turn in the template, and eos

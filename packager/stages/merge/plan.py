@@ -26,7 +26,9 @@ def check_adapter_fits_base(adapter: Adapter, layout: Layout, *, base_name: str)
             mismatch.append(f"{key} does not exist in the base")
             continue
         a, b = adapter.shape(mod.a_key), adapter.shape(mod.b_key)
-        out_features, in_features = base.shape if mod.kind == "linear" else (base.shape[1], base.shape[0])
+        # GPT-2's Conv1D (and embeddings) store [in, out]; PEFT records that as fan_in_fan_out
+        stored_transposed = mod.kind != "linear" or adapter.config.get("fan_in_fan_out")
+        out_features, in_features = (base.shape[1], base.shape[0]) if stored_transposed else base.shape
         if a[1] != in_features or b[0] != out_features:
             mismatch.append(f"{key}: adapter A{list(a)} B{list(b)} vs base weight {list(base.shape)}")
     if mismatch:

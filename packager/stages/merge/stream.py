@@ -73,13 +73,15 @@ def merged_tensor(spec: TensorSpec, *, adapter: Adapter, source: TensorSource, u
         weight = source.float32(weight)
         a = source.adapter(module.a_key).to(torch.float32)
         b = source.adapter(module.b_key).to(torch.float32)
-        if module.kind == "embedding" or adapter.config.get("fan_in_fan_out"):
+        transposed = module.kind == "embedding" or bool(adapter.config.get("fan_in_fan_out"))  # stored [in, out]
+        if transposed:
             weight.add_((b @ a).T, alpha=module.scale)
         else:
             weight.addmm_(b, a, alpha=module.scale)  # in place, one kernel: W += scale * B @ A
-        if module.magnitude_key is not None:  # DoRA: W' = m * (W + sBA) / ||W + sBA|| per output row
+        if module.magnitude_key is not None:  # DoRA: W' = m * (W + sBA) / ||W + sBA|| per output feature
             magnitude = source.adapter(module.magnitude_key).to(torch.float32)
-            weight = (magnitude / weight.norm(p=2, dim=1)).unsqueeze(1) * weight
+            out_dim = 1 if transposed else 0
+            weight = (magnitude / weight.norm(p=2, dim=1 - out_dim)).unsqueeze(1 - out_dim) * weight
     if weight.is_floating_point():
         dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[spec.dtype])
         weight = weight.to(dtype, copy=module is not None)  # never hand out the reused float32 buffer
