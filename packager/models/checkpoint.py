@@ -41,6 +41,24 @@ class Checkpoint:
         return (*self.config, *self.tokenizer, *self.weights)
 
 
+# config.json's names for the longest sequence a model was built for: GPT-2 says n_positions (n_ctx in older files)
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def context_limit(model_config: dict) -> int | None:
+    """The model's own context limit from config.json, at the top or in a nested text_config (Gemma 3,
+    Llama 4...), under any of the names architectures use; None where config.json gives none."""
+    for source in (model_config, model_config.get("text_config") or {}):
+        for key in _CONTEXT_KEYS:
+            if isinstance(source.get(key), int):
+                return source[key]
+    return None
+
+
+def read_context_limit(model_dir: Path) -> int | None:
+    return context_limit(json.loads((Path(model_dir) / "config.json").read_text()))
+
+
 def _glob(directory: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted({p for pat in patterns for p in directory.glob(pat) if p.is_file()})
 

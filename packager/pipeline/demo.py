@@ -23,7 +23,7 @@ import packager
 
 from packager.config import load_config
 from packager.errors import IntegrityError, MissingPathError
-from packager.models.checkpoint import resolve_base
+from packager.models.checkpoint import read_context_limit, resolve_base
 from packager.models.example_base import check_example_base, make_example_base
 from packager.models.tokenizer import load_tokenizer
 from packager.pipeline.deploy import DeployOptions, Step, deploy
@@ -193,7 +193,7 @@ def _data_check(cfg) -> str:
     """Check and split the data into the run (stage ``data``), as training will; one line of stats."""
     ckpt = resolve_base(cfg.base)
     tokenizer = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template).tokenizer
-    model_max = json.loads((ckpt.path / "config.json").read_text()).get("max_position_embeddings")
+    model_max = read_context_limit(ckpt.path)
     report = prepare_data(Run.create(cfg.run_dir, name=cfg.run.name), cfg.training_data, tokenizer=tokenizer,
                           model_max=model_max)
     stats = report.token_stats or {}

@@ -17,6 +17,7 @@ from typing import Callable
 
 import packager
 
+from packager.models.checkpoint import context_limit
 from packager.errors import StageError
 from packager.templates import render
 
@@ -102,14 +103,6 @@ tokens needs about 16 GB for it alone); containers.context_length asks for more.
 UNKNOWN_LIMIT_CONTEXT = 4096
 
 
-def model_context_limit(model_config: dict) -> int | None:
-    """max_position_embeddings of config.json, at the top or in a nested text_config (Gemma 3, Llama 4...)."""
-    for source in (model_config, model_config.get("text_config") or {}):
-        if isinstance(source.get("max_position_embeddings"), int):
-            return source["max_position_embeddings"]
-    return None
-
-
 def served_context_length(cfg, model_config: dict) -> tuple[int, str]:
     """The context length every server gets (vLLM --max-model-len, Ollama num_ctx), and why.
 
@@ -120,17 +113,17 @@ def served_context_length(cfg, model_config: dict) -> tuple[int, str]:
     Raises:
         StageError: ``containers.context_length`` is beyond the model's limit.
     """
-    trained, limit, asked = cfg.trained_max_length, model_context_limit(model_config), cfg.containers.context_length
+    trained, limit, asked = cfg.trained_max_length, context_limit(model_config), cfg.containers.context_length
     training = f"training used {trained}" if trained else "the training length is not recorded"
     if asked is not None:
         if limit is not None and asked > limit:
             raise StageError("containerize", f"containers.context_length {asked} is beyond the model's limit "
-                                             f"{limit} (max_position_embeddings in config.json)",
+                                             f"{limit} (config.json)",
                              hint=f"set containers.context_length to {limit} or less")
         return asked, f"containers.context_length ({training}; the model supports {limit or 'an unknown length'})"
     if limit is None:
         length = max(trained or 0, UNKNOWN_LIMIT_CONTEXT)
-        return length, (f"{length}: config.json gives no max_position_embeddings ({training}); "
+        return length, (f"{length}: config.json gives no context limit ({training}); "
                         "set containers.context_length")
     if limit <= SERVED_CONTEXT_CAP or (trained is not None and trained >= limit):
         return limit, f"the model's own limit ({training})"

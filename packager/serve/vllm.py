@@ -35,13 +35,13 @@ def vllm_context(run, cfg) -> Context:
         ctx.links[f"model/{file.name}"] = file
     ctx.model_digest = links_digest(run, ctx.links)
     config = read_json(model_dir / "config.json")
-    ctx.command = [model_path, *_flags(cfg, model_dir, model_path, config, served_name=name)]
+    ctx.command = [model_path, *vllm_flags(cfg, model_dir, model_path, config, served_name=name)]
     ctx.details = {"model_source": "model", "model_path": model_path, "lora": False,
                    "model_note": f"merged checkpoint {run.relative(model_dir)}/", **_context(cfg, config)}
     return ctx
 
 
-def _flags(cfg, model_dir: Path, model_path: str, config: dict, *, served_name: str,
+def vllm_flags(cfg, model_dir: Path, model_path: str, config: dict, *, served_name: str,
            generation_dir: str | None = None) -> list[str]:
     vcfg = cfg.containers.vllm
     max_len, _ = served_context_length(cfg, config)
@@ -85,7 +85,7 @@ def _lora_context(run, cfg, ctx: Context) -> Context:
     ctx.links["base/generation/generation_config.json"] = merged / "generation_config.json"
     ctx.model_digest = links_digest(run, ctx.links)
     rank = max(m.rank for m in adapter.modules.values())
-    flags = _flags(cfg, ckpt.path, model_path, read_json(ckpt.path / "config.json"), served_name=base_name,
+    flags = vllm_flags(cfg, ckpt.path, model_path, read_json(ckpt.path / "config.json"), served_name=base_name,
                    generation_dir=f"{model_path}/generation")
     lora_module = {"name": ctx.served_name, "path": adapter_path, "base_model_name": base_name}
     ctx.command = [model_path, *flags, "--enable-lora", "--max-lora-rank", str(_max_lora_rank(rank)),

@@ -37,7 +37,7 @@ from support.modelfiles import blob_cleanup_script
 from support.models import build_tokenizer
 from support.runs import copy_run
 from support.containers import (CONTAINERS, VLLM_IMAGE, compose_config_errors, smoke_containers_left,
-                                standin_run_args)
+                                standin_run_args, vllm_accepts, vllm_python)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,24 +135,6 @@ def test_the_go_renderer_builds_into_a_cache_on_another_file_system(monkeypatch)
         monkeypatch.setenv("XDG_CACHE_HOME", cache)
         assert render_as_ollama("{{ .System }}!", [{"role": "system", "content": "go"}]) == "go!"
         assert [p.name for p in (Path(cache) / "packager").iterdir()][0].startswith("render-template-")
-
-
-# ---------------------------------------------------------------- vLLM's own parser
-
-def vllm_python() -> Path:
-    python = Path(os.environ.get("VLLM_CHECK_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
-    if not python.is_file():
-        pytest.fail(f"the vLLM check venv is missing ({python}): run `make vllm-check-venv` (make test does)")
-    return python
-
-
-def vllm_accepts(command: list[str], mappings: dict[str, Path]) -> dict:
-    """Run vLLM 0.33's `vllm serve` parser and create_engine_config() on the generated command."""
-    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(vllm_python()), str(CONTAINERS / "vllm_check.py"), json.dumps(command),
-                             *[f"{k}={v}" for k, v in mappings.items()]], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"vLLM rejected {command}:\n{result.stderr[-3000:]}"
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def containerize(runner, run_dir: Path, target: str, *extra: str):

@@ -23,11 +23,12 @@ def cfg(trained, asked=None):
     (65536, None, {"max_position_embeddings": 131072}, 65536, "training used 65536"),
     (4096, None, {"max_position_embeddings": 2048}, 2048, "the model's own limit (training used 4096)"),
     (None, None, {"max_position_embeddings": 2048}, 2048, "the training length is not recorded"),
-    (256, None, {}, 4096, "config.json gives no max_position_embeddings"),
-    (8192, None, {}, 8192, "config.json gives no max_position_embeddings"),
+    (256, None, {}, 4096, "config.json gives no context limit"),
+    (8192, None, {}, 8192, "config.json gives no context limit"),
+    (256, None, {"n_positions": 1024, "n_ctx": 1024}, 1024, "the model's own limit"),  # GPT-2
     (256, 1024, {"max_position_embeddings": 8192}, 1024, "containers.context_length (training used 256"),
 ], ids=["small-model", "nested-text-config", "capped", "trained-beyond-cap", "model-below-training",
-        "adapter-from-elsewhere", "unknown-limit", "unknown-limit-long-training", "asked"])
+        "adapter-from-elsewhere", "unknown-limit", "unknown-limit-long-training", "gpt2", "asked"])
 def test_each_server_gets_the_models_context(trained, asked, model_config, length, why):
     got, reason = served_context_length(cfg(trained, asked), model_config)
     assert got == length and why in reason

@@ -114,3 +114,54 @@ def test_a_dora_adapter_on_gpt2_conv1d_merges(checkpoints, tmp_path):
     adapter = make_adapter(base, tmp_path / "adapter", use_dora=True)
     v = merge_external(adapter, str(base), tmp_path / "run", dtype="float16").verification
     assert v["mean_abs_vs_base"] > 100 * v["mean_abs"], v
+
+
+@pytest.mark.parametrize("name", MATRIX)
+def test_a_lora_gguf_on_the_base_gguf_computes_base_plus_adapter(name, checkpoints, tmp_path):
+    """packager's LoRA GGUF writer (tensor names from the architecture's own map, rows reordered as the
+    converter reorders the base's: Llama's RoPE permutation, GPT-NeoX's fused q/k/v) applied by llama.cpp
+    onto the converted base, against PEFT's base + adapter unmerged in float32."""
+    import json
+
+    from packager.models.adapter import read_adapter
+    from packager.stages.export.convert import convert_to_gguf
+    from packager.stages.export.lora_gguf import lora_architecture, write_lora_gguf
+    from packager.stages.export.parity import gguf_parity, reference_outputs
+
+    from support.models import make_adapter
+
+    base = checkpoints(name)
+    adapter = make_adapter(base, tmp_path / "adapter")
+    config = json.loads((base / "config.json").read_text())
+    base_gguf, lora_gguf = tmp_path / "base.gguf", tmp_path / "lora.gguf"
+    convert_to_gguf(base, base_gguf, outtype="f32", metadata={})
+    info = write_lora_gguf(read_adapter(adapter), config, lora_gguf, arch=lora_architecture(config))
+    assert info["modules"] >= 4 * 2
+    ref = reference_outputs(base, CONVERSATIONS, stop_ids=generation_stop_ids(base), adapter_dir=adapter)
+    parity = gguf_parity(base_gguf, ref, lora_path=lora_gguf)
+    assert parity["top1_agreement"] >= 0.98 and parity["mean_kl"] <= 0.01, parity
+    without = gguf_parity(base_gguf, ref)
+    assert without["mean_kl"] > 10 * max(parity["mean_kl"], 1e-6), "the adapter changed nothing"
+
+
+@pytest.mark.parametrize("name", MATRIX)
+def test_vllm_accepts_the_flags_packager_writes_for_each_architecture(name, checkpoints):
+    """vLLM 0.33's own `vllm serve` parser and engine-config check on the flags packager's vLLM context
+    writes: the architecture is in vLLM's ModelRegistry, and the served context is one vLLM allows (GPT-2
+    says n_positions, not max_position_embeddings: packager served 4096 and vLLM refused it)."""
+    import json
+
+    from packager.config import BaseModelConfig, PackagerConfig
+    from packager.models.checkpoint import read_context_limit
+    from packager.serve.vllm import vllm_flags
+
+    from support.containers import vllm_accepts
+
+    directory = checkpoints(name)
+    config = json.loads((directory / "config.json").read_text())
+    cfg = PackagerConfig(base=BaseModelConfig(model=str(directory)))
+    flags = vllm_flags(cfg, directory, str(directory), config, served_name=name)
+    summary = vllm_accepts([str(directory), *flags], {})
+    assert summary["architecture_supported"] and summary["architectures"] == config["architectures"]
+    assert summary["max_model_len"] == read_context_limit(directory) == 512
+    assert summary["generation_config"] == str(directory)

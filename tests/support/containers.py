@@ -10,6 +10,7 @@ detection elsewhere keeps finding what it found before.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -246,3 +247,21 @@ def compose_config_errors(compose: Path) -> list[str]:
     done = subprocess.run(["docker-compose", "-f", str(compose), "config", "-q"], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "T_API_KEY": "set-for-the-check"})
     return [line for line in (done.stdout + done.stderr).splitlines() if line.strip()] if done.returncode else []
+
+
+# ---------------------------------------------------------------- vLLM's own parser
+
+def vllm_python() -> Path:
+    python = Path(os.environ.get("VLLM_CHECK_PYTHON", Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"))
+    if not python.is_file():
+        pytest.fail(f"the vLLM check venv is missing ({python}): run `make vllm-check-venv` (make test does)")
+    return python
+
+
+def vllm_accepts(command: list[str], mappings: dict[str, Path]) -> dict:
+    """Run vLLM 0.33's `vllm serve` parser and create_engine_config() on the generated command."""
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(vllm_python()), str(CONTAINERS / "vllm_check.py"), json.dumps(command),
+                             *[f"{k}={v}" for k, v in mappings.items()]], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"vLLM rejected {command}:\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -4,7 +4,6 @@ every row, all before any model loads. Every problem is reported at once."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -13,7 +12,7 @@ from typing import Any
 
 from packager.config import BaseModelConfig
 from packager.errors import StageError
-from packager.models.checkpoint import resolve_base
+from packager.models.checkpoint import read_context_limit, resolve_base
 from packager.models.tokenizer import load_tokenizer
 from packager.stages.data.masks import tokenize_with_assistant_mask
 from packager.stages.data.rows import Problem, Row, read_rows
@@ -166,8 +165,7 @@ def tokenizer_for_model(model: str, chat_template: Path | None = None):
     """(tokenizer, notes, model's max positions) for a base model given as a directory or Hub id."""
     ckpt = resolve_base(BaseModelConfig(model=model))
     prepared = load_tokenizer(ckpt.path, chat_template=chat_template)
-    config = json.loads((ckpt.path / "config.json").read_text())
-    return prepared.tokenizer, prepared.notes, config.get("max_position_embeddings")
+    return prepared.tokenizer, prepared.notes, read_context_limit(ckpt.path)
 
 
 def check_data(dataset: DataSpec, *, eval_path: DataSpec | None = None, model: str | None = None,

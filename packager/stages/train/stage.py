@@ -20,7 +20,7 @@ from pathlib import Path
 
 from packager.config import PackagerConfig
 from packager.errors import StageError, first_line, is_out_of_memory
-from packager.models.checkpoint import Checkpoint, record_base, resolve_base
+from packager.models.checkpoint import Checkpoint, read_context_limit, record_base, resolve_base
 from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
 from packager.stages.data.masks import tokenize_with_assistant_mask
@@ -146,7 +146,7 @@ def _train_holding(run: Run | None, cfg: PackagerConfig, ckpt: Checkpoint, prepa
 
 def _prepare(run: Run, cfg: PackagerConfig, ckpt: Checkpoint, tokenizer, *, work: Path, resume: bool) -> None:
     """Main process only: check and split the data into the run, and clear (or keep, to resume) the work area."""
-    model_max = json.loads((ckpt.path / "config.json").read_text()).get("max_position_embeddings")
+    model_max = read_context_limit(ckpt.path)
     prepare_data(run, cfg.training_data, tokenizer=tokenizer, model_max=model_max)
     if resume and last_complete_checkpoint(work / "checkpoints") is None:
         raise StageError("train", f"--resume: no checkpoint in {work / 'checkpoints'} to resume from",
