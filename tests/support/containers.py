@@ -252,7 +252,8 @@ def compose_config_errors(compose: Path) -> list[str]:
 # ---------------------------------------------------------------- vLLM's own parser
 
 def vllm_python() -> Path:
-    python = Path(os.environ.get("VLLM_CHECK_PYTHON", Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"))
+    default = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+    python = Path(os.environ.get("VLLM_CHECK_PYTHON", default))
     if not python.is_file():
         pytest.fail(f"the vLLM check venv is missing ({python}): run `make vllm-check-venv` (make test does)")
     return python
