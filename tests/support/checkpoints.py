@@ -116,8 +116,9 @@ def spm_tokenizer(directory: Path, arch: Architecture):
     return (GemmaTokenizer if "gemma" in arch.name else LlamaTokenizer).from_pretrained(directory)
 
 
-def build_checkpoint(arch: Architecture | str, directory: Path, *, seed: int = 0) -> Path:
-    """A 2-layer, hidden-32 checkpoint of ``arch`` with random weights, its tokenizer and chat template."""
+def build_checkpoint(arch: Architecture | str, directory: Path, *, seed: int = 0, hidden: int = HIDDEN) -> Path:
+    """A 2-layer checkpoint of ``arch`` (hidden size 32 unless ``hidden``: QLoRA's 4-bit blocks want 64) with
+    random weights, its tokenizer and chat template."""
     import torch
     import transformers
     from transformers import GenerationConfig
@@ -141,11 +142,11 @@ def build_checkpoint(arch: Architecture | str, directory: Path, *, seed: int = 0
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     if arch.name == "gpt2":
-        config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=HIDDEN, n_layer=2, n_head=4,
+        config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=2, n_head=4,
                                          n_positions=512, initializer_range=INIT, **ids)
     else:
         config = getattr(transformers, arch.config_class)(
-            vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=INIT, **ids,
             **arch.settings)
     torch.manual_seed(seed)
