@@ -41,16 +41,24 @@ def base_inspect(model: str, allow_pickle: bool, as_json: bool) -> None:
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
               show_default=True, help="dtype of the saved weights.")
 @click.option("--hub-id", help="The Hub id this GGUF came from, recorded for model cards.")
-def base_import_gguf(gguf: Path, out_dir: Path, dtype: str, hub_id: str | None) -> None:
+@click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path),
+              help="A Jinja chat template file to attach (a base model's GGUF carries none), replacing the GGUF's.")
+def base_import_gguf(gguf: Path, out_dir: Path, dtype: str, hub_id: str | None, chat_template: Path | None) -> None:
     """Turn a GGUF file into a safetensors checkpoint with tokenizer and chat template.
 
     \b
     Example:
       packager base import-gguf model.Q8_0.gguf ./base
+      packager base import-gguf gemma-3-270m.gguf ./base --chat-template gemma3.jinja
     """
     from packager.models.gguf_import import import_gguf
+    from packager.models.tokenizer import read_chat_template
 
-    click.echo(f"imported {gguf} -> {import_gguf(gguf, out_dir, dtype=dtype, hub_id=hub_id)}")
+    out = import_gguf(gguf, out_dir, dtype=dtype, hub_id=hub_id, chat_template=chat_template)
+    click.echo(f"imported {gguf} -> {out}")
+    if not read_chat_template(out):
+        click.echo("note: no chat template (the GGUF carries none: a base model). Set base.chat_template to a "
+                   "Jinja file when you train on it, or import again with --chat-template FILE.")
 
 
 @base.command("example")

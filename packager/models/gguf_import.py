@@ -8,8 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from packager.errors import InputFileError, RunConflictError, StageError, first_line, is_out_of_memory
-from packager.models.gguf import check_gguf_magic
+from packager.errors import (InputFileError, MissingPathError, RunConflictError, StageError, first_line,
+                             is_out_of_memory)
+from packager.models.gguf import check_gguf_magic, read_gguf_metadata
+from packager.models.stop_tokens import chat_stop_token_ids
 from packager.run.atomic import partial_sibling, replace_directory
 from packager.run.directory import Run
 from packager.run.hashing import sha256_file
@@ -17,39 +19,80 @@ from packager.run.manifest import MANIFEST_NAME, read_manifest
 from packager.run.verify import verify_run
 
 
-def _existing_import(out_dir: Path, gguf_sha256: str) -> bool:
-    """True when ``out_dir`` already holds an import of this exact GGUF; raises if it holds anything else."""
+def _existing_import(out_dir: Path, inputs: set[str]) -> bool:
+    """True when ``out_dir`` already holds an import of these exact inputs (the GGUF, and the chat template
+    file if any); raises if it holds anything else."""
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return False
     if (out_dir / MANIFEST_NAME).is_file():
         stage = read_manifest(out_dir).stages.get("import-gguf")
-        if stage and any(i.sha256 == gguf_sha256 for i in stage.inputs):
+        if stage and {i.sha256 for i in stage.inputs} == inputs:
             if verify_run(out_dir).ok:
                 return True
     raise RunConflictError(out_dir, "already exists and is not an intact import of this GGUF",
                            hint="choose another output directory or delete this one")
 
 
+def read_template_file(path: Path) -> str:
+    """A chat template file's text, refused unless it parses as Jinja."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    if not path.is_file():
+        raise MissingPathError(path, "chat template file does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        ImmutableSandboxedEnvironment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise InputFileError(path, f"line {exc.lineno}: not a valid Jinja chat template: {exc.message}") from None
+    return text
+
+
+def _refuse_early(gguf: Path) -> dict:
+    """What can be refused from the GGUF's header alone, before minutes of dequantizing: an architecture
+    transformers' GGUF loader does not read. Returns the header fields."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    meta = read_gguf_metadata(gguf)
+    if meta["architecture"] not in GGUF_CONFIG_MAPPING:
+        readable = sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})
+        raise InputFileError(gguf, f"transformers cannot load GGUF architecture {meta['architecture']!r} "
+                                   f"(it reads {', '.join(readable)})",
+                             hint="convert the model's original safetensors checkpoint instead")
+    return meta
+
+
 def import_gguf(gguf: Path | str, out_dir: Path | str, *, dtype: str = "bfloat16",
-                hub_id: str | None = None) -> Path:
+                hub_id: str | None = None, chat_template: Path | str | None = None) -> Path:
     """Turn a GGUF file into a safetensors checkpoint with tokenizer and chat template.
 
     Uses transformers' GGUF loader, then drops ``quantization_config`` and rebuilds
     the model ``from_config`` so the result is an ordinary dense checkpoint. The
-    output directory is a run of its own: its manifest records the GGUF as the
-    parent of every file. Idempotent: an intact import of the same GGUF is reused.
+    output directory is a run of its own: its manifest records the GGUF (and the
+    ``chat_template`` file, which replaces the GGUF's template or gives a base model
+    one) as the parent of every file, and where the template came from; a base model
+    without one imports too, recorded as such. Idempotent: an intact import of the same
+    inputs is reused.
     """
     gguf, out_dir = Path(gguf).resolve(), Path(out_dir)
     check_gguf_magic(gguf)
-    gguf_digest = sha256_file(gguf)
-    if _existing_import(out_dir, gguf_digest.sha256):
+    meta = _refuse_early(gguf)
+    template_file = Path(chat_template) if chat_template is not None else None
+    template = read_template_file(template_file) if template_file else None
+    inputs = {sha256_file(gguf).sha256} | ({sha256_file(template_file).sha256} if template_file else set())
+    if _existing_import(out_dir, inputs):
         return out_dir
+    source = (f"the file {template_file.name}" if template_file else "the GGUF" if meta["chat_template"] else None)
     tmp = partial_sibling(out_dir)
     try:
         run = Run.create(tmp, name=_run_name_for(out_dir))
-        with run.stage("import-gguf", parameters={"gguf": gguf.name, "dtype": dtype, "hub_id": hub_id}) as st:
+        with run.stage("import-gguf", parameters={"gguf": gguf.name, "dtype": dtype, "hub_id": hub_id,
+                                                  "chat_template": source}) as st:
             st.add_input(gguf)
-            _convert_gguf(gguf, tmp, dtype=dtype)
+            if template_file:
+                st.add_input(template_file)
+            _convert_gguf(gguf, tmp, dtype=dtype, chat_template=template)
+            st.metrics["chat_template"] = source
             for file in sorted(tmp.iterdir()):
                 if file.is_file() and file.name != MANIFEST_NAME:
                     st.add_output(file)
@@ -80,12 +123,12 @@ def _out_of_memory_said(gguf: Path) -> Iterator[None]:
                          hint="import on a machine with more memory: it is dequantized to float32") from None
 
 
-def _convert_gguf(gguf: Path, out_dir: Path, *, dtype: str) -> None:
+def _convert_gguf(gguf: Path, out_dir: Path, *, dtype: str, chat_template: str | None) -> None:
     with _out_of_memory_said(gguf):
-        _write_dense_checkpoint(gguf, out_dir, dtype=dtype)
+        _write_dense_checkpoint(gguf, out_dir, dtype=dtype, chat_template=chat_template)
 
 
-def _write_dense_checkpoint(gguf: Path, out_dir: Path, *, dtype: str) -> None:
+def _write_dense_checkpoint(gguf: Path, out_dir: Path, *, dtype: str, chat_template: str | None) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -109,15 +152,15 @@ def _write_dense_checkpoint(gguf: Path, out_dir: Path, *, dtype: str) -> None:
         raise StageError("import-gguf", f"weights do not match the architecture: missing {missing[:3]}, "
                                         f"unexpected {unexpected[:3]}")
     del loaded
-    if tokenizer.chat_template is None:
-        raise InputFileError(gguf, "the GGUF carries no tokenizer.chat_template",
-                             hint="set base.chat_template to a Jinja file when you train on this model")
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     tokenizer.model_max_length = getattr(config, "max_position_embeddings", tokenizer.model_max_length)
-    model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    # every token that closes an assistant turn stops generation (Gemma's <end_of_turn>, not only <eos>)
+    stops = chat_stop_token_ids(out_dir) if tokenizer.chat_template else [tokenizer.eos_token_id]
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stops,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out_dir, safe_serialization=True)
     for file in out_dir.iterdir():
         if file.is_file():
             file.chmod(0o644)  # readable by a serving container's non-root user
