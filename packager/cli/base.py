@@ -41,15 +41,16 @@ def base_inspect(model: str, allow_pickle: bool, as_json: bool) -> None:
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
               show_default=True, help="dtype of the saved weights.")
 @click.option("--hub-id", help="The Hub id this GGUF came from, recorded for model cards.")
-@click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path),
-              help="A Jinja chat template file to attach (a base model's GGUF carries none), replacing the GGUF's.")
-def base_import_gguf(gguf: Path, out_dir: Path, dtype: str, hub_id: str | None, chat_template: Path | None) -> None:
+@click.option("--chat-template", metavar="FILE|NAME",
+              help="A Jinja chat template to attach (a base model's GGUF carries none), replacing the GGUF's: a "
+                   "file, or one packager ships (gemma3).")
+def base_import_gguf(gguf: Path, out_dir: Path, dtype: str, hub_id: str | None, chat_template: str | None) -> None:
     """Turn a GGUF file into a safetensors checkpoint with tokenizer and chat template.
 
     \b
     Example:
       packager base import-gguf model.Q8_0.gguf ./base
-      packager base import-gguf gemma-3-270m.gguf ./base --chat-template gemma3.jinja
+      packager base import-gguf gemma-3-270m.gguf ./base --chat-template gemma3
     """
     from packager.models.gguf_import import import_gguf
     from packager.models.tokenizer import read_chat_template

@@ -33,13 +33,26 @@ def _existing_import(out_dir: Path, inputs: set[str]) -> bool:
                            hint="choose another output directory or delete this one")
 
 
+SHIPPED_CHAT_TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "chat"
+
+
+def chat_template_file(value: Path | str) -> Path:
+    """``value`` as a file, else the chat template packager ships under that name (templates/chat/)."""
+    path = Path(value)
+    if path.is_file() or path.suffix or len(path.parts) > 1:
+        return path
+    shipped = SHIPPED_CHAT_TEMPLATES / f"{value}.jinja"
+    return shipped if shipped.is_file() else path
+
+
 def read_template_file(path: Path) -> str:
     """A chat template file's text, refused unless it parses as Jinja."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     if not path.is_file():
-        raise MissingPathError(path, "chat template file does not exist")
+        shipped = ", ".join(sorted(p.stem for p in SHIPPED_CHAT_TEMPLATES.glob("*.jinja")))
+        raise MissingPathError(path, f"chat template file does not exist (packager ships: {shipped})")
     text = path.read_text(encoding="utf-8")
     try:
         ImmutableSandboxedEnvironment().parse(text)
@@ -77,7 +90,7 @@ def import_gguf(gguf: Path | str, out_dir: Path | str, *, dtype: str = "bfloat16
     gguf, out_dir = Path(gguf).resolve(), Path(out_dir)
     check_gguf_magic(gguf)
     meta = _refuse_early(gguf)
-    template_file = Path(chat_template) if chat_template is not None else None
+    template_file = chat_template_file(chat_template).resolve() if chat_template is not None else None
     template = read_template_file(template_file) if template_file else None
     inputs = {sha256_file(gguf).sha256} | ({sha256_file(template_file).sha256} if template_file else set())
     if _existing_import(out_dir, inputs):

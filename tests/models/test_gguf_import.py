@@ -2,6 +2,7 @@
 `--chat-template FILE` attaches one, and what can be refused is refused before the dequantizing."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,15 @@ def test_a_broken_template_file_or_an_unreadable_architecture_is_refused_before_
         import_gguf(neox, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
+
+
+def test_a_shipped_chat_template_is_named_without_a_path(tmp_path, monkeypatch):
+    from packager.models.gguf_import import SHIPPED_CHAT_TEMPLATES, chat_template_file, read_template_file
+
+    monkeypatch.chdir(tmp_path)
+    assert chat_template_file("gemma3") == SHIPPED_CHAT_TEMPLATES / "gemma3.jinja"
+    assert "<start_of_turn>" in read_template_file(chat_template_file("gemma3"))
+    (tmp_path / "gemma3").write_text("{{ messages[0]['content'] }}")  # a file of that name wins
+    assert chat_template_file("gemma3") == Path("gemma3")
+    with pytest.raises(Exception, match=r"does not exist \(packager ships: gemma3\)"):
+        read_template_file(chat_template_file("llama9"))
