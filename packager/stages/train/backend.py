@@ -56,3 +56,15 @@ def choose_backend(requested: str) -> Backend:
         return Backend("unsloth", "auto: CUDA device and unsloth installed", device, bf16, precision)
     reason = "auto: " + ("unsloth not installed" if cuda else "no CUDA device")
     return Backend("trl", reason, device, bf16, precision)
+
+
+def import_unsloth_first() -> list[str]:
+    """Import Unsloth before transformers, TRL and PEFT, as it requires: it patches them when imported, and
+    imported after them its optimisations are partly missing (``unsloth/_gpu_init.py`` warns then). Returns
+    those already imported when it came (none in ``packager train``), which the run records."""
+    import sys
+
+    late = [name for name in ("trl", "transformers", "peft") if name in sys.modules]
+    import unsloth  # noqa: F401
+
+    return late

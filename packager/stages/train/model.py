@@ -61,8 +61,22 @@ def lora_config(cfg: PackagerConfig):
                       bias="none", task_type="CAUSAL_LM")
 
 
+def linear_module_names(model) -> list[str]:
+    """The names PEFT's "all-linear" targets, spelled out: the last name part of every linear layer (GPT-2's
+    Conv1D and bitsandbytes' 4-bit layers included) except the output layer. Phi-3 has qkv_proj and
+    gate_up_proj, GPT-NeoX query_key_value: not Llama's seven projections."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    output = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not output and "." in name})
+
+
 def _load_unsloth(ckpt: Checkpoint, cfg: PackagerConfig):
-    """Unsloth's fast path on CUDA. Unsloth wants explicit module names, so all-linear is spelled out."""
+    """Unsloth's fast path on CUDA. Unsloth wants explicit module names, so all-linear is spelled out; the
+    rest of LoraConfig (use_dora) reaches PEFT through its keyword arguments (``get_peft_model(**kwargs)``
+    in ``unsloth/models/llama.py``)."""
     from unsloth import FastLanguageModel  # noqa: I001  (unsloth must be imported before transformers)
 
     lora = cfg.train.lora
@@ -71,8 +85,8 @@ def _load_unsloth(ckpt: Checkpoint, cfg: PackagerConfig):
                                                  full_finetuning=cfg.train.method == "full")
     if cfg.train.method == "full":
         return model
-    targets = lora.target_modules if lora.target_modules != "all-linear" else [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    targets = lora.target_modules if lora.target_modules != "all-linear" else linear_module_names(model)
     return FastLanguageModel.get_peft_model(model, r=lora.r, lora_alpha=lora.alpha or lora.r,
                                             lora_dropout=lora.dropout, target_modules=targets,
-                                            use_rslora=lora.use_rslora, random_state=cfg.train.seed)
+                                            use_rslora=lora.use_rslora, use_dora=lora.use_dora,
+                                            random_state=cfg.train.seed)

@@ -11,6 +11,7 @@ atomically (stage ``train``). Training goes through Accelerate, so
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -26,7 +27,7 @@ from packager.run.directory import Run
 from packager.stages.data.masks import tokenize_with_assistant_mask
 from packager.stages.data.split import prepare_data, read_split
 from packager.stages.train.report import write_training_report
-from packager.stages.train.backend import Backend, choose_backend
+from packager.stages.train.backend import Backend, choose_backend, import_unsloth_first
 from packager.stages.train.callbacks import make_callbacks, quiet_progress
 from packager.stages.train.checkpoints import interrupted, last_complete_checkpoint, resume_point, working_dir
 from packager.stages.train.model import load_model
@@ -106,6 +107,11 @@ class TrainResult:
 def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = False,
                 max_steps: int | None = None) -> TrainResult:
     """Run the data and train stages for ``cfg`` into ``cfg.run_dir``."""
+    backend = choose_backend(cfg.train.backend)  # first: Unsloth must come before transformers, TRL and PEFT
+    late = import_unsloth_first() if backend.name == "unsloth" else []
+    if late:  # packager as a library, in a process that had imported them: recorded with the run
+        backend = dataclasses.replace(backend, reason=f"{backend.reason}; Unsloth imported after "
+                                                      f"{', '.join(late)}, so not all its patches apply")
     import torch
     from accelerate import PartialState
 
@@ -116,18 +122,18 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     run = Run.create(cfg.run_dir, name=cfg.run.name) if state.is_main_process else None
     # The whole stage holds the run: a second `packager train` on it had cleared this one's live checkpoints.
     with run.hold() if run is not None else contextlib.nullcontext():
-        return _train_holding(run, cfg, ckpt, prepared, state, dry_run=dry_run, resume=resume, max_steps=max_steps)
+        return _train_holding(run, cfg, ckpt, prepared, state, backend, dry_run=dry_run, resume=resume,
+                              max_steps=max_steps)
 
 
-def _train_holding(run: Run | None, cfg: PackagerConfig, ckpt: Checkpoint, prepared, state, *, dry_run: bool,
-                   resume: bool, max_steps: int | None) -> TrainResult:
+def _train_holding(run: Run | None, cfg: PackagerConfig, ckpt: Checkpoint, prepared, state, backend: Backend, *,
+                   dry_run: bool, resume: bool, max_steps: int | None) -> TrainResult:
     """The data and train stages, with the run held (``run`` is None in the other processes of a DDP run)."""
     work = working_dir(cfg.run_dir)
     if state.is_main_process:
         _prepare(run, cfg, ckpt, prepared.tokenizer, work=work, resume=resume)
     state.wait_for_everyone()
 
-    backend = choose_backend(cfg.train.backend)
     trainer = _trainer(cfg, ckpt, backend, prepared.tokenizer, work=work, max_steps=max_steps, dry_run=dry_run,
                        world_size=state.num_processes)
     last = resume_point(work / "checkpoints") if resume else None
