@@ -28,13 +28,16 @@ def data() -> None:
 @click.option("--model", help="Base model whose tokenizer and chat template to check against.")
 @click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path),
               help="A Jinja chat template file, for tokenizers without one.")
+@click.option("--system-policy", type=click.Choice(["error", "merge_into_first_user", "drop"]), default="error",
+              show_default=True, help="What becomes of a system message the chat template cannot take "
+                                      "(data.system_policy).")
 @click.option("--max-seq-length", type=int, default=1024, show_default=True)
 @click.option("--eval-fraction", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def data_check(dataset: str, eval_path: str | None, split: str, subset: str | None, columns: tuple[str, ...],
-               model: str | None, chat_template: Path | None, max_seq_length: int, eval_fraction: float, seed: int,
-               as_json: bool) -> None:
+               model: str | None, chat_template: Path | None, system_policy: str, max_seq_length: int,
+               eval_fraction: float, seed: int, as_json: bool) -> None:
     """Validate rows, render a sample through the chat template, report token lengths.
 
     DATASET is a JSONL, JSON, CSV/TSV or Parquet file, a `datasets` directory, or a Hub dataset as
@@ -51,7 +54,7 @@ def data_check(dataset: str, eval_path: str | None, split: str, subset: str | No
     mapping = dict(_column(c) for c in columns)
     report = check_data(_spec(dataset, split, subset), eval_path=_spec(eval_path, split, subset) if eval_path else None,
                         model=model, chat_template=chat_template, max_seq_length=max_seq_length,
-                        eval_fraction=eval_fraction, seed=seed, columns=mapping)
+                        eval_fraction=eval_fraction, seed=seed, columns=mapping, system_policy=system_policy)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
     if report.errors:
         click.get_current_context().exit(2)

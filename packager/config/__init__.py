@@ -101,6 +101,10 @@ class DataConfig(Section):
     """Longest tokenized row accepted; longer rows are reported, never silently truncated."""
     system_prompt: str | None = None
     """A system message added to rows that have none."""
+    system_policy: Literal["error", "merge_into_first_user", "drop"] = "error"
+    """For chat templates that raise on a system message or leave it out (Gemma 2, Mistral 7B): error refuses
+    rows that have one; merge_into_first_user puts its text and a blank line before the first user message;
+    drop leaves it out. Applied by the chat template itself, so training, eval and serving all do the same."""
 
 
 class LoraConfig(Section):

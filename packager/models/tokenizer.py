@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packager.errors import InputFileError, MissingPathError, first_line
+from packager.models.system_policy import policy_of, with_system_policy
 
 
 @dataclass
@@ -16,9 +17,11 @@ class PreparedTokenizer:
     chat_template_source: str = "tokenizer"
 
 
-def load_tokenizer(model_dir: Path | str, *, chat_template: Path | None = None,
+def load_tokenizer(model_dir: Path | str, *, chat_template: Path | None = None, system_policy: str | None = None,
                    trust_remote_code: bool = False) -> PreparedTokenizer:
-    """Load the tokenizer of ``model_dir``; apply a chat template file; ensure a pad token.
+    """Load the tokenizer of ``model_dir``; apply a chat template file and ``data.system_policy``
+    (:mod:`packager.models.system_policy`; None keeps the template as saved, as a trained run's is); ensure a
+    pad token.
 
     Raises:
         InputFileError: the tokenizer has no chat template and none was given.
@@ -39,6 +42,18 @@ def load_tokenizer(model_dir: Path | str, *, chat_template: Path | None = None,
         prepared.notes.append(f"chat template from {chat_template}")
     if not tokenizer.chat_template:
         raise no_chat_template_error(model_dir)
+    templates = tokenizer.chat_template  # one template, or named ones ({"default": ..., "tool_use": ...})
+    named = templates if isinstance(templates, dict) else {None: templates}
+    if system_policy is not None and any(system_policy != policy_of(t) for t in named.values()):
+        try:
+            named = {name: with_system_policy(t, system_policy) for name, t in named.items()}
+        except ValueError as exc:  # a trained run's template, and a config that now says otherwise
+            raise InputFileError(model_dir, str(exc), field="chat_template",
+                                 hint="set data.system_policy as it was in training") from None
+        tokenizer.chat_template = named if isinstance(templates, dict) else named[None]
+        prepared.notes.append(f"data.system_policy {system_policy}: the chat template "
+                              + ("merges a system message into the first user message"
+                                 if system_policy == "merge_into_first_user" else "drops a system message"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         prepared.notes.append(f"no pad token: using eos {tokenizer.eos_token!r} as pad")

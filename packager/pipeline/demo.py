@@ -192,7 +192,8 @@ def run_demo(workdir: Path | str, *, say: Callable[[str], None]) -> DemoResult:
 def _data_check(cfg) -> str:
     """Check and split the data into the run (stage ``data``), as training will; one line of stats."""
     ckpt = resolve_base(cfg.base)
-    tokenizer = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template).tokenizer
+    tokenizer = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
+                               system_policy=cfg.training_data.system_policy).tokenizer
     model_max = read_context_limit(ckpt.path)
     report = prepare_data(Run.create(cfg.run_dir, name=cfg.run.name), cfg.training_data, tokenizer=tokenizer,
                           model_max=model_max)

@@ -54,16 +54,26 @@ class ChatFormat:
     default_system: str | None  # content of the system turn the template adds when there is none
     start: str = ""  # written once before the first turn (the BOS text, when the tokenizer does not add BOS)
     leading_bos: str = ""  # BOS text Jinja writes first that llama.cpp adds itself, so Go must not [doubled BOS]
+    system: str = "turn"
+    """Where a leading system message goes: a ``turn`` of its own; into the ``first_user`` turn, wrapped in the
+    system prefix and suffix before the user's content (Gemma 3's template, data.system_policy
+    merge_into_first_user); or nowhere (``drop``: data.system_policy drop)."""
 
     def render(self, messages: list[dict]) -> str:
         """What the Go template renders for ``messages`` (a conversation ending in a user turn)."""
         out = [self.start]
         if self.default_system is not None and messages[0]["role"] != "system":
             out.append(self.prefix["system"] + self.default_system + self.suffix["system"])
+        pending = None  # the system text still to put into the first user turn
+        if self.system != "turn" and messages and messages[0]["role"] == "system":
+            pending = messages[0]["content"] if self.system == "first_user" else None
+            messages = messages[1:]
         for i, message in enumerate(messages):
             last = i == len(messages) - 1
-            role = message["role"]
-            out.append(self.prefix[role] + message["content"])
+            role, content = message["role"], message["content"]
+            if role == "user" and pending is not None:
+                content, pending = self.prefix["system"] + pending + self.suffix["system"] + content, None
+            out.append(self.prefix[role] + content)
             if not (last and role == "assistant"):
                 out.append(self.suffix[role])
             if last and role != "assistant":
@@ -77,6 +87,10 @@ class ChatFormat:
             lines.append('{{- if and .Messages (ne (index .Messages 0).Role "system") }}'
                          + _go_text(self.prefix["system"] + self.default_system + self.suffix["system"])
                          + "{{ end }}")
+        if self.system == "first_user":  # the leading system message, held for the first user turn
+            lines.append('{{- $system := "" }}{{- $pending := false }}')
+            lines.append('{{- if and .Messages (eq (index .Messages 0).Role "system") }}'
+                         '{{- $system = (index .Messages 0).Content }}{{- $pending = true }}{{- end }}')
         lines.append("{{- range $i, $m := .Messages }}")
         lines.append("{{- $last := eq (len (slice $.Messages $i)) 1 }}")
         for n, role in enumerate(ROLES):
@@ -84,7 +98,14 @@ class ChatFormat:
             suffix = _go_text(self.suffix[role])
             if role == "assistant":
                 suffix = "{{ if not $last }}" + suffix + "{{ end }}" if suffix else ""
-            lines.append(f'{{{{- {keyword} eq .Role "{role}" }}}}' + _go_text(self.prefix[role])
+            if role == "system" and self.system != "turn":
+                lines.append(f'{{{{- {keyword} eq .Role "system" }}}}')
+                continue
+            held = ""
+            if role == "user" and self.system == "first_user":
+                held = ("{{ if $pending }}" + _go_text(self.prefix["system"]) + "{{ $system }}"
+                        + _go_text(self.suffix["system"]) + "{{ $pending = false }}{{ end }}")
+            lines.append(f'{{{{- {keyword} eq .Role "{role}" }}}}' + _go_text(self.prefix[role]) + held
                          + "{{ .Content }}" + suffix)
         lines.append("{{- end }}")
         lines.append('{{- if and $last (ne .Role "assistant") }}' + _go_text(self.generation_prompt) + "{{ end }}")
@@ -124,64 +145,109 @@ def _cannot(reason: str) -> StageError:
 
 def infer_chat_format(template: ChatTemplate) -> ChatFormat:
     """Read the turn structure off renders with marker contents (see the module docstring)."""
-    s, u1, a1, u2 = _MARK["system"].format(1), _MARK["user"].format(1), _MARK["assistant"].format(1), \
-        _MARK["user"].format(2)
+    s, u1, a1, u2, a2 = _MARK["system"].format(1), _MARK["user"].format(1), _MARK["assistant"].format(1), \
+        _MARK["user"].format(2), _MARK["assistant"].format(2)
     msg = lambda role, content: {"role": role, "content": content}  # noqa: E731
+    turns = [msg("user", u1), msg("assistant", a1), msg("user", u2), msg("assistant", a2)]
     try:
-        full = template.render([msg("system", s), msg("user", u1), msg("assistant", a1), msg("user", u2),
-                                msg("assistant", _MARK["assistant"].format(2))], add_generation_prompt=False)
-        with_system = template.render([msg("system", s), msg("user", u1)], add_generation_prompt=False)
+        bare = template.render(turns, add_generation_prompt=False)
         user_only = template.render([msg("user", u1)], add_generation_prompt=False)
         user_gen = template.render([msg("user", u1)], add_generation_prompt=True)
     except Exception as exc:  # jinja2 errors, raise_exception() in the template
         raise _cannot(f"rendering it failed: {exc}") from None
-    pieces = (_split(full, [s, u1, a1, u2, _MARK["assistant"].format(2)], "a five-turn conversation"),
-              _split(with_system, [s, u1], "a system and a user turn"), _split(user_only, [u1], "a single user turn"),
-              user_only, user_gen)
+    try:
+        full = template.render([msg("system", s)] + turns, add_generation_prompt=False)
+        with_system = template.render([msg("system", s), msg("user", u1)], add_generation_prompt=False)
+    except Exception as exc:  # noqa: BLE001
+        raise _cannot(f"it raises on a system message ({exc}); set data.system_policy to merge_into_first_user "
+                      "or drop, which the Go template can follow") from None
+    renders = _Renders(bare=_split(bare, [u1, a1, u2, a2], "a four-turn conversation"),
+                       full=_split(full, [s, u1, a1, u2, a2], "a system turn and four more") if s in full else None,
+                       dropped=s not in full and s not in with_system and full == bare and with_system == user_only,
+                       with_system=_split(with_system, [s, u1], "a system and a user turn") if s in with_system else
+                       None, user_only=_split(user_only, [u1], "a single user turn"), user_only_text=user_only,
+                       user_gen=user_gen)
     # BOS text at the start of every conversation is either part of the first turn (ChatML whose BOS is
     # <|im_start|>) or written once before it (Llama 3); try both, the likelier first.
     bos = template.bos_token
     candidates = [""]
-    if bos and all(r.startswith(bos) for r in (full, with_system, user_only)):
+    if bos and all(r.startswith(bos) for r in (bare, full, with_system, user_only)):
         candidates = [bos, ""] if template.adds_bos else ["", bos]
     for n, start in enumerate(candidates):
         try:
-            return _structure(*pieces, start=start, adds_bos=template.adds_bos)
+            return _structure(renders, start=start, adds_bos=template.adds_bos)
         except StageError:
             if n == len(candidates) - 1:
                 raise
 
 
-def _structure(full: list[str], with_system: list[str], user_only: list[str], user_only_text: str, user_gen: str,
-               *, start: str, adds_bos: bool) -> ChatFormat:
-    p0, p1, p2, p3, p4, p5 = full
-    _, e1, e2 = with_system
-    d0 = user_only[0]
-    if not (p0.startswith(start) and d0.startswith(start)):
+@dataclass(frozen=True)
+class _Renders:
+    """The template's renders of marker conversations, cut at the markers."""
+
+    bare: list[str]  # user, assistant, user, assistant
+    full: list[str] | None  # the same after a system message; None when the system text is not in it
+    dropped: bool  # the system message leaves no trace at all
+    with_system: list[str] | None  # system, user
+    user_only: list[str]
+    user_only_text: str
+    user_gen: str  # a single user turn with the generation prompt
+
+
+def _structure(r: _Renders, *, start: str, adds_bos: bool) -> ChatFormat:
+    b0, b1, b2, b3, b4 = r.bare
+    d0, d1 = r.user_only
+    if not (b0.startswith(start) and d0.startswith(start)):
         raise _cannot("conversations do not all start the same way")
-    p0, d0 = p0[len(start):], d0[len(start):]
-    suffix = {"assistant": p5, "user": e2}
-    if not p3.startswith(suffix["assistant"]):
+    b0, d0 = b0[len(start):], d0[len(start):]
+    suffix = {"assistant": b4, "user": d1}
+    if not b2.startswith(suffix["assistant"]):
         raise _cannot("the text after an assistant turn differs between the middle and the end of a conversation")
-    prefix = {"system": p0, "user": p3[len(suffix["assistant"]):]}
-    if not p2.startswith(suffix["user"]) or p4 != p2:
+    prefix = {"user": b2[len(suffix["assistant"]):]}
+    if not b1.startswith(suffix["user"]) or b3 != b1:
         raise _cannot("user turns are not written the same way each time")
-    prefix["assistant"] = p2[len(suffix["user"]):]
-    if not e1.endswith(prefix["user"]) or p1 != e1:
-        raise _cannot("the system turn is not followed by the usual user turn")
-    suffix["system"] = e1[: len(e1) - len(prefix["user"])]
-    if not user_gen.startswith(user_only_text):
+    prefix["assistant"] = b1[len(suffix["user"]):]
+    if b0 != d0:
+        raise _cannot("the text before the first user turn depends on the rest of the conversation")
+    if not r.user_gen.startswith(r.user_only_text):
         raise _cannot("the generation prompt is not appended after the conversation")
-    generation_prompt = user_gen[len(user_only_text):]
-    default_system = None
-    if d0 != prefix["user"]:
-        block = d0[: len(d0) - len(prefix["user"])] if d0.endswith(prefix["user"]) else None
+    generation_prompt = r.user_gen[len(r.user_only_text):]
+    system, default_system = _system_structure(r, prefix, suffix, start=start, lead=b0)
+    if adds_bos and start:  # llama.cpp prepends BOS itself
+        return ChatFormat(prefix, suffix, generation_prompt, default_system, start="", leading_bos=start,
+                          system=system)
+    return ChatFormat(prefix, suffix, generation_prompt, default_system, start=start, system=system)
+
+
+def _system_structure(r: _Renders, prefix: dict[str, str], suffix: dict[str, str], *, start: str,
+                      lead: str) -> tuple[str, str | None]:
+    """How a leading system message is written (fills ``prefix`` and ``suffix`` for it), and the default system
+    content the template writes when there is none. ``lead`` is the text before a first user turn."""
+    if r.dropped:
+        if lead != prefix["user"]:
+            raise _cannot("the template drops a system message but writes text of its own before the first turn")
+        prefix["system"] = suffix["system"] = ""
+        return "drop", None
+    if r.full is None or r.with_system is None:
+        raise _cannot("the system message is written in some conversations and not in others")
+    p0, p1, *rest = r.full
+    if rest != list(r.bare[1:]) or list(r.with_system) != [p0, p1, suffix["user"]]:
+        raise _cannot("the turns after a system message are not written as they are without one")
+    if not p0.startswith(start):
+        raise _cannot("conversations do not all start the same way")
+    p0 = p0[len(start):]
+    if p1.endswith(prefix["user"]):  # a turn of its own
+        prefix["system"], suffix["system"] = p0, p1[: len(p1) - len(prefix["user"])]
+        if lead == prefix["user"]:
+            return "turn", None
+        block = lead[: len(lead) - len(prefix["user"])] if lead.endswith(prefix["user"]) else None
         if block is None or not (block.startswith(prefix["system"]) and block.endswith(suffix["system"])):
             raise _cannot("the text before a lone user turn is neither the user prefix nor a system turn")
-        default_system = block[len(prefix["system"]): len(block) - len(suffix["system"])]
-    if adds_bos and start:  # llama.cpp prepends BOS itself
-        return ChatFormat(prefix, suffix, generation_prompt, default_system, start="", leading_bos=start)
-    return ChatFormat(prefix, suffix, generation_prompt, default_system, start=start)
+        return "turn", block[len(prefix["system"]): len(block) - len(suffix["system"])]
+    if p0.startswith(prefix["user"]) and lead == prefix["user"]:  # inside the first user turn (Gemma 3)
+        prefix["system"], suffix["system"] = p0[len(prefix["user"]):], p1
+        return "first_user", None
+    raise _cannot("the system turn is neither a turn of its own nor part of the first user turn")
 
 
 def expected_prompt(template: ChatTemplate, fmt: ChatFormat, messages: list[dict]) -> str:

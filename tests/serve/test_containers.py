@@ -61,10 +61,8 @@ GEMMA_TEMPLATE = (
     "{% endif %}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
     "{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] "
     "| trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
-MISTRAL_TEMPLATE = (  # the system prompt is glued into the first user turn: no per-role structure
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{% set sys = message['content'] %}"
-    "{% elif message['role'] == 'user' %}{{ '[INST] ' + (sys + '\n\n' if sys is defined and loop.index0 == 1 else '')"
-    " + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
+# Mistral 7B v0.3 writes the system prompt into the *last* user turn: no structure of prefixes and suffixes
+MISTRAL_TEMPLATE = (Path(__file__).parents[1] / "support" / "chat_templates" / "mistral-v0.3.jinja").read_text()
 
 needs_go = pytest.mark.skipif(shutil.which("go") is None and not os.environ.get("CI"),
                               reason="Go is not installed (apt install golang-go); .ci/run installs it")

@@ -125,14 +125,12 @@ CHAT_TEMPLATES = Path(__file__).parent.parent / "support" / "chat_templates"
 
 
 @pytest.mark.skipif(not go_available(), reason="go is not installed (apt install golang-go)")
-def test_the_escape_hatch_takes_a_hand_written_gemma3_template_that_inference_refuses():
-    """Gemma 3 folds the system prompt into the first user turn: packager cannot infer an Ollama TEMPLATE for
-    it, and says to write one (containers.ollama.template). That file is checked on its own, against the Jinja
+def test_the_escape_hatch_takes_a_hand_written_gemma3_template():
+    """Gemma 3 folds the system prompt into the first user turn, which inference now reads; a user may still
+    write the TEMPLATE (containers.ollama.template). That file is checked on its own, against the Jinja
     template, with Go; a planted one-character difference is caught, naming where."""
     gemma3 = ChatTemplate((CHAT_TEMPLATES / "gemma3.jinja").read_text(), "<bos>", "<eos>", {}, adds_bos=True)
-    with pytest.raises(StageError) as refused:
-        infer_chat_format(gemma3)
-    assert "containers.ollama.template" in refused.value.hint
+    assert infer_chat_format(gemma3).system == "first_user"
     hand_written = (CHAT_TEMPLATES / "gemma3.ollama.gotmpl").read_text()
     assert check_user_template(gemma3, hand_written) == {"conversations": 4,
                                                          "checked_with": "go text/template (containers.ollama.template)"}

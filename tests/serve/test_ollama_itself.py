@@ -232,3 +232,26 @@ def test_the_blob_cleanup_keeps_what_ollama_created(ollama, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in blobs.iterdir()) == created
     assert requests.post(f"{url}/api/show", json={"model": "kept"}, timeout=60).json()["template"] == "{{ .Prompt }}"
+
+
+def test_ollama_keeps_the_templates_that_hold_the_system_message_for_the_first_user_turn(ollama, tmp_path):
+    """Gemma 3's system prompt goes into the first user turn, so its inferred TEMPLATE assigns Go variables
+    (`$system`, `$pending`): written into a Modelfile, Ollama's `create` keeps it exactly. (0.9.3's `create` and
+    `show` also take a TEMPLATE that does not parse, such as one assigning an undeclared variable, so parsing is
+    proven by Go's own text/template in the parity check, not here.)"""
+    from packager.models.chat_template import ChatTemplate
+    from packager.models.system_policy import with_system_policy
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.modelfile import modelfile_string
+
+    from support.families import TEMPLATES
+
+    url, env, _ = ollama
+    write_tiny_gguf(tmp_path / "m.gguf")
+    gemma2 = (TEMPLATES / "gemma2.jinja").read_text()
+    for n, source in enumerate([(TEMPLATES / "gemma3.jinja").read_text(), with_system_policy(gemma2, "drop")]):
+        template = infer_chat_format(ChatTemplate(source, "<bos>", "<eos>", {}, adds_bos=True)).go_template()
+        modelfile = f"FROM ./m.gguf\nTEMPLATE {modelfile_string(template, what='template')}\n"
+        code, output, shown = create_and_show(url, env, tmp_path, f"held{n}", modelfile)
+        assert code == 0, output
+        assert shown["template"] == template

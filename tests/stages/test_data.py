@@ -377,7 +377,8 @@ def test_a_hub_dataset_is_read_at_its_pinned_commit_and_recorded_like_a_base_mod
 
     run = Run.create(tmp_path / "run")
     data_cfg = SimpleNamespace(train=spec, eval=spec.model_copy(update={"split": "test"}), eval_fraction=0.1,
-                               seed=1, max_seq_length=256, system_prompt=None, columns={"messages": "conversation"})
+                               seed=1, max_seq_length=256, system_prompt=None, system_policy="error",
+                               columns={"messages": "conversation"})
     prepare_data(run, data_cfg, tokenizer=None)
     stage = read_manifest(run.path).stages["data"]
     assert stage.parameters["train"] == f"org/tickets@{first[:12]} (tickets) [train]"

@@ -182,17 +182,21 @@ def linear_layer_names(directory) -> set[str]:
 def test_a_lora_dry_run_trains_every_linear_layer_evaluates_and_merges(name, checkpoints, runner, tmp_path):
     """`packager train --dry-run` (LoRA, "all-linear") on the example task rendered with the family's
     template, `packager eval --against-base` (generation stopping on the family's stop tokens), then
-    `packager merge`, whose verification compares with PEFT's unmerged model."""
+    `packager merge`, whose verification compares with PEFT's unmerged model. Gemma 2's template raises on the
+    example task's system message, so its run sets data.system_policy, which the merged template keeps."""
     import json
 
     from packager.cli import cli
+    from packager.models.system_policy import policy_of
+    from packager.models.tokenizer import read_chat_template
     from packager.run.manifest import read_manifest
     from packager.run.verify import verify_run
 
     from support.runs import dry_run_train
 
     directory = checkpoints(name)
-    run_dir = dry_run_train(runner, tmp_path, directory, learning_rate=0.05)
+    policy = ARCHITECTURES[name].system_policy
+    run_dir = dry_run_train(runner, tmp_path, directory, learning_rate=0.05, data={"system_policy": policy})
     adapter_cfg = json.loads((run_dir / "train" / "adapter" / "adapter_config.json").read_text())
     assert {m.rsplit(".", 1)[-1] for m in adapter_cfg["target_modules"]} == linear_layer_names(directory)
     evaluated = runner.invoke(cli, ["eval", str(run_dir), "--against-base", "--limit", "2"])
@@ -203,6 +207,7 @@ def test_a_lora_dry_run_trains_every_linear_layer_evaluates_and_merges(name, che
     assert merged.exit_code == 0, merged.output
     assert read_manifest(run_dir).stages["merge"].metrics["verification"]["greedy_agreement"] >= 0.98
     assert verify_run(run_dir).ok
+    assert policy_of(read_chat_template(run_dir / "merged")) == policy
 
 
 @pytest.mark.slow
@@ -223,13 +228,10 @@ def test_qlora_and_full_dry_runs_on_two_families(name, method, runner, tmp_path)
     assert (run_dir / "train" / produced).is_file()
 
 
-# Ollama TEMPLATE inference per family: written and checked, or refused with the reason. The refusals are
-# the structure model's (one prefix and suffix per role); the chat-templates issue widens it.
+# Ollama TEMPLATE inference per family (with the data.system_policy its runs use): written and checked, or
+# refused with the reason. The refusals are the structure model's; the chat-templates issue widens it.
 OLLAMA_REFUSALS = {
     "qwen3": "user turns are not written the same way each time",  # <think> on the last assistant turn only
-    "gemma2": "the system turn is not followed by the usual user turn",  # folded into the first user turn
-    "gemma3": "the system turn is not followed by the usual user turn",
-    "mistral": "does not write each message's content exactly once",  # system prompt on the last user turn
     "phi3": "the text after an assistant turn differs between the middle and the end",  # final EOS
 }
 
@@ -238,9 +240,11 @@ OLLAMA_REFUSALS = {
 def test_the_ollama_template_is_inferred_and_checked_or_refused_by_name(name, checkpoints):
     from packager.errors import StageError
     from packager.models.chat_template import ChatTemplate
+    from packager.models.system_policy import with_system_policy
     from packager.serve.chat_format import check_parity, infer_chat_format
 
     template = ChatTemplate.from_model_dir(checkpoints(name))
+    template.source = with_system_policy(template.source, ARCHITECTURES[name].system_policy)
     if name in OLLAMA_REFUSALS:
         with pytest.raises(StageError, match=OLLAMA_REFUSALS[name]) as info:
             infer_chat_format(template)

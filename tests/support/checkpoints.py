@@ -38,6 +38,7 @@ class Architecture:
     specials: tuple[str, ...]
     end_of_turn: str
     settings: dict = field(default_factory=dict)  # the config beyond the common tiny sizes
+    system_policy: str = "error"  # the data.system_policy a run on it needs (the checkpoint keeps its template)
 
     def chat_template(self) -> str:
         return CHATML_TEMPLATE if self.template == "chatml" else (TEMPLATES / self.template).read_text()
@@ -54,14 +55,18 @@ ARCHITECTURES = {a.name: a for a in [
     Architecture("qwen3", "Qwen3ForCausalLM", "Qwen3Config", "qwen", "qwen3.jinja",
                  ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|im_end|>",
                  {"head_dim": 16, "tie_word_embeddings": True}),
-    Architecture("gemma2", "Gemma2ForCausalLM", "Gemma2Config", "spm", "gemma3.jinja",
+    Architecture("gemma2", "Gemma2ForCausalLM", "Gemma2Config", "spm", "gemma2.jinja",
                  ("<start_of_turn>", "<end_of_turn>"), "<end_of_turn>",
-                 {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 64}),
+                 {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 64},
+                 system_policy="merge_into_first_user"),
     Architecture("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig", "spm", "gemma3.jinja",
                  ("<start_of_turn>", "<end_of_turn>"), "<end_of_turn>",
                  {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 64}),
+    # Mistral v0.3 writes the system prompt only into a user turn that ends the conversation: a training row
+    # (ending with the answer) would lose it, and data check says so.
     Architecture("mistral", "MistralForCausalLM", "MistralConfig", "spm", "mistral-v0.3.jinja",
-                 ("[INST]", "[/INST]"), "</s>", {"tie_word_embeddings": False}),
+                 ("[INST]", "[/INST]"), "</s>", {"tie_word_embeddings": False},
+                 system_policy="merge_into_first_user"),
     # <|endoftext|> too: llama.cpp looks it up by name for phi3 and refuses a vocabulary without it
     # ("error loading model vocabulary: unordered_map::at"); every published Phi-3 has it.
     Architecture("phi3", "Phi3ForCausalLM", "Phi3Config", "spm", "phi3.5.jinja",

@@ -21,9 +21,13 @@ class Family:
     bos: str
     eos: str
     end_of_turn: str  # what closes an assistant turn
+    system_policy: str = "error"  # data.system_policy, for templates that cannot take a system message
 
     def chat_template(self) -> str:
-        return CHATML_TEMPLATE if self.template == "chatml" else (TEMPLATES / self.template).read_text()
+        from packager.models.system_policy import with_system_policy
+
+        text = CHATML_TEMPLATE if self.template == "chatml" else (TEMPLATES / self.template).read_text()
+        return with_system_policy(text, self.system_policy)
 
 
 FAMILIES = [
@@ -33,6 +37,8 @@ FAMILIES = [
                                       "<|eot_id|>"), "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
     Family("qwen3", "qwen3.jinja", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|endoftext|>", "<|im_end|>",
            "<|im_end|>"),
+    Family("gemma2", "gemma2.jinja", ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>",
+           "<end_of_turn>", system_policy="merge_into_first_user"),
     Family("gemma3", "gemma3.jinja", ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>",
            "<end_of_turn>"),
     Family("mistral", "mistral-v0.3.jinja", ("<s>", "</s>", "[INST]", "[/INST]"), "<s>", "</s>", "</s>"),

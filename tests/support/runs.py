@@ -19,12 +19,12 @@ def copy_run(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def write_config(directory: Path, base: Path, *, rows: int = 40, **train) -> Path:
-    """A config over the first `rows` rows of the example task (the tiny tokenizer makes rows ~270 tokens)."""
-    data = directory / "data.jsonl"
-    data.write_text("".join(EXAMPLE_DATA.read_text().splitlines(keepends=True)[:rows]))
+def write_config(directory: Path, base: Path, *, rows: int = 40, data: dict | None = None, **train) -> Path:
+    """A config over the first `rows` rows of the example task (the tiny tokenizer makes rows ~270 tokens);
+    ``data`` adds to its data section."""
+    (directory / "data.jsonl").write_text("".join(EXAMPLE_DATA.read_text().splitlines(keepends=True)[:rows]))
     cfg = {"run": {"name": "t", "root": "runs"}, "base": {"model": str(base)},
-           "data": {"train": "data.jsonl", "max_seq_length": 512},
+           "data": {"train": "data.jsonl", "max_seq_length": 512, **(data or {})},
            "train": {"max_steps": 4, "eval_steps": 2, "batch_size": 2, "sample_every": 2, **train},
            "eval": {"max_new_tokens": 8, "format_regex": TICKET_FORMAT}}
     path = directory / "packager.yaml"

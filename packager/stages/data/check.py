@@ -13,6 +13,7 @@ from typing import Any
 from packager.config import BaseModelConfig
 from packager.errors import StageError
 from packager.models.checkpoint import read_context_limit, resolve_base
+from packager.models.system_policy import system_refusal
 from packager.models.tokenizer import load_tokenizer
 from packager.stages.data.masks import tokenize_with_assistant_mask
 from packager.stages.data.rows import Problem, Row, read_rows
@@ -117,6 +118,20 @@ def token_lengths(tokenizer, rows: list[Row], *, max_seq_length: int) -> tuple[l
     return lengths, problems
 
 
+def refuse_system_messages(tokenizer, rows: list[Row], *, system_prompt: str | None = None) -> list[Problem]:
+    """A problem for each row with a system message, when the chat template raises on one or leaves it out and
+    no ``data.system_policy`` says what becomes of it (:mod:`packager.models.system_policy`)."""
+    with_system = [row for row in rows if row.messages[0]["role"] == "system"]
+    refusal = system_refusal(tokenizer) if with_system else None
+    if refusal is None:
+        return []
+    origin = " (added by data.system_prompt)" if system_prompt else ""
+    return [Problem(row.path, row.line, "messages[0]" if row.source_format == "chat" else "system",
+                    f"a system message{origin}, and the chat template {refusal}: set data.system_policy to "
+                    "merge_into_first_user or drop (packager data check --system-policy) to say what becomes of it",
+                    unit=row.unit) for row in with_system]
+
+
 def length_stats(lengths: list[int], *, model_max: int | None = None) -> dict[str, int]:
     ordered = sorted(lengths)
     p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
@@ -148,8 +163,11 @@ def check_dataset(train_path: DataSpec, *, eval_path: DataSpec | None = None, ev
                                        f"only {usable} usable training rows (fewer than {MIN_ROWS}): the model "
                                        "will likely memorize them rather than learn the task", severity="warning"))
     if tokenizer is not None and (train_rows or eval_rows):
-        lengths, length_problems = token_lengths(tokenizer, train_rows + eval_rows, max_seq_length=max_seq_length)
-        report.problems.extend(length_problems)
+        system_problems = refuse_system_messages(tokenizer, train_rows + eval_rows, system_prompt=system_prompt)
+        refused = {(p.path, p.line) for p in system_problems}
+        measured = [row for row in train_rows + eval_rows if (row.path, row.line) not in refused]
+        lengths, length_problems = token_lengths(tokenizer, measured, max_seq_length=max_seq_length)
+        report.problems.extend(system_problems + length_problems)
         if lengths:
             report.token_stats = length_stats(lengths, model_max=model_max)
         report.problems.sort(key=lambda p: (p.severity != "error", p.path, p.line or 0))
@@ -161,18 +179,19 @@ def check_dataset(train_path: DataSpec, *, eval_path: DataSpec | None = None, ev
     return report
 
 
-def tokenizer_for_model(model: str, chat_template: Path | None = None):
+def tokenizer_for_model(model: str, chat_template: Path | None = None, system_policy: str = "error"):
     """(tokenizer, notes, model's max positions) for a base model given as a directory or Hub id."""
     ckpt = resolve_base(BaseModelConfig(model=model))
-    prepared = load_tokenizer(ckpt.path, chat_template=chat_template)
+    prepared = load_tokenizer(ckpt.path, chat_template=chat_template, system_policy=system_policy)
     return prepared.tokenizer, prepared.notes, read_context_limit(ckpt.path)
 
 
 def check_data(dataset: DataSpec, *, eval_path: DataSpec | None = None, model: str | None = None,
                chat_template: Path | None = None, max_seq_length: int = 1024, eval_fraction: float = 0.1,
-               seed: int = 42, columns: dict[str, str] | None = None) -> DataReport:
+               seed: int = 42, columns: dict[str, str] | None = None, system_policy: str = "error") -> DataReport:
     """``packager data check``: :func:`check_dataset`, rendering with ``model``'s tokenizer when one is given."""
-    tokenizer, notes, model_max = tokenizer_for_model(model, chat_template) if model else (None, [], None)
+    tokenizer, notes, model_max = tokenizer_for_model(model, chat_template, system_policy) if model else \
+        (None, [], None)
     report = check_dataset(dataset, eval_path=eval_path, eval_fraction=eval_fraction, seed=seed,
                            max_seq_length=max_seq_length, columns=columns, tokenizer=tokenizer, model_max=model_max)
     report.notes.extend(notes)

@@ -35,7 +35,8 @@ def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> D
     sources = report.sources
     parameters = {"train": sources["train"].name, "eval": sources["eval"].name if "eval" in sources else None,
                   "eval_fraction": data_cfg.eval_fraction, "seed": data_cfg.seed,
-                  "max_seq_length": data_cfg.max_seq_length, "system_prompt": data_cfg.system_prompt}
+                  "max_seq_length": data_cfg.max_seq_length, "system_prompt": data_cfg.system_prompt,
+                  "system_policy": data_cfg.system_policy}
     parameters.update({f"{k}_hub": v.pinned for k, v in sources.items() if v.pinned})  # id, commit, config, split
     if data_cfg.columns:
         parameters["columns"] = dict(data_cfg.columns)

@@ -77,6 +77,7 @@ def evaluate_base_run(run_dir: Path | str, cfg: PackagerConfig) -> tuple[dict, l
     conversations = read_split(run.path / "data" / "eval.jsonl")[: cfg.eval.limit or None]
     ckpt = resolve_base(cfg.base)
     tokenizer = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
+                               system_policy=cfg.training_data.system_policy,
                                trust_remote_code=cfg.base.trust_remote_code).tokenizer
     metrics, answers, _ = evaluate_base(run, ckpt, cfg.eval, tokenizer=tokenizer, conversations=conversations,
                                         trust_remote_code=cfg.base.trust_remote_code)

@@ -118,6 +118,7 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     state = PartialState(cpu=not torch.cuda.is_available())  # else CPU ranks each think they are alone
     ckpt = resolve_base(cfg.base)
     prepared = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
+                              system_policy=cfg.training_data.system_policy,
                               trust_remote_code=cfg.base.trust_remote_code)
     run = Run.create(cfg.run_dir, name=cfg.run.name) if state.is_main_process else None
     # The whole stage holds the run: a second `packager train` on it had cleared this one's live checkpoints.
