@@ -12,11 +12,13 @@ QUIET_PIP = 2>&1 | { grep -v -e "is ignored: it is neither" -e "^$$" || true; }
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 # vLLM 0.33 for its `vllm serve` argument parser and engine-config check only (it cannot serve without a GPU):
-# installed --no-deps beside the pure-Python packages its parser imports. Unpinned fastapi breaks the import.
+# installed --no-deps beside the pure-Python packages its parser imports. Unpinned fastapi breaks the import;
+# ijson and mistral_common are what its reasoning and tool parsers import (--reasoning-parser qwen3).
 VLLM_CHECK_DEPS := torch==2.13.0 "transformers>=5.16.1,<5.21.0" "fastapi>=0.133,<0.137" uvicorn uvloop watchfiles \
 	pyzmq msgspec cbor2 pybase64 cachetools cloudpickle einops openai openai-harmony orjson partial-json-parser \
 	pillow prometheus-client psutil py-cpuinfo regex aiohttp requests urllib3 xgrammar==0.2.8 \
-	apache-tvm-ffi==0.1.11 "llguidance>=1.7,<1.8"
+	apache-tvm-ffi==0.1.11 "llguidance>=1.7,<1.8" ijson==3.6.0 \
+	mistral_common==1.11.6
 
 OLLAMA_VENV := .venv-ollama
 OLLAMA_STAMP := $(OLLAMA_VENV)/.installed

@@ -8,6 +8,7 @@ wrong weights, the base instead of the fine-tune, or a template that lost its st
 from __future__ import annotations
 
 from packager.models.inference import greedy_generate
+from packager.models.reasoning import ReasoningFormat, reasoning_format
 
 
 GOLDEN_QUESTIONS = ["What is the capital of France?"]
@@ -21,14 +22,21 @@ def golden_questions(conversations: list[list[dict]]) -> list[list[dict]]:
     return questions + [[{"role": "user", "content": q}] for q in GOLDEN_QUESTIONS]
 
 
-def golden_record(messages: list[dict], tokens: list[int], text: str, *, stopped: bool) -> dict:
-    return {"messages": messages, "tokens": tokens, "text": text, "stopped": stopped}
+def golden_record(messages: list[dict], tokens: list[int], text: str, *, stopped: bool,
+                  reasoning: ReasoningFormat | None = None) -> dict:
+    """One golden answer; for a reasoning model also ``visible``, the content a server that parses the thinking
+    out (vLLM's --reasoning-parser) answers with."""
+    record = {"messages": messages, "tokens": tokens, "text": text, "stopped": stopped}
+    if reasoning is not None:
+        record["visible"] = reasoning.visible(text)
+    return record
 
 
 def torch_golden(model, tokenizer, questions: list[list[dict]], *, stop_ids: list[int]) -> list[dict]:
     """Greedy answers of a transformers model, without the stop token."""
     answers = greedy_generate(model, tokenizer, questions, max_new_tokens=GOLDEN_TOKENS, stop_ids=stop_ids)
-    return [golden_record(q, a.tokens, tokenizer.decode(a.tokens), stopped=a.stopped)
+    reasoning = reasoning_format(tokenizer.chat_template)
+    return [golden_record(q, a.tokens, tokenizer.decode(a.tokens), stopped=a.stopped, reasoning=reasoning)
             for q, a in zip(questions, answers)]
 
 

@@ -159,10 +159,10 @@ def check_endpoint(url: str, model: str, expect: Expectations, *, target: str | 
             report.add("chat completion", False, f"{type(exc).__name__}: {str(exc)[:300]}")
             return report
         answer["question"] = messages[-1]["content"][:200]
-        if golden is not None:
-            answer["golden"] = golden["text"]
-            answer["exact"] = answer["text"] == golden["text"]
-            answer["token_agreement"] = _agreement(tokenizer, golden["text"], answer["text"])
+        if golden is not None:  # a reasoning model's content, as vLLM's --reasoning-parser answers with it
+            answer["golden"] = golden.get("visible", golden["text"])
+            answer["exact"] = answer["text"] == answer["golden"]
+            answer["token_agreement"] = _agreement(tokenizer, answer["golden"], answer["text"])
             agreements.append(answer["token_agreement"])
         report.answers.append(answer)
     _answer_checks(report, expect, model)

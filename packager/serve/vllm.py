@@ -14,6 +14,8 @@ from pathlib import Path
 from packager.errors import MissingPathError, StageError
 from packager.models.adapter import read_adapter
 from packager.models.checkpoint import resolve_base
+from packager.models.reasoning import reasoning_format
+from packager.models.tokenizer import read_chat_template
 from packager.run.artifacts import adapter_dir as run_adapter_dir, merged_model_dir
 from packager.serve.context import Context, LocalServer, Target, links_digest, read_json, served_context_length
 
@@ -56,6 +58,9 @@ def vllm_flags(cfg, model_dir: Path, model_path: str, config: dict, *, served_na
     if "chat_template" not in read_json(model_dir / "tokenizer_config.json") and \
             (model_dir / "chat_template.jinja").is_file():
         flags += ["--chat-template", f"{model_path}/chat_template.jinja"]
+    reasoning = reasoning_format(read_chat_template(model_dir))
+    if reasoning is not None and not any(a.startswith("--reasoning-parser") for a in vcfg.extra_args):
+        flags += ["--reasoning-parser", reasoning.vllm_parser]  # answers are compared without the thinking
     return flags + list(vcfg.extra_args)
 
 

@@ -165,6 +165,8 @@ def test_vllm_accepts_the_flags_packager_writes_for_each_architecture(name, chec
     assert summary["architecture_supported"] and summary["architectures"] == config["architectures"]
     assert summary["max_model_len"] == read_context_limit(directory) == 512
     assert summary["generation_config"] == str(directory)
+    # Qwen 3's thinking is parsed out of the answer by vLLM's own qwen3 parser (tests/stages/test_reasoning.py)
+    assert summary["reasoning_parser"] == ("Qwen3ParserReasoningAdapter" if name == "qwen3" else None)
 
 
 def linear_layer_names(directory) -> set[str]:
@@ -208,6 +210,13 @@ def test_a_lora_dry_run_trains_every_linear_layer_evaluates_and_merges(name, che
     assert read_manifest(run_dir).stages["merge"].metrics["verification"]["greedy_agreement"] >= 0.98
     assert verify_run(run_dir).ok
     assert policy_of(read_chat_template(run_dir / "merged")) == policy
+    manifest = read_manifest(run_dir)
+    if name == "qwen3":  # a template with thinking blocks: the training answers' policy, and answers as seen
+        assert manifest.stages["data"].metrics["thinking"]["policy"].startswith("answers without thinking")
+        assert all("visible" in g for g in manifest.stages["merge"].metrics["golden"])
+        assert "reasoning" in manifest.stages["eval"].metrics["finetuned"]
+    else:
+        assert "thinking" not in manifest.stages["data"].metrics
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from packager.errors import DatasetError
+from packager.models.reasoning import reasoning_format, thinking_in_answers
 from packager.stages.data.check import DataReport, check_dataset
 from packager.stages.data.rows import Row
 
@@ -52,7 +53,22 @@ def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> D
             (out / name).write_text(text, encoding="utf-8")
         st.metrics.update({"train_rows": len(report.train_rows), "eval_rows": len(report.eval_rows),
                            "warnings": [str(w) for w in report.warnings], "token_stats": report.token_stats})
+        if tokenizer is not None and (thinking := thinking_policy(tokenizer, report.train_rows)):
+            st.metrics["thinking"] = thinking
     return report
+
+
+def thinking_policy(tokenizer, rows: list[Row]) -> dict | None:
+    """For a template with thinking blocks (Qwen 3): how the training answers treat them."""
+    fmt = reasoning_format(tokenizer.chat_template)
+    if fmt is None:
+        return None
+    with_thinking = thinking_in_answers([row.messages for row in rows], fmt)
+    policy = "answers with their own thinking" if with_thinking == len(rows) else \
+        "answers without thinking (the template writes an empty block before the last one)" if not with_thinking \
+        else "some answers with their own thinking, some without"
+    return {"format": f"{fmt.start}...{fmt.end}", "policy": policy, "rows_with_thinking": with_thinking,
+            "rows": len(rows), "eval": fmt.describe()}
 
 
 def _split_recorded(run, parameters: dict, texts: dict[str, str]) -> bool:

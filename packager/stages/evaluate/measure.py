@@ -7,6 +7,7 @@ from pathlib import Path
 
 from packager.config import EvalConfig, PackagerConfig
 from packager.models.inference import greedy_answers, load_causal_lm, teacher_forced_logits
+from packager.models.reasoning import reasoning_format
 from packager.run.directory import Run
 from packager.stages.data.masks import tokenize_with_assistant_mask
 from packager.stages.evaluate.metrics import score
@@ -29,10 +30,18 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]]) -> float:
 
 def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalConfig, *,
                    label: str = "answering") -> tuple[dict, list[str]]:
+    """Greedy answers scored on what the user sees (a reasoning model's thinking left out, see
+    :mod:`packager.models.reasoning`), and the loss on assistant tokens. Returns (metrics, those answers)."""
     prompts = [c[:-1] for c in conversations]
     references = [c[-1]["content"] for c in conversations]
     answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, progress=label)
+    reasoning = reasoning_format(tokenizer.chat_template)
+    if reasoning is not None:  # a reference written with its own thinking is compared on its answer too
+        answers = [reasoning.visible(a) for a in answers]
+        references = [reasoning.visible(r) if reasoning.end in r else r for r in references]
     metrics = score(answers, references, cfg)
+    if reasoning is not None:
+        metrics["reasoning"] = reasoning.describe()
     metrics["eval_loss"] = assistant_loss(model, tokenizer, conversations)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
     return metrics, answers

@@ -36,6 +36,11 @@ def main() -> int:
     archs = model.hf_config.architectures or []
     supported = set(ModelRegistry.get_supported_archs())
     lora = config.lora_config
+    reasoning = None
+    if getattr(args, "reasoning_parser", None):  # the class `vllm serve` would load for the name, or an error
+        from vllm.reasoning import ReasoningParserManager
+
+        reasoning = ReasoningParserManager.get_reasoning_parser(args.reasoning_parser).__name__
     print(json.dumps({
         "model": model.model, "served_model_name": model.served_model_name, "max_model_len": model.max_model_len,
         "dtype": str(model.dtype), "architectures": archs, "architecture_supported": all(a in supported for a in archs),
@@ -43,7 +48,7 @@ def main() -> int:
         "gpu_memory_utilization": config.cache_config.gpu_memory_utilization,
         "max_lora_rank": lora.max_lora_rank if lora else None,
         "lora_modules": [m.__dict__ if hasattr(m, "__dict__") else str(m) for m in (args.lora_modules or [])],
-        "chat_template": args.chat_template,
+        "chat_template": args.chat_template, "reasoning_parser": reasoning,
         "default_sampling": model.get_diff_sampling_param(),
     }, default=str))
     return 0
