@@ -11,40 +11,9 @@ from packager.stages.merge.stream import stream_merge
 from packager.models.adapter import read_adapter
 from packager.models.stop_tokens import chat_stop_token_ids
 
+from support.merging import assert_equal_within_bf16, our_merged_state, peft_merged_state
 from support.models import build_tiny_llama, lie_about_sizes, make_adapter
 from support.runs import trained_run
-
-
-def peft_merged_state(base_dir: Path, adapter_dir: Path) -> dict:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
-
-
-def our_merged_state(base_dir: Path, adapter_dir: Path, out: Path, *, shard_bytes=10**9) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    out.mkdir()
-    stream_merge(inspect_checkpoint(base_dir), read_adapter(adapter_dir), out, dtype="bfloat16",
-                 shard_bytes=shard_bytes)
-    return {k: v for k, v in AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).state_dict().items()}
-
-
-def assert_equal_within_bf16(ours: dict, theirs: dict) -> None:
-    import torch
-
-    assert set(ours) == set(theirs)
-    for key, expected in theirs.items():
-        expected = expected.to(torch.bfloat16).float()
-        got = ours[key].float()
-        assert got.shape == expected.shape, key
-        # identical up to one bf16 rounding step (float32 summation order may differ)
-        assert torch.allclose(got, expected, rtol=2 ** -7, atol=1e-6), (key, (got - expected).abs().max())
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@ output tensor's name, dtype and shape is planned before any is computed."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from packager.errors import InputFileError, StageError
 from packager.models.adapter import Adapter
 from packager.models.checkpoint import Checkpoint
@@ -14,6 +16,42 @@ def read_base_layout(ckpt: Checkpoint) -> Layout:
     if not shards:
         raise InputFileError(ckpt.path, "the base has no safetensors weights to merge into")
     return read_layout(shards)
+
+
+# Wrappers a checkpoint and the loaded model may spell differently: transformers 5 loads Gemma 3's (and other
+# multimodal models') Hub checkpoints, stored as `language_model.model.layers...`, into modules named
+# `model.language_model.layers...` (its conversion_mapping.py renames keys at load and back at save), and PEFT
+# names the adapter's tensors after the modules.
+WRAPPERS = frozenset({"model", "language_model"})
+
+
+def _unwrapped(key: str) -> str:
+    return ".".join(part for part in key.split(".") if part not in WRAPPERS)
+
+
+def on_checkpoint_keys(adapter: Adapter, layout: Layout) -> Adapter:
+    """``adapter`` with every module and replacement keyed by the base checkpoint's own tensor name.
+
+    A PEFT module path is the checkpoint's name when the checkpoint holds it; otherwise the one checkpoint tensor
+    whose name is the same once the wrappers are left out of both. A name with no such tensor, or with several,
+    stays as it is, and :func:`check_adapter_fits_base` names it.
+    """
+    unwrapped: dict[str, list[str]] = {}
+    for name in layout.specs:
+        unwrapped.setdefault(_unwrapped(name), []).append(name)
+
+    def on_checkpoint(key: str) -> str:
+        if key in layout.specs:
+            return key
+        found = unwrapped.get(_unwrapped(key), [])
+        return found[0] if len(found) == 1 else key
+
+    modules = {}
+    for key, module in adapter.modules.items():
+        name = on_checkpoint(key)
+        modules[name] = dataclasses.replace(module, base_key=name)
+    replacements = {on_checkpoint(key): tensor for key, tensor in adapter.replacements.items()}
+    return dataclasses.replace(adapter, modules=modules, replacements=replacements)
 
 
 def check_adapter_fits_base(adapter: Adapter, layout: Layout, *, base_name: str) -> None:
@@ -54,6 +92,12 @@ def plan_output(adapter: Adapter, layout: Layout, *, dtype: str, tied: bool) -> 
     if untie:
         shape = (adapter.shape(adapter.replacements["lm_head.weight"]) if "lm_head.weight" in adapter.replacements
                  else layout.specs[embed].shape)
+        if embed in adapter.replacements and adapter.shape(adapter.replacements[embed])[0] != shape[0]:
+            raise StageError("merge", f"the adapter at {adapter.path} resizes the tied embeddings to "
+                                      f"{adapter.shape(adapter.replacements[embed])[0]} tokens but carries no "
+                                      f"lm_head: the output rows of the added tokens are in neither the adapter nor "
+                                      "the base", hint="train with modules_to_save: [embed_tokens, lm_head] (or "
+                                                       "PEFT's ensure_weight_tying) so the adapter holds both")
         specs.append(TensorSpec("lm_head.weight", out_dtype, shape))
     return specs, untie
 

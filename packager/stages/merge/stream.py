@@ -24,7 +24,8 @@ from packager.models.checkpoint import TOKENIZER_FILES, Checkpoint
 from packager.models.safetensors_stream import Layout, TensorSpec, read_layout, read_tensor, write_sharded
 from packager.models.stop_tokens import chat_stop_token_ids
 from packager.models.tokenizer import no_chat_template_error, read_chat_template
-from packager.stages.merge.plan import check_adapter_fits_base, embedding_key, plan_output, read_base_layout
+from packager.stages.merge.plan import (check_adapter_fits_base, embedding_key, on_checkpoint_keys, plan_output,
+                                        read_base_layout)
 
 
 class TensorSource:
@@ -101,12 +102,14 @@ def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: st
                  shard_bytes: int) -> MergeOutput:
     """Write the merged weights, config, generation config and tokenizer into ``out_dir``."""
     layout = read_base_layout(ckpt)
+    adapter = on_checkpoint_keys(adapter, layout)
     check_adapter_fits_base(adapter, layout, base_name=ckpt.hub_id or str(ckpt.path))
     tokenizer_source = adapter.path if has_tokenizer(adapter.path) else ckpt.path
     if not read_chat_template(tokenizer_source):  # before any shard is written, naming the user's directory
         raise no_chat_template_error(tokenizer_source)
     config = json.loads((ckpt.path / "config.json").read_text())
-    tied = bool(config.get("tie_word_embeddings", False))
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    tied = bool(config.get("tie_word_embeddings", text_config.get("tie_word_embeddings", False)))
     specs, untie = plan_output(adapter, layout, dtype=dtype, tied=tied)
     source = TensorSource(layout, adapter)
     digests = write_sharded(out_dir, specs, lambda s: merged_tensor(s, adapter=adapter, source=source, untie=untie),
@@ -116,10 +119,11 @@ def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: st
     config["dtype"] = dtype
     if "torch_dtype" in config:
         config["torch_dtype"] = dtype
-    if untie:
-        config["tie_word_embeddings"] = False
-    if vocab is not None:
-        config["vocab_size"] = vocab
+    for section in (config, text_config):  # a multimodal config keeps the language model's in text_config
+        if untie and (section is config or "tie_word_embeddings" in section):
+            section["tie_word_embeddings"] = False
+        if vocab is not None and ("vocab_size" in section or section is config and not text_config):
+            section["vocab_size"] = vocab
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     copy_tokenizer(tokenizer_source, out_dir)
     stop_ids = write_generation_config(ckpt.path, out_dir)

@@ -30,8 +30,9 @@ def load_model(ckpt: Checkpoint, cfg: PackagerConfig, backend: Backend, tokenize
                              hint="upgrade transformers, or set base.trust_remote_code: true if you trust "
                                   "the model's own code") from None
         raise
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    text_config = model.config.get_text_config()  # a multimodal model (Gemma 3 4B) keeps it in text_config
+    if getattr(text_config, "pad_token_id", None) is None:
+        text_config.pad_token_id = tokenizer.pad_token_id
     if train.method == "full":
         return model, None
     if train.method == "qlora":
