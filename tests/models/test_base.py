@@ -138,7 +138,7 @@ def test_example_base_answers_paris_and_verifies(smollm2_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    assert gen["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert gen["eos_token_id"] == [tok.convert_tokens_to_ids("<|im_end|>")]  # every token that ends a turn
     stage = read_manifest(smollm2_dir).stages["import-gguf"]
     (gguf,) = stage.inputs
     assert all(out.parents == (gguf.sha256,) for out in stage.outputs), "the GGUF is every file's parent"
