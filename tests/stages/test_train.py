@@ -169,6 +169,7 @@ def test_a_run_killed_mid_training_resumes_from_its_checkpoint_with_the_same_tra
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = read_manifest(run_dir).stages["train"].metrics
     assert metrics["resumed_from_step"] >= 4 and metrics["global_step"] == 8
+    assert metrics["distributed"] == "NO"  # one process
     expected, got = losses(load_config(steady).run_dir), losses(run_dir)
     assert [s for s, _ in got] == [s for s, _ in expected] == list(range(1, 9))
     for (_, a), (_, b) in zip(expected, got):
@@ -208,23 +209,56 @@ def test_eval_records_side_by_side_metrics_and_enforces_the_gate(runner, tmp_pat
     assert verify_run(run_dir).ok
 
 
+def accelerate_launch(*options: str, config: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch OPTIONS -m packager train -c CONFIG --dry-run` as two CPU processes over gloo."""
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", *options, "--num_machines", "1", "--main_process_ip", "127.0.0.1",
+           "--main_process_port", str(free_port()), "-m", "packager", "train", "-c", str(config), "--dry-run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
 def test_two_process_distributed_run_through_accelerate(tmp_path, tiny_llama_dir):
     """A real 2-process data-parallel run on CPU (gloo), launched the way the README documents."""
     config = write_config(tmp_path, tiny_llama_dir)
-    accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-           "--main_process_port", str(free_port()), "-m", "packager", "train", "-c", str(config), "--dry-run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = accelerate_launch("--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend",
+                             "no", config=config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = load_config(config).run_dir
     metrics = read_manifest(run_dir).stages["train"].metrics
     assert metrics["world_size"] == 2 and metrics["global_step"] == 3
+    assert metrics["distributed"] == "MULTI_CPU"  # recorded as Accelerate ran it
     assert "another packager process" not in proc.stderr, "only the main process records"
     # each rank saw half the batches: 2 processes x batch 2 per step
     assert metrics["tokens_seen"] > 0
     assert verify_run(run_dir).ok
+
+
+FSDP_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_processes: 2
+machine_rank: 0
+mixed_precision: 'no'
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_reshard_after_forward: true
+"""
+
+
+def test_an_fsdp_launch_on_cpu_is_refused_before_anything_is_written(tmp_path, tiny_llama_dir):
+    """Accelerate shards with FSDP only on GPUs: two CPU processes launched with an FSDP config each trained a
+    whole replica and the run said nothing of it. Both processes refuse, naming the way out."""
+    config = write_config(tmp_path, tiny_llama_dir)
+    (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
+    proc = accelerate_launch("--config_file", str(tmp_path / "fsdp.yaml"), config=config)
+    assert proc.returncode != 0
+    assert proc.stderr.count("the accelerate config asks for FSDP, but these 2 processes run on CPU") == 2, \
+        proc.stderr[-3000:]
+    assert "--multi_gpu" in proc.stderr
+    assert not load_config(config).run_dir.exists()
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from packager.stages.train.report import write_training_report
 from packager.stages.train.backend import Backend, choose_backend, import_unsloth_first
 from packager.stages.train.callbacks import make_callbacks, quiet_progress
 from packager.stages.train.checkpoints import interrupted, last_complete_checkpoint, resume_point, working_dir
+from packager.stages.train.distributed import distributed_metrics, gathered_state_dict, refuse_unavailable_sharding
 from packager.stages.train.model import load_model
 from packager.stages.train.packing import keeps_packed_rows, packed_rows_trainer
 
@@ -116,6 +117,7 @@ def train_model(cfg: PackagerConfig, *, dry_run: bool = False, resume: bool = Fa
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # else CPU ranks each think they are alone
+    refuse_unavailable_sharding(state)
     ckpt = resolve_base(cfg.base)
     prepared = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
                               system_policy=cfg.training_data.system_policy,
@@ -146,8 +148,11 @@ def _train_holding(run: Run | None, cfg: PackagerConfig, ckpt: Checkpoint, prepa
     metrics = training_metrics(trainer, seconds=seconds, steps=trainer.state.global_step - start_step,
                                backend=backend, dry_run=dry_run, world_size=state.num_processes)
     metrics["resumed_from_step"] = start_step if resume else None
+    metrics.update(distributed_metrics(trainer.accelerator))
+    state_dict = gathered_state_dict(trainer)  # every process: under FSDP a collective
     if state.is_main_process:
-        record_training(run, cfg, ckpt, trainer=trainer, tokenizer=prepared, metrics=metrics, work=work)
+        record_training(run, cfg, ckpt, trainer=trainer, tokenizer=prepared, metrics=metrics, work=work,
+                        state_dict=state_dict)
     return TrainResult(cfg.run_dir, metrics)
 
 
@@ -241,8 +246,9 @@ def training_metrics(trainer, *, seconds: float, steps: int, backend: Backend, d
 
 
 def record_training(run: Run, cfg: PackagerConfig, ckpt: Checkpoint, *, trainer, tokenizer, metrics: dict,
-                    work: Path) -> None:
-    """Stage ``train``: adapter (or full weights) + tokenizer, logs, samples, resolved config, report."""
+                    work: Path, state_dict: dict | None = None) -> None:
+    """Stage ``train``: adapter (or full weights) + tokenizer, logs, samples, resolved config, report.
+    ``state_dict``: the whole model's, gathered from FSDP shards (:func:`gathered_state_dict`)."""
     parameters = {"method": cfg.train.method, "backend": metrics["backend"],
                   "backend_reason": metrics["backend_reason"], "config": cfg.model_dump(mode="json"),
                   "chat_template_source": tokenizer.chat_template_source, "tokenizer_notes": tokenizer.notes}
@@ -252,7 +258,11 @@ def record_training(run: Run, cfg: PackagerConfig, ckpt: Checkpoint, *, trainer,
             st.add_input(run.path / "data" / name)
         out = st.output_dir("train")
         weights_dir = out / ("model" if cfg.train.method == "full" else "adapter")
-        trainer.model.save_pretrained(weights_dir, safe_serialization=True)
+        if state_dict is None:
+            trainer.model.save_pretrained(weights_dir, safe_serialization=True)
+        else:
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(weights_dir, safe_serialization=True,
+                                                                            state_dict=state_dict)
         sort_target_modules(weights_dir / "adapter_config.json")
         tokenizer.tokenizer.save_pretrained(weights_dir)
         (weights_dir / "README.md").unlink(missing_ok=True)  # PEFT's stub card names a local path; cards come later
