@@ -41,6 +41,7 @@ PARITY_CONVERSATIONS: list[list[dict]] = [
      {"role": "user", "content": 'Quote: "it {{ broke }}" {% twice %} — naïve café ☕'},
      {"role": "assistant", "content": "{\n  \"category\": \"other\"\n}"},
      {"role": "user", "content": "Again, with `code` and \\ backslashes."}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "An empty system message, then this."}],
 ]
 
 
@@ -58,6 +59,7 @@ class ChatFormat:
     """Where a leading system message goes: a ``turn`` of its own; into the ``first_user`` turn, wrapped in the
     system prefix and suffix before the user's content (Gemma 3's template, data.system_policy
     merge_into_first_user); or nowhere (``drop``: data.system_policy drop)."""
+    skip_empty_system: bool = False  # an empty system message leaves no trace (Phi-3.5's template)
 
     def render(self, messages: list[dict]) -> str:
         """What the Go template renders for ``messages`` (a conversation ending in a user turn)."""
@@ -67,10 +69,13 @@ class ChatFormat:
         pending = None  # the system text still to put into the first user turn
         if self.system != "turn" and messages and messages[0]["role"] == "system":
             pending = messages[0]["content"] if self.system == "first_user" else None
+            pending = None if self.skip_empty_system and not pending else pending
             messages = messages[1:]
         for i, message in enumerate(messages):
             last = i == len(messages) - 1
             role, content = message["role"], message["content"]
+            if role == "system" and self.skip_empty_system and not content:
+                continue
             if role == "user" and pending is not None:
                 content, pending = self.prefix["system"] + pending + self.suffix["system"] + content, None
             out.append(self.prefix[role] + content)
@@ -90,7 +95,9 @@ class ChatFormat:
         if self.system == "first_user":  # the leading system message, held for the first user turn
             lines.append('{{- $system := "" }}{{- $pending := false }}')
             lines.append('{{- if and .Messages (eq (index .Messages 0).Role "system") }}'
-                         '{{- $system = (index .Messages 0).Content }}{{- $pending = true }}{{- end }}')
+                         '{{- $system = (index .Messages 0).Content }}'
+                         + ('{{- $pending = ne $system "" }}' if self.skip_empty_system else '{{- $pending = true }}')
+                         + '{{- end }}')
         lines.append("{{- range $i, $m := .Messages }}")
         lines.append("{{- $last := eq (len (slice $.Messages $i)) 1 }}")
         for n, role in enumerate(ROLES):
@@ -105,6 +112,10 @@ class ChatFormat:
             if role == "user" and self.system == "first_user":
                 held = ("{{ if $pending }}" + _go_text(self.prefix["system"]) + "{{ $system }}"
                         + _go_text(self.suffix["system"]) + "{{ $pending = false }}{{ end }}")
+            if role == "system" and self.skip_empty_system:
+                lines.append(f'{{{{- {keyword} eq .Role "system" }}}}{{{{ if .Content }}}}' + _go_text(self.prefix[role])
+                             + "{{ .Content }}" + suffix + "{{ end }}")
+                continue
             lines.append(f'{{{{- {keyword} eq .Role "{role}" }}}}' + _go_text(self.prefix[role]) + held
                          + "{{ .Content }}" + suffix)
         lines.append("{{- end }}")
@@ -158,6 +169,7 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
     try:
         full = template.render([msg("system", s)] + turns, add_generation_prompt=False)
         with_system = template.render([msg("system", s), msg("user", u1)], add_generation_prompt=False)
+        empty_system = template.render([msg("system", ""), msg("user", u1)], add_generation_prompt=False)
     except Exception as exc:  # noqa: BLE001
         raise _cannot(f"it raises on a system message ({exc}); set data.system_policy to merge_into_first_user "
                       "or drop, which the Go template can follow") from None
@@ -166,7 +178,7 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
                        dropped=s not in full and s not in with_system and full == bare and with_system == user_only,
                        with_system=_split(with_system, [s, u1], "a system and a user turn") if s in with_system else
                        None, user_only=_split(user_only, [u1], "a single user turn"), user_only_text=user_only,
-                       user_gen=user_gen)
+                       user_gen=user_gen, empty_system_skipped=empty_system == user_only)
     # BOS text at the start of every conversation is either part of the first turn (ChatML whose BOS is
     # <|im_start|>) or written once before it (Llama 3); try both, the likelier first.
     bos = template.bos_token
@@ -192,6 +204,7 @@ class _Renders:
     user_only: list[str]
     user_only_text: str
     user_gen: str  # a single user turn with the generation prompt
+    empty_system_skipped: bool  # an empty system message before it renders as the user turn alone
 
 
 def _structure(r: _Renders, *, start: str, adds_bos: bool) -> ChatFormat:
@@ -200,23 +213,39 @@ def _structure(r: _Renders, *, start: str, adds_bos: bool) -> ChatFormat:
     if not (b0.startswith(start) and d0.startswith(start)):
         raise _cannot("conversations do not all start the same way")
     b0, d0 = b0[len(start):], d0[len(start):]
-    suffix = {"assistant": b4, "user": d1}
-    if not b2.startswith(suffix["assistant"]):
-        raise _cannot("the text after an assistant turn differs between the middle and the end of a conversation")
+    end = ""  # written after the last turn of a conversation without a generation prompt (Phi-3's EOS)
+    if not b2.startswith(b4):
+        user_prefix = _common_suffix(b0, b2)  # what opens every user turn, the first one included
+        assistant_suffix = b2[: len(b2) - len(user_prefix)]
+        if not user_prefix or not b4.startswith(assistant_suffix) or not d1.endswith(b4[len(assistant_suffix):]):
+            raise _cannot("the text after an assistant turn differs between the middle and the end of a "
+                          "conversation")
+        end = b4[len(assistant_suffix):]
+    suffix = {"assistant": b4[: len(b4) - len(end)], "user": d1[: len(d1) - len(end)]}
     prefix = {"user": b2[len(suffix["assistant"]):]}
     if not b1.startswith(suffix["user"]) or b3 != b1:
         raise _cannot("user turns are not written the same way each time")
     prefix["assistant"] = b1[len(suffix["user"]):]
     if b0 != d0:
         raise _cannot("the text before the first user turn depends on the rest of the conversation")
-    if not r.user_gen.startswith(r.user_only_text):
+    conversation = r.user_only_text[: len(r.user_only_text) - len(end)]
+    if not r.user_gen.startswith(conversation):
         raise _cannot("the generation prompt is not appended after the conversation")
-    generation_prompt = r.user_gen[len(r.user_only_text):]
+    generation_prompt = r.user_gen[len(conversation):]
     system, default_system = _system_structure(r, prefix, suffix, start=start, lead=b0)
+    skip = r.empty_system_skipped and system != "drop"
     if adds_bos and start:  # llama.cpp prepends BOS itself
         return ChatFormat(prefix, suffix, generation_prompt, default_system, start="", leading_bos=start,
-                          system=system)
-    return ChatFormat(prefix, suffix, generation_prompt, default_system, start=start, system=system)
+                          system=system, skip_empty_system=skip)
+    return ChatFormat(prefix, suffix, generation_prompt, default_system, start=start, system=system,
+                      skip_empty_system=skip)
+
+
+def _common_suffix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    return a[len(a) - n:]
 
 
 def _system_structure(r: _Renders, prefix: dict[str, str], suffix: dict[str, str], *, start: str,
@@ -231,7 +260,7 @@ def _system_structure(r: _Renders, prefix: dict[str, str], suffix: dict[str, str
     if r.full is None or r.with_system is None:
         raise _cannot("the system message is written in some conversations and not in others")
     p0, p1, *rest = r.full
-    if rest != list(r.bare[1:]) or list(r.with_system) != [p0, p1, suffix["user"]]:
+    if rest != list(r.bare[1:]) or list(r.with_system) != [p0, p1, r.user_only[1]]:
         raise _cannot("the turns after a system message are not written as they are without one")
     if not p0.startswith(start):
         raise _cannot("conversations do not all start the same way")

@@ -74,3 +74,26 @@ def test_the_last_exchange_runs_without_ollamas_functions_as_in_ollama():
     """Ollama executes the cut tree of a .Prompt-style template on a bare template, which has no functions."""
     with pytest.raises(StageError, match="fails in Ollama's template execution"):
         render_as_ollama("{{ json .Prompt }}", [{"role": "user", "content": "x"}])
+
+
+def test_an_empty_system_message_is_skipped_where_the_template_skips_it():
+    """Phi-3.5 writes no system turn for an empty system message, and the EOS it writes after a conversation
+    without a generation prompt never reaches a served prompt: its TEMPLATE is inferred, and Go renders the
+    parity set (an empty system message included) as Jinja does. Without the skip, the same set catches it."""
+    import dataclasses
+
+    from packager.errors import StageError
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import check_parity, infer_chat_format
+    from packager.serve.go_template import go_available
+
+    from support.families import TEMPLATES
+
+    if not go_available():
+        pytest.skip("no Go toolchain (make system-tools installs it)")
+    phi = ChatTemplate((TEMPLATES / "phi3.5.jinja").read_text(), "<s>", "<|endoftext|>", {}, adds_bos=True)
+    fmt = infer_chat_format(phi)
+    assert fmt.skip_empty_system and fmt.suffix["assistant"] == "<|end|>\n"
+    assert check_parity(phi, fmt, use_go=True)["conversations"] == 5
+    with pytest.raises(StageError, match="conversation 5 renders differently"):
+        check_parity(phi, dataclasses.replace(fmt, skip_empty_system=False), use_go=True)

@@ -241,7 +241,6 @@ def test_qlora_and_full_dry_runs_on_two_families(name, method, runner, tmp_path)
 # refused with the reason. The refusals are the structure model's; the chat-templates issue widens it.
 OLLAMA_REFUSALS = {
     "qwen3": "user turns are not written the same way each time",  # <think> on the last assistant turn only
-    "phi3": "the text after an assistant turn differs between the middle and the end",  # final EOS
 }
 
 
