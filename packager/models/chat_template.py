@@ -1,7 +1,9 @@
-"""A saved chat template rendered as transformers renders it (sandboxed Jinja), without importing transformers."""
+"""A saved chat template, read without transformers and rendered by transformers' own chat-template code."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ from packager.models.tokenizer import no_chat_template_error, read_chat_template
 
 @dataclass
 class ChatTemplate:
-    """A saved chat template rendered the way transformers renders it (sandboxed Jinja), without transformers."""
+    """A saved chat template with the tokens it renders with; reading it needs no transformers."""
 
     source: str
     bos_token: str
@@ -34,22 +36,45 @@ class ChatTemplate:
             bos in specials and _post_processor_adds(tokenizer_json.get("post_processor"), bos))
         return cls(template, bos, token(config.get("eos_token")) or "", specials, adds_bos)
 
-    def render(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
-        import re
+    def render(self, messages: list[dict], *, add_generation_prompt: bool, continue_final_message: bool = False,
+               today: datetime.date | None = None) -> str:
+        """``messages`` rendered by transformers' own chat-template code (its sandbox, ``tojson``, ``{%
+        generation %}`` and ``strftime_now``), as ``apply_chat_template`` renders them in training.
 
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        ``continue_final_message``: the last (assistant) message is left open, a prefill. ``today``: the date
+        ``strftime_now`` gives (default: today), so that a date line can be compared with another renderer's.
+        """
+        from transformers.utils.chat_template_utils import render_jinja_template
 
-        def raise_exception(message):
-            raise jinja2.exceptions.TemplateError(message)
+        with _frozen_day(today):
+            rendered, _ = render_jinja_template([messages], chat_template=self.source, bos_token=self.bos_token,
+                                                eos_token=self.eos_token, add_generation_prompt=add_generation_prompt,
+                                                continue_final_message=continue_final_message)
+        return rendered[0]
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                           extensions=["jinja2.ext.loopcontrols"])
-        env.filters["tojson"] = lambda x, **kw: json.dumps(x, **{k: v for k, v in kw.items() if k != "indent"})
-        env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
-        source = re.sub(r"{%-?\s*(end)?generation\s*-?%}", "", self.source)
-        return env.from_string(source).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                              bos_token=self.bos_token, eos_token=self.eos_token)
+
+@contextlib.contextmanager
+def _frozen_day(today: datetime.date | None):
+    """transformers' ``strftime_now`` as if it were ``today`` (midnight): it formats
+    ``datetime.now()`` of its own module (``transformers/utils/chat_template_utils.py``), and a render variable
+    cannot stand in for it (render keyword values are turned into plain data there)."""
+    if today is None:
+        yield
+        return
+    import transformers.utils.chat_template_utils as chat_template_utils
+
+    real = chat_template_utils.datetime
+
+    class Frozen(real):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(today.year, today.month, today.day, tzinfo=tz)
+
+    chat_template_utils.datetime = Frozen
+    try:
+        yield
+    finally:
+        chat_template_utils.datetime = real
 
 
 def _post_processor_adds(processor, token: str) -> bool:

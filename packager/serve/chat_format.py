@@ -18,6 +18,7 @@ that differs, rather than shipped wrong.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 from packager.errors import StageError
@@ -42,7 +43,10 @@ PARITY_CONVERSATIONS: list[list[dict]] = [
      {"role": "assistant", "content": "{\n  \"category\": \"other\"\n}"},
      {"role": "user", "content": "Again, with `code` and \\ backslashes."}],
     [{"role": "system", "content": ""}, {"role": "user", "content": "An empty system message, then this."}],
+    [{"role": "user", "content": "Answer in JSON."}, {"role": "assistant", "content": '{"answer":'}],  # a prefill
 ]
+PARITY_DATE = datetime.date(2025, 1, 31)
+"""The day both renderers are told it is: Jinja's strftime_now and Ollama's currentDate."""
 
 
 @dataclass(frozen=True)
@@ -160,16 +164,24 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
         _MARK["user"].format(2), _MARK["assistant"].format(2)
     msg = lambda role, content: {"role": role, "content": content}  # noqa: E731
     turns = [msg("user", u1), msg("assistant", a1), msg("user", u2), msg("assistant", a2)]
+
+    def render(messages: list[dict], *, generation: bool = False, today: datetime.date = PARITY_DATE) -> str:
+        return template.render(messages, add_generation_prompt=generation, today=today)
+
     try:
-        bare = template.render(turns, add_generation_prompt=False)
-        user_only = template.render([msg("user", u1)], add_generation_prompt=False)
-        user_gen = template.render([msg("user", u1)], add_generation_prompt=True)
+        bare = render(turns)
+        user_only = render([msg("user", u1)])
+        user_gen = render([msg("user", u1)], generation=True)
+        another_day = render([msg("user", u1)], generation=True, today=PARITY_DATE + datetime.timedelta(days=400))
     except Exception as exc:  # jinja2 errors, raise_exception() in the template
         raise _cannot(f"rendering it failed: {exc}") from None
+    if another_day != user_gen:  # Llama 3.1's "Today Date: 31 Jan 2025" (strftime_now)
+        raise _cannot(f"it writes today's date into the prompt ({_first_difference(user_gen, another_day)} a "
+                      "year later), which a TEMPLATE can only write as Ollama's currentDate, YYYY-MM-DD")
     try:
-        full = template.render([msg("system", s)] + turns, add_generation_prompt=False)
-        with_system = template.render([msg("system", s), msg("user", u1)], add_generation_prompt=False)
-        empty_system = template.render([msg("system", ""), msg("user", u1)], add_generation_prompt=False)
+        full = render([msg("system", s)] + turns)
+        with_system = render([msg("system", s), msg("user", u1)])
+        empty_system = render([msg("system", ""), msg("user", u1)])
     except Exception as exc:  # noqa: BLE001
         raise _cannot(f"it raises on a system message ({exc}); set data.system_policy to merge_into_first_user "
                       "or drop, which the Go template can follow") from None
@@ -279,9 +291,17 @@ def _system_structure(r: _Renders, prefix: dict[str, str], suffix: dict[str, str
     raise _cannot("the system turn is neither a turn of its own nor part of the first user turn")
 
 
+def jinja_prompt(template: ChatTemplate, messages: list[dict]) -> str:
+    """The prompt transformers renders for a request: with the generation prompt after a user turn, and a final
+    assistant turn left open (a prefill, as Ollama continues it), on :data:`PARITY_DATE`."""
+    prefill = bool(messages) and messages[-1]["role"] == "assistant"
+    return template.render(messages, add_generation_prompt=not prefill, continue_final_message=prefill,
+                           today=PARITY_DATE)
+
+
 def expected_prompt(template: ChatTemplate, fmt: ChatFormat, messages: list[dict]) -> str:
-    """The Jinja rendering with the generation prompt, minus the BOS llama.cpp adds by itself."""
-    rendered = template.render(messages, add_generation_prompt=True)
+    """The Jinja rendering of a request, minus the BOS llama.cpp adds by itself."""
+    rendered = jinja_prompt(template, messages)
     return rendered[len(fmt.leading_bos):] if fmt.leading_bos and rendered.startswith(fmt.leading_bos) else rendered
 
 
@@ -301,7 +321,7 @@ def check_parity(template: ChatTemplate, fmt: ChatFormat, *, go_template: str | 
         if got != want:
             raise _cannot(f"conversation {n} renders differently: {_first_difference(want, got)}")
         if go:
-            rendered = render_as_ollama(go_template, messages)
+            rendered = render_as_ollama(go_template, messages, date=PARITY_DATE.isoformat())
             if rendered != want:
                 raise StageError("ollama template", f"the Go TEMPLATE renders conversation {n} differently from "
                                                     f"the Jinja chat template: {_first_difference(want, rendered)}")
@@ -321,9 +341,9 @@ def check_user_template(template: ChatTemplate, go_template: str, *,
     """
     bos = template.bos_token if template.adds_bos else ""  # llama.cpp prepends BOS itself
     for n, messages in enumerate(conversations, 1):
-        want = template.render(messages, add_generation_prompt=True)
+        want = jinja_prompt(template, messages)
         want = want[len(bos):] if bos and want.startswith(bos) else want
-        rendered = render_as_ollama(go_template, messages)
+        rendered = render_as_ollama(go_template, messages, date=PARITY_DATE.isoformat())
         if rendered != want:
             raise StageError("ollama template", f"containers.ollama.template renders conversation {n} differently "
                                                 f"from the Jinja chat template: {_first_difference(want, rendered)}")

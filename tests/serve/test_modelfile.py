@@ -132,7 +132,7 @@ def test_the_escape_hatch_takes_a_hand_written_gemma3_template():
     gemma3 = ChatTemplate((CHAT_TEMPLATES / "gemma3.jinja").read_text(), "<bos>", "<eos>", {}, adds_bos=True)
     assert infer_chat_format(gemma3).system == "first_user"
     hand_written = (CHAT_TEMPLATES / "gemma3.ollama.gotmpl").read_text()
-    assert check_user_template(gemma3, hand_written) == {"conversations": 5,
+    assert check_user_template(gemma3, hand_written) == {"conversations": 6,
                                                          "checked_with": "go text/template (containers.ollama.template)"}
     planted = hand_written.replace("<start_of_turn>model\n{{ .Content }}", "<start_of_turn>model {{ .Content }}")
     with pytest.raises(StageError, match=r"renders conversation 3 differently from the Jinja chat template: at "

@@ -94,6 +94,34 @@ def test_an_empty_system_message_is_skipped_where_the_template_skips_it():
     phi = ChatTemplate((TEMPLATES / "phi3.5.jinja").read_text(), "<s>", "<|endoftext|>", {}, adds_bos=True)
     fmt = infer_chat_format(phi)
     assert fmt.skip_empty_system and fmt.suffix["assistant"] == "<|end|>\n"
-    assert check_parity(phi, fmt, use_go=True)["conversations"] == 5
+    assert check_parity(phi, fmt, use_go=True)["conversations"] == 6
     with pytest.raises(StageError, match="conversation 5 renders differently"):
         check_parity(phi, dataclasses.replace(fmt, skip_empty_system=False), use_go=True)
+
+
+# The date lines of Llama 3.1's template (meta-llama/Llama-3.1-8B-Instruct, tokenizer_config.json), its tool
+# branches left out.
+LLAMA31_DATES = (
+    "{{- bos_token }}{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now(\"%d %b %Y\") %}{%- else %}{%- set date_string = \"26 Jul 2024\" %}"
+    "{%- endif %}{%- endif %}{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content']|trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = \"\" %}{%- endif %}"
+    "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}{{- \"Cutting Knowledge Date: December 2023\\n\" }}"
+    "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}{{- system_message }}{{- \"<|eot_id|>\" }}"
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+
+
+def test_a_template_that_writes_todays_date_is_refused_naming_it():
+    """transformers renders strftime_now with the real date, as training did; a TEMPLATE inferred from one
+    rendering would have frozen that day into every later prompt. Rendered on two days, the date line shows."""
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import PARITY_DATE, infer_chat_format
+
+    template = ChatTemplate(LLAMA31_DATES, "<|begin_of_text|>", "<|eot_id|>", {}, adds_bos=True)
+    assert "Today Date: 31 Jan 2025" in template.render([{"role": "user", "content": "x"}],
+                                                        add_generation_prompt=True, today=PARITY_DATE)
+    with pytest.raises(StageError, match="it writes today's date into the prompt .*Ollama's currentDate"):
+        infer_chat_format(template)
