@@ -45,10 +45,16 @@ class Checkpoint:
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 
+def text_config(model_config: dict) -> dict:
+    """The language model's part of a multimodal config.json (Gemma 3's ``text_config``), or {}."""
+    nested = model_config.get("text_config")
+    return nested if isinstance(nested, dict) else {}
+
+
 def context_limit(model_config: dict) -> int | None:
     """The model's own context limit from config.json, at the top or in a nested text_config (Gemma 3,
     Llama 4...), under any of the names architectures use; None where config.json gives none."""
-    for source in (model_config, model_config.get("text_config") or {}):
+    for source in (model_config, text_config(model_config)):
         for key in _CONTEXT_KEYS:
             if isinstance(source.get(key), int):
                 return source[key]

@@ -9,7 +9,7 @@ from pathlib import Path
 from packager.config import BaseModelConfig
 from packager.errors import MissingPathError, StageError
 from packager.models.adapter import read_adapter
-from packager.models.checkpoint import resolve_base
+from packager.models.checkpoint import resolve_base, text_config
 from packager.models.gguf import read_gguf_metadata
 from packager.models.stop_tokens import generation_stop_ids
 from packager.run.artifacts import adapter_dir as run_adapter_dir, merged_model_dir
@@ -117,7 +117,7 @@ def write_lora_gguf(adapter, base_config: dict, out_file: Path, *, arch: str) ->
     import torch
     from safetensors import safe_open
 
-    config = {**base_config, **(base_config.get("text_config") or {})}
+    config = {**base_config, **text_config(base_config)}
     unsupported = [k for k, m in adapter.modules.items() if m.kind != "linear" or m.magnitude_key]
     if adapter.replacements or unsupported:
         raise StageError("export", "this adapter cannot be a llama.cpp LoRA GGUF: it carries "

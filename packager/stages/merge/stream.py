@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.models.adapter import Adapter
-from packager.models.checkpoint import TOKENIZER_FILES, Checkpoint
+from packager.models.checkpoint import TOKENIZER_FILES, Checkpoint, text_config
 from packager.models.safetensors_stream import Layout, TensorSpec, read_layout, read_tensor, write_sharded
 from packager.models.stop_tokens import chat_stop_token_ids
 from packager.models.tokenizer import no_chat_template_error, read_chat_template
@@ -108,8 +108,8 @@ def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: st
     if not read_chat_template(tokenizer_source):  # before any shard is written, naming the user's directory
         raise no_chat_template_error(tokenizer_source)
     config = json.loads((ckpt.path / "config.json").read_text())
-    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    tied = bool(config.get("tie_word_embeddings", text_config.get("tie_word_embeddings", False)))
+    language = text_config(config)  # a multimodal config keeps the language model's settings there
+    tied = bool(config.get("tie_word_embeddings", language.get("tie_word_embeddings", False)))
     specs, untie = plan_output(adapter, layout, dtype=dtype, tied=tied)
     source = TensorSource(layout, adapter)
     digests = write_sharded(out_dir, specs, lambda s: merged_tensor(s, adapter=adapter, source=source, untie=untie),
@@ -119,11 +119,15 @@ def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: st
     config["dtype"] = dtype
     if "torch_dtype" in config:
         config["torch_dtype"] = dtype
-    for section in (config, text_config):  # a multimodal config keeps the language model's in text_config
-        if untie and (section is config or "tie_word_embeddings" in section):
-            section["tie_word_embeddings"] = False
-        if vocab is not None and ("vocab_size" in section or section is config and not text_config):
-            section["vocab_size"] = vocab
+    if untie:
+        config["tie_word_embeddings"] = False
+        if "tie_word_embeddings" in language:
+            language["tie_word_embeddings"] = False
+    if vocab is not None:
+        if "vocab_size" in language:
+            language["vocab_size"] = vocab
+        if "vocab_size" in config or not language:
+            config["vocab_size"] = vocab
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     copy_tokenizer(tokenizer_source, out_dir)
     stop_ids = write_generation_config(ckpt.path, out_dir)
