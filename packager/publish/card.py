@@ -39,6 +39,9 @@ def render_model_card(run, *, kind: str, files: list[dict], license_cfg, stop_id
     served = [(target, stage.metrics["context_length"], stage.metrics.get("context_note", ""))
               for target in ("vllm", "ollama")
               if (stage := run.manifest.stages.get(f"containerize-{target}")) and "context_length" in stage.metrics]
+    caveats = [(target, caveat) for target, *_ in served
+               if (caveat := run.manifest.stages[f"containerize-{target}"].metrics.get("template_parity", {})
+                   .get("caveat"))]
     manifest_digest = lineage_digest(run.manifest)  # stable while publishing records more stages
     title = f"{run.manifest.run} ({kind})"
     description = (f"A {method} fine-tune of {hub_id or 'a local base model'}, packaged by packager "
@@ -46,4 +49,5 @@ def render_model_card(run, *, kind: str, files: list[dict], license_cfg, stop_id
     return render("model_card.md.j2", front_matter=yaml.safe_dump(front, sort_keys=False), title=title,
                   description=description, base_model=hub_id, base_revision=revision, method=method,
                   run_name=run.manifest.run, manifest_digest=manifest_digest, packager_version=packager.__version__,
-                  files=files, metrics=metrics, stop_ids=stop_ids, served=served)
+                  files=files, metrics=metrics, stop_ids=stop_ids, served=served,
+                  caveats=caveats)

@@ -25,28 +25,11 @@ from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
 from packager.serve.go_template import go_available, render_as_ollama
 from packager.serve.modelfile import go_printable, go_string_constant
+from packager.serve.parity import (PARITY_CONVERSATIONS, PARITY_DATE, ROLES, as_ollama_sends, first_difference,
+                                   jinja_prompt, trimmed_roles, trimming_caveat)
 
 
-ROLES = ("system", "user", "assistant")
 _MARK = {"system": "\x02PKGSYS{}\x03", "user": "\x02PKGUSR{}\x03", "assistant": "\x02PKGAST{}\x03"}
-
-# Conversations the Go template must render exactly as Jinja does: single and multi-turn, with and without a
-# system turn, and contents that stress quoting (newlines, quotes, braces, Go and Jinja delimiters, unicode).
-PARITY_CONVERSATIONS: list[list[dict]] = [
-    [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}],
-    [{"role": "user", "content": "Ticket: printer on floor 3 is jammed.\nPlease help!"},
-     {"role": "assistant", "content": '{"category": "hardware", "priority": "low"}'},
-     {"role": "user", "content": "And the summary?"}],
-    [{"role": "system", "content": "Reply with JSON: category, priority, summary."},
-     {"role": "user", "content": 'Quote: "it {{ broke }}" {% twice %} — naïve café ☕'},
-     {"role": "assistant", "content": "{\n  \"category\": \"other\"\n}"},
-     {"role": "user", "content": "Again, with `code` and \\ backslashes."}],
-    [{"role": "system", "content": ""}, {"role": "user", "content": "An empty system message, then this."}],
-    [{"role": "user", "content": "Answer in JSON."}, {"role": "assistant", "content": '{"answer":'}],  # a prefill
-]
-PARITY_DATE = datetime.date(2025, 1, 31)
-"""The day both renderers are told it is: Jinja's strftime_now and Ollama's currentDate."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +159,7 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
     except Exception as exc:  # jinja2 errors, raise_exception() in the template
         raise _cannot(f"rendering it failed: {exc}") from None
     if another_day != user_gen:  # Llama 3.1's "Today Date: 31 Jan 2025" (strftime_now)
-        raise _cannot(f"it writes today's date into the prompt ({_first_difference(user_gen, another_day)} a "
+        raise _cannot(f"it writes today's date into the prompt ({first_difference(user_gen, another_day)} a "
                       "year later), which a TEMPLATE can only write as Ollama's currentDate, YYYY-MM-DD")
     try:
         full = render([msg("system", s)] + turns)
@@ -291,23 +274,22 @@ def _system_structure(r: _Renders, prefix: dict[str, str], suffix: dict[str, str
     raise _cannot("the system turn is neither a turn of its own nor part of the first user turn")
 
 
-def jinja_prompt(template: ChatTemplate, messages: list[dict]) -> str:
-    """The prompt transformers renders for a request: with the generation prompt after a user turn, and a final
-    assistant turn left open (a prefill, as Ollama continues it), on :data:`PARITY_DATE`."""
-    prefill = bool(messages) and messages[-1]["role"] == "assistant"
-    return template.render(messages, add_generation_prompt=not prefill, continue_final_message=prefill,
-                           today=PARITY_DATE)
-
-
 def expected_prompt(template: ChatTemplate, fmt: ChatFormat, messages: list[dict]) -> str:
     """The Jinja rendering of a request, minus the BOS llama.cpp adds by itself."""
     rendered = jinja_prompt(template, messages)
     return rendered[len(fmt.leading_bos):] if fmt.leading_bos and rendered.startswith(fmt.leading_bos) else rendered
 
 
+def _parity_result(conversations: list[list[dict]], checked_with: str, trimmed: tuple[str, ...]) -> dict:
+    return {"conversations": len(conversations), "checked_with": checked_with,
+            "compared_as": "collated as Ollama collates repeated roles", "trimmed_roles": list(trimmed),
+            "caveat": trimming_caveat(trimmed)}
+
+
 def check_parity(template: ChatTemplate, fmt: ChatFormat, *, go_template: str | None = None,
                  conversations: list[list[dict]] = PARITY_CONVERSATIONS, use_go: bool | None = None) -> dict:
-    """Compare Jinja, the inferred format and (when Go is installed, or ``use_go``) real Go text/template.
+    """Compare Jinja, the inferred format and (when Go is installed, or ``use_go``) real Go text/template, on
+    each conversation as Ollama sends it (:func:`as_ollama_sends`).
 
     Raises:
         StageError: a conversation renders differently; the message shows where.
@@ -315,41 +297,40 @@ def check_parity(template: ChatTemplate, fmt: ChatFormat, *, go_template: str | 
     """
     go_template = go_template if go_template is not None else fmt.go_template()
     go = go_available() if use_go is None else use_go
+    trimmed = trimmed_roles(template)
     for n, messages in enumerate(conversations, 1):
-        want = expected_prompt(template, fmt, messages)
-        got = fmt.render(messages)
+        sent = as_ollama_sends(messages, trimmed)
+        want = expected_prompt(template, fmt, sent)
+        got = fmt.render(sent)
         if got != want:
-            raise _cannot(f"conversation {n} renders differently: {_first_difference(want, got)}")
+            raise _cannot(f"conversation {n} renders differently: {first_difference(want, got)}")
         if go:
-            rendered = render_as_ollama(go_template, messages, date=PARITY_DATE.isoformat())
+            rendered = render_as_ollama(go_template, sent, date=PARITY_DATE.isoformat())
             if rendered != want:
                 raise StageError("ollama template", f"the Go TEMPLATE renders conversation {n} differently from "
-                                                    f"the Jinja chat template: {_first_difference(want, rendered)}")
-    return {"conversations": len(conversations), "checked_with": "go text/template" if go else
-            "packager's model of the template (install Go to check with text/template itself)"}
+                                                    f"the Jinja chat template: {first_difference(want, rendered)}")
+    return _parity_result(conversations, "go text/template" if go else
+                          "packager's model of the template (install Go to check with text/template itself)", trimmed)
 
 
 def check_user_template(template: ChatTemplate, go_template: str, *,
                         conversations: list[list[dict]] = PARITY_CONVERSATIONS) -> dict:
     """Check the user's own TEMPLATE (``containers.ollama.template``) against the Jinja chat template on the
-    parity conversations, with Go's text/template. Needs no inferred structure: it is the way out for
-    templates packager cannot translate.
+    parity conversations as Ollama sends them, with Go's text/template. Needs no inferred structure: it is the
+    way out for templates packager cannot translate.
 
     Raises:
         StageError: a conversation renders differently; the message shows where.
         DependencyMissingError: there is no Go toolchain.
     """
     bos = template.bos_token if template.adds_bos else ""  # llama.cpp prepends BOS itself
+    trimmed = trimmed_roles(template)
     for n, messages in enumerate(conversations, 1):
-        want = jinja_prompt(template, messages)
+        sent = as_ollama_sends(messages, trimmed)
+        want = jinja_prompt(template, sent)
         want = want[len(bos):] if bos and want.startswith(bos) else want
-        rendered = render_as_ollama(go_template, messages, date=PARITY_DATE.isoformat())
+        rendered = render_as_ollama(go_template, sent, date=PARITY_DATE.isoformat())
         if rendered != want:
             raise StageError("ollama template", f"containers.ollama.template renders conversation {n} differently "
-                                                f"from the Jinja chat template: {_first_difference(want, rendered)}")
-    return {"conversations": len(conversations), "checked_with": "go text/template (containers.ollama.template)"}
-
-
-def _first_difference(want: str, got: str) -> str:
-    at = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
-    return f"at character {at}, Jinja has {want[at:at + 40]!r}, the TEMPLATE has {got[at:at + 40]!r}"
+                                                f"from the Jinja chat template: {first_difference(want, rendered)}")
+    return _parity_result(conversations, "go text/template (containers.ollama.template)", trimmed)

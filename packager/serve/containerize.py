@@ -41,6 +41,8 @@ class ContainerResult:
             parity = d["template_parity"]
             lines.append(f"  Modelfile TEMPLATE renders {parity['conversations']} conversations exactly as the Jinja "
                          f"chat template ({parity['checked_with']}); stops {d['stops']}")
+            if parity.get("caveat"):
+                lines.append(f"  caveat: {parity['caveat']}")
         else:
             lines.append("  vllm serve " + " ".join(d["command"]))
         if self.image:

@@ -13,6 +13,7 @@ import pytest
 from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
 from packager.serve.chat_format import check_parity, check_user_template, infer_chat_format
+from packager.serve.parity import PARITY_CONVERSATIONS
 from packager.serve.go_template import go_available, render_as_ollama
 from packager.serve.modelfile import (ModelfileSyntaxError, check_modelfile, check_ollama_name, go_string_constant,
                                       modelfile_string, parse_modelfile)
@@ -132,8 +133,10 @@ def test_the_escape_hatch_takes_a_hand_written_gemma3_template():
     gemma3 = ChatTemplate((CHAT_TEMPLATES / "gemma3.jinja").read_text(), "<bos>", "<eos>", {}, adds_bos=True)
     assert infer_chat_format(gemma3).system == "first_user"
     hand_written = (CHAT_TEMPLATES / "gemma3.ollama.gotmpl").read_text()
-    assert check_user_template(gemma3, hand_written) == {"conversations": 6,
-                                                         "checked_with": "go text/template (containers.ollama.template)"}
+    result = check_user_template(gemma3, hand_written)
+    assert result["conversations"] == len(PARITY_CONVERSATIONS)
+    assert result["checked_with"] == "go text/template (containers.ollama.template)"
+    assert result["trimmed_roles"] == ["user", "assistant"] and "Go templates have no trim" in result["caveat"]
     planted = hand_written.replace("<start_of_turn>model\n{{ .Content }}", "<start_of_turn>model {{ .Content }}")
     with pytest.raises(StageError, match=r"renders conversation 3 differently from the Jinja chat template: at "
                                          r"character \d+, Jinja has '\\n\{"):

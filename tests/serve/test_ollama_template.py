@@ -8,6 +8,7 @@ import pytest
 
 from packager.errors import StageError
 from packager.serve.go_template import go_available, render_as_ollama
+from packager.serve.parity import PARITY_CONVERSATIONS
 
 pytestmark = pytest.mark.skipif(not go_available(), reason="go is not installed (apt install golang-go)")
 
@@ -94,9 +95,54 @@ def test_an_empty_system_message_is_skipped_where_the_template_skips_it():
     phi = ChatTemplate((TEMPLATES / "phi3.5.jinja").read_text(), "<s>", "<|endoftext|>", {}, adds_bos=True)
     fmt = infer_chat_format(phi)
     assert fmt.skip_empty_system and fmt.suffix["assistant"] == "<|end|>\n"
-    assert check_parity(phi, fmt, use_go=True)["conversations"] == 6
+    assert check_parity(phi, fmt, use_go=True)["conversations"] == len(PARITY_CONVERSATIONS)
     with pytest.raises(StageError, match="conversation 5 renders differently"):
         check_parity(phi, dataclasses.replace(fmt, skip_empty_system=False), use_go=True)
+
+
+def test_repeated_roles_are_compared_as_ollama_collates_them():
+    """Ollama joins consecutive messages of one role with a blank line before its TEMPLATE runs: the Go rendering
+    of two user messages equals Jinja's rendering of one user message holding both, and never Jinja's two turns."""
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.parity import jinja_prompt, ollama_collated
+
+    from support.models import CHATML_TEMPLATE
+
+    chatml = ChatTemplate(CHATML_TEMPLATE, "<|endoftext|>", "<|im_end|>", {})
+    twice = [{"role": "system", "content": "A."}, {"role": "system", "content": "B."},
+             {"role": "user", "content": "One."}, {"role": "user", "content": "Two."}]
+    assert ollama_collated(twice) == [{"role": "system", "content": "A.\n\nB."},
+                                      {"role": "user", "content": "One.\n\nTwo."}]
+    go = render_as_ollama(infer_chat_format(chatml).go_template(), twice)
+    assert go == jinja_prompt(chatml, ollama_collated(twice)) != jinja_prompt(chatml, twice)
+
+
+def test_trimmed_content_is_named_as_a_caveat_and_untrimmed_content_is_still_compared():
+    """Gemma 3 trims user and assistant content (``| trim``), which no Go template can: the parity check compares
+    the padded conversation as trimmed content and names the difference. A ChatML template trims nothing, so its
+    padded conversation is compared as sent, padding and all, and a TEMPLATE that drops it is caught."""
+    from packager.errors import StageError
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import check_parity, infer_chat_format
+    from packager.serve.parity import trimmed_roles
+
+    from support.models import CHATML_TEMPLATE
+
+    from support.families import TEMPLATES
+
+    gemma3 = ChatTemplate((TEMPLATES / "gemma3.jinja").read_text(), "<bos>", "<eos>", {}, adds_bos=True)
+    assert trimmed_roles(gemma3) == ("user", "assistant")
+    result = check_parity(gemma3, infer_chat_format(gemma3), use_go=True)
+    assert result["trimmed_roles"] == ["user", "assistant"] and "user, assistant content" in result["caveat"]
+
+    chatml = ChatTemplate(CHATML_TEMPLATE, "<|endoftext|>", "<|im_end|>", {})
+    fmt = infer_chat_format(chatml)
+    assert trimmed_roles(chatml) == () and check_parity(chatml, fmt, use_go=True)["caveat"] is None
+    padded = [[{"role": "user", "content": " Padded?  "}]]
+    with pytest.raises(StageError, match="renders conversation 1 differently"):
+        check_parity(chatml, fmt, go_template=fmt.go_template().replace("{{ .Content }}", "{{ slice .Content 1 }}"),
+                     conversations=padded, use_go=True)
 
 
 # The date lines of Llama 3.1's template (meta-llama/Llama-3.1-8B-Instruct, tokenizer_config.json), its tool
