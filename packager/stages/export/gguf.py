@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from packager.models.chat_template import ChatTemplate
 from packager.models.gguf import GGUF_TYPES, canonical_quant
 from packager.models.stop_tokens import generation_stop_ids
 from packager.models.tokenizer import read_chat_template
@@ -19,6 +20,8 @@ from packager.run.artifacts import merged_model_dir
 from packager.run.atomic import PARTIAL_PREFIX
 from packager.run.directory import Run, StageWriter
 from packager.run.settings import base_hub_id
+from packager.serve.llama_server import check_llama_cpp_template, llama_server_binary
+from packager.serve.parity import PARITY_CONVERSATIONS
 from packager.stages.export.convert import Conversion, convert_to_gguf, require_gguf_tools, tool_versions
 from packager.stages.export.parity import (PARITY_THRESHOLDS, Reference, check_gguf_carries_chat_format,
                                            gguf_parity, parity_failures, reference_outputs)
@@ -63,6 +66,7 @@ def export_gguf(run: Run, *, quants: list[str], conversations: list[list[dict]])
                 shutil.move(str(out / f"{run.manifest.run}-{quant}.gguf"), st.output_dir("export/rejected"))
                 rejected[quant] = parity[quant]["failures"]
         st.metrics.update({"parity": parity, "rejected": rejected})
+        st.metrics["template_engine"] = _llama_cpp_renders_template(out, merged)
     return ExportResult(run.path, sorted((run.path / "export" / "gguf").glob("*.gguf")), parity, rejected)
 
 
@@ -95,6 +99,18 @@ def _make_files(run: Run, st: StageWriter, merged: Path, out: Path, work: Path, 
         timings[quant] = round(time.perf_counter() - started, 2)
     st.metrics["seconds"] = timings
     return ref, quant_info
+
+
+def _llama_cpp_renders_template(out: Path, merged: Path) -> dict:
+    """The GGUFs' chat template (one text, byte-checked in each file) as llama.cpp's own engine renders it, against
+    transformers, on the parity conversations; raises when they differ. The smallest file is loaded."""
+    files = sorted(out.glob("*.gguf"), key=lambda f: f.stat().st_size)
+    binary = llama_server_binary()
+    if binary is None or not files:
+        return {"checked": False, "why": "no llama-server here (make setup builds it; PACKAGER_LLAMA_SERVER names "
+                                         "one)" if files else "no GGUF passed"}
+    return {"checked": True, "gguf": files[0].name, **check_llama_cpp_template(
+        files[0], ChatTemplate.from_model_dir(merged), PARITY_CONVERSATIONS, binary=binary)}
 
 
 def _check_file(target: Path, quant: str, ref: Reference, merged: Path, *, extra: dict) -> dict:
