@@ -48,8 +48,8 @@ class ChatFormat:
     merge_into_first_user); or nowhere (``drop``: data.system_policy drop)."""
     skip_empty_system: bool = False  # an empty system message leaves no trace (Phi-3.5's template)
 
-    def render(self, messages: list[dict]) -> str:
-        """What the Go template renders for ``messages`` (a conversation ending in a user turn)."""
+    def render(self, messages: list[dict], *, today: datetime.date = PARITY_DATE) -> str:
+        """What the Go template renders for ``messages`` on ``today`` (its currentDate)."""
         out = [self.start]
         if self.default_system is not None and messages[0]["role"] != "system":
             out.append(self.prefix["system"] + self.default_system + self.suffix["system"])
@@ -70,7 +70,7 @@ class ChatFormat:
                 out.append(self.suffix[role])
             if last and role != "assistant":
                 out.append(self.generation_prompt)
-        return "".join(out)
+        return _dates_filled("".join(out), today)
 
     def go_template(self) -> str:
         """The Ollama TEMPLATE: Go text/template over ``.Messages`` (``.Role``, ``.Content``)."""
@@ -111,6 +111,22 @@ class ChatFormat:
         return "\n".join(lines)
 
 
+# Today's date, YYYY-MM-DD, in a render: the one date form a Jinja template and a TEMPLATE can both write (Ollama's
+# currentDate, template/template.go funcs; Jinja cannot compute its yesterdayDate). Marked in the renders the
+# structure is read from, so a template that writes it (Mistral Small 3's default system prompt,
+# strftime_now("%Y-%m-%d")) becomes a TEMPLATE that writes the day it runs on. A fixed date that happens to be
+# the parity day is told apart by the render on another day, which keeps it.
+_TODAY = "\x04TODAY\x04"
+
+
+def _dates_marked(rendered: str, today: datetime.date) -> str:
+    return rendered.replace(today.isoformat(), _TODAY)
+
+
+def _dates_filled(text: str, today: datetime.date) -> str:
+    return text.replace(_TODAY, today.isoformat())
+
+
 def _go_text(text: str) -> str:
     """Literal text for a Go template: raw where that is safe, else a Go string constant.
 
@@ -118,6 +134,8 @@ def _go_text(text: str) -> str:
     holds a character that Ollama's Modelfile parser would delete (a no-break space, a zero-width space: the
     constant spells it as an escape).
     """
+    if _TODAY in text:
+        return "{{ currentDate }}".join(_go_text(part) if part else "" for part in text.split(_TODAY))
     hidden = not all(go_printable(c) or c in "\n\t" for c in text)
     if "{{" in text or "}}" in text or text != text.rstrip() or hidden:
         return "{{ " + go_string_constant(text) + " }}"
@@ -149,7 +167,7 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
     turns = [msg("user", u1), msg("assistant", a1), msg("user", u2), msg("assistant", a2)]
 
     def render(messages: list[dict], *, generation: bool = False, today: datetime.date = PARITY_DATE) -> str:
-        return template.render(messages, add_generation_prompt=generation, today=today)
+        return _dates_marked(template.render(messages, add_generation_prompt=generation, today=today), today)
 
     try:
         bare = render(turns)
@@ -158,7 +176,7 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
         another_day = render([msg("user", u1)], generation=True, today=PARITY_DATE + datetime.timedelta(days=400))
     except Exception as exc:  # jinja2 errors, raise_exception() in the template
         raise _cannot(f"rendering it failed: {exc}") from None
-    if another_day != user_gen:  # Llama 3.1's "Today Date: 31 Jan 2025" (strftime_now)
+    if another_day != user_gen:  # Llama 3.1's "Today Date: 31 Jan 2025" (strftime_now); an ISO date is marked
         raise _cannot(f"it writes today's date into the prompt ({first_difference(user_gen, another_day)} a "
                       "year later), which a TEMPLATE can only write as Ollama's currentDate, YYYY-MM-DD")
     try:

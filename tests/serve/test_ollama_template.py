@@ -171,3 +171,37 @@ def test_a_template_that_writes_todays_date_is_refused_naming_it():
                                                         add_generation_prompt=True, today=PARITY_DATE)
     with pytest.raises(StageError, match="it writes today's date into the prompt .*Ollama's currentDate"):
         infer_chat_format(template)
+
+
+# Mistral Small 3's template (mistralai/Mistral-Small-24B-Instruct-2501, tokenizer_config.json), its default
+# system prompt shortened: today's date, strftime_now("%Y-%m-%d"), in the system turn it adds when there is none.
+MISTRAL_SMALL3_DATES = (
+    "{%- set today = strftime_now(\"%Y-%m-%d\") %}"
+    "{%- set default_system_message = \"You are Mistral Small 3.\\nThe current date is \" + today + \".\" %}"
+    "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set system_message = default_system_message %}"
+    "{%- set loop_messages = messages %}{%- endif %}{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}"
+    "{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+    "{{- '[INST]' + message['content'] + '[/INST]' }}{%- elif message['role'] == 'system' %}"
+    "{{- '[SYSTEM_PROMPT]' + message['content'] + '[/SYSTEM_PROMPT]' }}{%- elif message['role'] == 'assistant' %}"
+    "{{- message['content'] + eos_token }}{%- else %}"
+    "{{- raise_exception('Only user, system and assistant roles are supported!') }}{%- endif %}{%- endfor %}")
+
+
+def test_todays_iso_date_becomes_ollamas_current_date():
+    """A template that writes today's date as YYYY-MM-DD gets a TEMPLATE with {{ currentDate }} there: Go renders
+    the parity set as Jinja does on the parity day, and on any other day what Jinja renders on that day."""
+    import datetime
+
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import check_parity, infer_chat_format
+
+    template = ChatTemplate(MISTRAL_SMALL3_DATES, "<s>", "</s>", {}, adds_bos=True)
+    fmt = infer_chat_format(template)
+    go = fmt.go_template()
+    assert go.count("{{ currentDate }}") == 1 and "2025" not in go
+    assert check_parity(template, fmt, use_go=True)["conversations"] == len(PARITY_CONVERSATIONS)
+    day, ask = datetime.date(2026, 12, 7), [{"role": "user", "content": "What day is it?"}]
+    served = render_as_ollama(go, ask, date=day.isoformat())
+    assert served == template.render(ask, add_generation_prompt=True, today=day)[len("<s>"):]
+    assert "The current date is 2026-12-07." in served
