@@ -11,7 +11,8 @@ writes the Go template, and then checks, on a set of conversations, that
     Jinja (as transformers renders it) == packager's model of the format == the TEMPLATE as Ollama executes it
 
 the last one, when Go is installed, with a model of Ollama's template execution over Go's own text/template
-(messages collated, a map for data, its functions; see :func:`render_as_ollama`).
+(messages collated, a map for data, its functions; see :func:`render_as_ollama`). The check is in
+packager/serve/ollama_parity.py.
 A template whose output the inference cannot reproduce is refused, naming the conversation
 that differs, rather than shipped wrong.
 """
@@ -19,14 +20,13 @@ that differs, rather than shipped wrong.
 from __future__ import annotations
 
 import datetime
+import dataclasses
 from dataclasses import dataclass
 
 from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
-from packager.serve.go_template import go_available, render_as_ollama
 from packager.serve.modelfile import go_printable, go_string_constant
-from packager.serve.parity import (PARITY_CONVERSATIONS, PARITY_DATE, ROLES, as_ollama_sends, first_difference,
-                                   jinja_prompt, trimmed_roles, trimming_caveat)
+from packager.serve.parity import PARITY_DATE, ROLES, first_difference
 
 
 _MARK = {"system": "\x02PKGSYS{}\x03", "user": "\x02PKGUSR{}\x03", "assistant": "\x02PKGAST{}\x03"}
@@ -47,6 +47,10 @@ class ChatFormat:
     system prefix and suffix before the user's content (Gemma 3's template, data.system_policy
     merge_into_first_user); or nowhere (``drop``: data.system_policy drop)."""
     skip_empty_system: bool = False  # an empty system message leaves no trace (Phi-3.5's template)
+    lone_system_as_user: bool = False
+    """With ``first_user``: a leading system message that no user message follows (a history Ollama truncated to
+    start with an assistant turn) is a user turn of its own, as data.system_policy merge_into_first_user writes it
+    so that turns keep alternating."""
 
     def render(self, messages: list[dict], *, today: datetime.date = PARITY_DATE) -> str:
         """What the Go template renders for ``messages`` on ``today`` (its currentDate)."""
@@ -58,6 +62,9 @@ class ChatFormat:
             pending = messages[0]["content"] if self.system == "first_user" else None
             pending = None if self.skip_empty_system and not pending else pending
             messages = messages[1:]
+            if pending is not None and self.lone_system_as_user and messages and messages[0]["role"] != "user":
+                out.append(self.prefix["user"] + pending + self.suffix["user"])
+                pending = None
         for i, message in enumerate(messages):
             last = i == len(messages) - 1
             role, content = message["role"], message["content"]
@@ -85,6 +92,10 @@ class ChatFormat:
                          '{{- $system = (index .Messages 0).Content }}'
                          + ('{{- $pending = ne $system "" }}' if self.skip_empty_system else '{{- $pending = true }}')
                          + '{{- end }}')
+            if self.lone_system_as_user:
+                lines.append('{{- if and $pending (gt (len .Messages) 1) (ne (index .Messages 1).Role "user") }}'
+                             + _go_text(self.prefix["user"]) + "{{ $system }}" + _go_text(self.suffix["user"])
+                             + "{{ $pending = false }}{{ end }}")
         lines.append("{{- range $i, $m := .Messages }}")
         lines.append("{{- $last := eq (len (slice $.Messages $i)) 1 }}")
         for n, role in enumerate(ROLES):
@@ -100,8 +111,8 @@ class ChatFormat:
                 held = ("{{ if $pending }}" + _go_text(self.prefix["system"]) + "{{ $system }}"
                         + _go_text(self.suffix["system"]) + "{{ $pending = false }}{{ end }}")
             if role == "system" and self.skip_empty_system:
-                lines.append(f'{{{{- {keyword} eq .Role "system" }}}}{{{{ if .Content }}}}' + _go_text(self.prefix[role])
-                             + "{{ .Content }}" + suffix + "{{ end }}")
+                lines.append(f'{{{{- {keyword} eq .Role "system" }}}}{{{{ if .Content }}}}'
+                             + _go_text(self.prefix[role]) + "{{ .Content }}" + suffix + "{{ end }}")
                 continue
             lines.append(f'{{{{- {keyword} eq .Role "{role}" }}}}' + _go_text(self.prefix[role]) + held
                          + "{{ .Content }}" + suffix)
@@ -147,13 +158,13 @@ def _split(rendered: str, marks: list[str], what: str) -> list[str]:
     pieces, rest = [], rendered
     for mark in marks:
         if rest.count(mark) != 1:
-            raise _cannot(f"{what}: the template does not write each message's content exactly once")
+            raise cannot_express(f"{what}: the template does not write each message's content exactly once")
         before, rest = rest.split(mark)
         pieces.append(before)
     return pieces + [rest]
 
 
-def _cannot(reason: str) -> StageError:
+def cannot_express(reason: str) -> StageError:
     return StageError("ollama template", f"cannot express this chat template as an Ollama TEMPLATE: {reason}",
                       hint="write the Go template yourself and set containers.ollama.template: FILE in "
                            "packager.yaml; packager checks it against the Jinja template")
@@ -175,16 +186,16 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
         user_gen = render([msg("user", u1)], generation=True)
         another_day = render([msg("user", u1)], generation=True, today=PARITY_DATE + datetime.timedelta(days=400))
     except Exception as exc:  # jinja2 errors, raise_exception() in the template
-        raise _cannot(f"rendering it failed: {exc}") from None
+        raise cannot_express(f"rendering it failed: {exc}") from None
     if another_day != user_gen:  # Llama 3.1's "Today Date: 31 Jan 2025" (strftime_now); an ISO date is marked
-        raise _cannot(f"it writes today's date into the prompt ({first_difference(user_gen, another_day)} a "
+        raise cannot_express(f"it writes today's date into the prompt ({first_difference(user_gen, another_day)} a "
                       "year later), which a TEMPLATE can only write as Ollama's currentDate, YYYY-MM-DD")
     try:
         full = render([msg("system", s)] + turns)
         with_system = render([msg("system", s), msg("user", u1)])
         empty_system = render([msg("system", ""), msg("user", u1)])
     except Exception as exc:  # noqa: BLE001
-        raise _cannot(f"it raises on a system message ({exc}); set data.system_policy to merge_into_first_user "
+        raise cannot_express(f"it raises on a system message ({exc}); set data.system_policy to merge_into_first_user "
                       "or drop, which the Go template can follow") from None
     renders = _Renders(bare=_split(bare, [u1, a1, u2, a2], "a four-turn conversation"),
                        full=_split(full, [s, u1, a1, u2, a2], "a system turn and four more") if s in full else None,
@@ -200,10 +211,21 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
         candidates = [bos, ""] if template.adds_bos else ["", bos]
     for n, start in enumerate(candidates):
         try:
-            return _structure(renders, start=start, adds_bos=template.adds_bos)
+            fmt = _structure(renders, start=start, adds_bos=template.adds_bos)
+            break
         except StageError:
             if n == len(candidates) - 1:
                 raise
+    if fmt.system != "first_user":
+        return fmt
+    # A system message before an assistant turn: held for the user turn after it, or a user turn of its own?
+    lone = [msg("system", s), msg("assistant", a1), msg("user", u1)]
+    try:
+        rendered = render(lone, generation=True)
+    except Exception:  # noqa: BLE001 - Gemma 3 raises: its turns must alternate; the parity check names it
+        return fmt
+    alone = dataclasses.replace(fmt, lone_system_as_user=True)
+    return alone if fmt.leading_bos + _dates_marked(alone.render(lone), PARITY_DATE) == rendered else fmt
 
 
 @dataclass(frozen=True)
@@ -224,26 +246,26 @@ def _structure(r: _Renders, *, start: str, adds_bos: bool) -> ChatFormat:
     b0, b1, b2, b3, b4 = r.bare
     d0, d1 = r.user_only
     if not (b0.startswith(start) and d0.startswith(start)):
-        raise _cannot("conversations do not all start the same way")
+        raise cannot_express("conversations do not all start the same way")
     b0, d0 = b0[len(start):], d0[len(start):]
     end = ""  # written after the last turn of a conversation without a generation prompt (Phi-3's EOS)
     if not b2.startswith(b4):
         user_prefix = _common_suffix(b0, b2)  # what opens every user turn, the first one included
         assistant_suffix = b2[: len(b2) - len(user_prefix)]
         if not user_prefix or not b4.startswith(assistant_suffix) or not d1.endswith(b4[len(assistant_suffix):]):
-            raise _cannot("the text after an assistant turn differs between the middle and the end of a "
+            raise cannot_express("the text after an assistant turn differs between the middle and the end of a "
                           "conversation")
         end = b4[len(assistant_suffix):]
     suffix = {"assistant": b4[: len(b4) - len(end)], "user": d1[: len(d1) - len(end)]}
     prefix = {"user": b2[len(suffix["assistant"]):]}
     if not b1.startswith(suffix["user"]) or b3 != b1:
-        raise _cannot("user turns are not written the same way each time")
+        raise cannot_express("user turns are not written the same way each time")
     prefix["assistant"] = b1[len(suffix["user"]):]
     if b0 != d0:
-        raise _cannot("the text before the first user turn depends on the rest of the conversation")
+        raise cannot_express("the text before the first user turn depends on the rest of the conversation")
     conversation = r.user_only_text[: len(r.user_only_text) - len(end)]
     if not r.user_gen.startswith(conversation):
-        raise _cannot("the generation prompt is not appended after the conversation")
+        raise cannot_express("the generation prompt is not appended after the conversation")
     generation_prompt = r.user_gen[len(conversation):]
     system, default_system = _system_structure(r, prefix, suffix, start=start, lead=b0)
     skip = r.empty_system_skipped and system != "drop"
@@ -267,16 +289,16 @@ def _system_structure(r: _Renders, prefix: dict[str, str], suffix: dict[str, str
     content the template writes when there is none. ``lead`` is the text before a first user turn."""
     if r.dropped:
         if lead != prefix["user"]:
-            raise _cannot("the template drops a system message but writes text of its own before the first turn")
+            raise cannot_express("the template drops a system message but writes text of its own before the first turn")
         prefix["system"] = suffix["system"] = ""
         return "drop", None
     if r.full is None or r.with_system is None:
-        raise _cannot("the system message is written in some conversations and not in others")
+        raise cannot_express("the system message is written in some conversations and not in others")
     p0, p1, *rest = r.full
     if rest != list(r.bare[1:]) or list(r.with_system) != [p0, p1, r.user_only[1]]:
-        raise _cannot("the turns after a system message are not written as they are without one")
+        raise cannot_express("the turns after a system message are not written as they are without one")
     if not p0.startswith(start):
-        raise _cannot("conversations do not all start the same way")
+        raise cannot_express("conversations do not all start the same way")
     p0 = p0[len(start):]
     if p1.endswith(prefix["user"]):  # a turn of its own
         prefix["system"], suffix["system"] = p0, p1[: len(p1) - len(prefix["user"])]
@@ -284,71 +306,9 @@ def _system_structure(r: _Renders, prefix: dict[str, str], suffix: dict[str, str
             return "turn", None
         block = lead[: len(lead) - len(prefix["user"])] if lead.endswith(prefix["user"]) else None
         if block is None or not (block.startswith(prefix["system"]) and block.endswith(suffix["system"])):
-            raise _cannot("the text before a lone user turn is neither the user prefix nor a system turn")
+            raise cannot_express("the text before a lone user turn is neither the user prefix nor a system turn")
         return "turn", block[len(prefix["system"]): len(block) - len(suffix["system"])]
     if p0.startswith(prefix["user"]) and lead == prefix["user"]:  # inside the first user turn (Gemma 3)
         prefix["system"], suffix["system"] = p0[len(prefix["user"]):], p1
         return "first_user", None
-    raise _cannot("the system turn is neither a turn of its own nor part of the first user turn")
-
-
-def expected_prompt(template: ChatTemplate, fmt: ChatFormat, messages: list[dict]) -> str:
-    """The Jinja rendering of a request, minus the BOS llama.cpp adds by itself."""
-    rendered = jinja_prompt(template, messages)
-    return rendered[len(fmt.leading_bos):] if fmt.leading_bos and rendered.startswith(fmt.leading_bos) else rendered
-
-
-def _parity_result(conversations: list[list[dict]], checked_with: str, trimmed: tuple[str, ...]) -> dict:
-    return {"conversations": len(conversations), "checked_with": checked_with,
-            "compared_as": "collated as Ollama collates repeated roles", "trimmed_roles": list(trimmed),
-            "caveat": trimming_caveat(trimmed)}
-
-
-def check_parity(template: ChatTemplate, fmt: ChatFormat, *, go_template: str | None = None,
-                 conversations: list[list[dict]] = PARITY_CONVERSATIONS, use_go: bool | None = None) -> dict:
-    """Compare Jinja, the inferred format and (when Go is installed, or ``use_go``) real Go text/template, on
-    each conversation as Ollama sends it (:func:`as_ollama_sends`).
-
-    Raises:
-        StageError: a conversation renders differently; the message shows where.
-        DependencyMissingError: ``use_go`` is True and there is no Go toolchain.
-    """
-    go_template = go_template if go_template is not None else fmt.go_template()
-    go = go_available() if use_go is None else use_go
-    trimmed = trimmed_roles(template)
-    for n, messages in enumerate(conversations, 1):
-        sent = as_ollama_sends(messages, trimmed)
-        want = expected_prompt(template, fmt, sent)
-        got = fmt.render(sent)
-        if got != want:
-            raise _cannot(f"conversation {n} renders differently: {first_difference(want, got)}")
-        if go:
-            rendered = render_as_ollama(go_template, sent, date=PARITY_DATE.isoformat())
-            if rendered != want:
-                raise StageError("ollama template", f"the Go TEMPLATE renders conversation {n} differently from "
-                                                    f"the Jinja chat template: {first_difference(want, rendered)}")
-    return _parity_result(conversations, "go text/template" if go else
-                          "packager's model of the template (install Go to check with text/template itself)", trimmed)
-
-
-def check_user_template(template: ChatTemplate, go_template: str, *,
-                        conversations: list[list[dict]] = PARITY_CONVERSATIONS) -> dict:
-    """Check the user's own TEMPLATE (``containers.ollama.template``) against the Jinja chat template on the
-    parity conversations as Ollama sends them, with Go's text/template. Needs no inferred structure: it is the
-    way out for templates packager cannot translate.
-
-    Raises:
-        StageError: a conversation renders differently; the message shows where.
-        DependencyMissingError: there is no Go toolchain.
-    """
-    bos = template.bos_token if template.adds_bos else ""  # llama.cpp prepends BOS itself
-    trimmed = trimmed_roles(template)
-    for n, messages in enumerate(conversations, 1):
-        sent = as_ollama_sends(messages, trimmed)
-        want = jinja_prompt(template, sent)
-        want = want[len(bos):] if bos and want.startswith(bos) else want
-        rendered = render_as_ollama(go_template, sent, date=PARITY_DATE.isoformat())
-        if rendered != want:
-            raise StageError("ollama template", f"containers.ollama.template renders conversation {n} differently "
-                                                f"from the Jinja chat template: {first_difference(want, rendered)}")
-    return _parity_result(conversations, "go text/template (containers.ollama.template)", trimmed)
+    raise cannot_express("the system turn is neither a turn of its own nor part of the first user turn")

@@ -18,7 +18,8 @@ from packager.models.chat_template import ChatTemplate
 from packager.models.gguf import canonical_quant, read_gguf_metadata
 from packager.models.stop_tokens import stop_token_texts
 from packager.run.artifacts import merged_model_dir
-from packager.serve.chat_format import check_parity, check_user_template, infer_chat_format
+from packager.serve.chat_format import infer_chat_format
+from packager.serve.ollama_parity import check_parity, check_user_template
 from packager.serve.context import (Context, LocalServer, Target, context_digest, links_digest, read_json,
                                     render_file, served_context_length)
 from packager.serve.modelfile import check_modelfile, check_ollama_name, modelfile_string

@@ -5,6 +5,7 @@ Ollama changes a conversation before its TEMPLATE sees it."""
 from __future__ import annotations
 
 import datetime
+from typing import Callable
 
 from packager.models.chat_template import ChatTemplate
 
@@ -32,7 +33,13 @@ PARITY_CONVERSATIONS: list[list[dict]] = [
     # whitespace around every content, which some templates trim (Llama 3, Gemma) and Go cannot
     [{"role": "system", "content": "  Be brief.\n"}, {"role": "user", "content": "\n Padded question?  "},
      {"role": "assistant", "content": " Padded answer. \n"}, {"role": "user", "content": "Next \n\n"}],
+    # a long history as Ollama renders it once it no longer fits num_ctx (:func:`ollama_truncated`): the system
+    # message kept, the oldest turns dropped, so that the rest starts with an assistant turn
+    [{"role": "system", "content": "You answer tickets."}, {"role": "assistant", "content": "Second answer."},
+     {"role": "user", "content": "Third question?"}],
 ]
+TRUNCATED = len(PARITY_CONVERSATIONS)
+"""The number of the conversation shaped as Ollama truncates a long history (numbered from 1)."""
 PARITY_DATE = datetime.date(2025, 1, 31)
 """The day both renderers are told it is: Jinja's strftime_now and Ollama's currentDate."""
 
@@ -79,6 +86,18 @@ def trimmed_roles(template: ChatTemplate) -> tuple[str, ...]:
         except Exception:  # noqa: BLE001 - a template that raises on a system message; try without one
             continue
     return tuple(role for role in ROLES if marks[role] in rendered and _PAD + marks[role] + _PAD not in rendered)
+
+
+def ollama_truncated(messages: list[dict], fits: Callable[[list[dict]], bool]) -> list[dict]:
+    """The messages Ollama renders for a conversation whose prompt does not fit ``num_ctx`` (``fits`` says whether
+    a list of messages does): the oldest messages dropped one at a time, the system messages among the dropped ones
+    kept in front, until it fits; the last message is always kept (Ollama v0.32.15 server/prompt.go ``chatPrompt``,
+    unchanged in v0.33.0-rc2)."""
+    for i in range(len(messages)):
+        kept = [m for m in messages[:i] if m["role"] == "system"] + messages[i:]
+        if fits(kept) or i == len(messages) - 1:
+            return kept
+    return messages
 
 
 def as_ollama_sends(messages: list[dict], trimmed: tuple[str, ...]) -> list[dict]:

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from packager.serve.chat_format import check_parity, expected_prompt, infer_chat_format
+from packager.serve.chat_format import infer_chat_format
+from packager.serve.ollama_parity import check_parity, expected_prompt
 from packager.serve.go_template import render_as_ollama
 from packager.cli import cli
 from packager.serve.context import context_digest

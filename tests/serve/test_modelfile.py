@@ -12,7 +12,8 @@ import pytest
 
 from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
-from packager.serve.chat_format import check_parity, check_user_template, infer_chat_format
+from packager.serve.chat_format import infer_chat_format
+from packager.serve.ollama_parity import check_parity, check_user_template
 from packager.serve.parity import PARITY_CONVERSATIONS
 from packager.serve.go_template import go_available, render_as_ollama
 from packager.serve.modelfile import (ModelfileSyntaxError, check_modelfile, check_ollama_name, go_string_constant,
@@ -72,8 +73,9 @@ def test_characters_ollama_deletes_are_refused_by_name(value, named):
 def test_a_planted_difference_is_caught_by_the_round_trip():
     """The Modelfile as packager wrote it before: stop tokens as JSON strings. Ollama reads a different stop."""
     meant = [("model", "./m.gguf"), ("template", "{{ .Prompt }}"), ("stop", '"')]
-    check_modelfile(f'FROM ./m.gguf\nTEMPLATE """{{{{ .Prompt }}}}"""\nPARAMETER stop {modelfile_string(chr(34), what="s")}\n',
-                    meant, context_files={"m.gguf"})
+    stop = modelfile_string(chr(34), what="s")
+    check_modelfile(f'FROM ./m.gguf\nTEMPLATE """{{{{ .Prompt }}}}"""\nPARAMETER stop {stop}\n', meant,
+                    context_files={"m.gguf"})
     with pytest.raises(StageError, match=r"the Modelfile's STOP would reach Ollama as '\\\\\"', not '\"'"):
         check_modelfile('FROM ./m.gguf\nTEMPLATE """{{ .Prompt }}"""\nPARAMETER stop "\\""\n', meant,
                         context_files={"m.gguf"})

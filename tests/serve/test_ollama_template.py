@@ -85,7 +85,8 @@ def test_an_empty_system_message_is_skipped_where_the_template_skips_it():
 
     from packager.errors import StageError
     from packager.models.chat_template import ChatTemplate
-    from packager.serve.chat_format import check_parity, infer_chat_format
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.ollama_parity import check_parity
     from packager.serve.go_template import go_available
 
     from support.families import TEMPLATES
@@ -124,7 +125,8 @@ def test_trimmed_content_is_named_as_a_caveat_and_untrimmed_content_is_still_com
     padded conversation is compared as sent, padding and all, and a TEMPLATE that drops it is caught."""
     from packager.errors import StageError
     from packager.models.chat_template import ChatTemplate
-    from packager.serve.chat_format import check_parity, infer_chat_format
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.ollama_parity import check_parity
     from packager.serve.parity import trimmed_roles
 
     from support.models import CHATML_TEMPLATE
@@ -164,7 +166,8 @@ def test_a_template_that_writes_todays_date_is_refused_naming_it():
     """transformers renders strftime_now with the real date, as training did; a TEMPLATE inferred from one
     rendering would have frozen that day into every later prompt. Rendered on two days, the date line shows."""
     from packager.models.chat_template import ChatTemplate
-    from packager.serve.chat_format import PARITY_DATE, infer_chat_format
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.parity import PARITY_DATE
 
     template = ChatTemplate(LLAMA31_DATES, "<|begin_of_text|>", "<|eot_id|>", {}, adds_bos=True)
     assert "Today Date: 31 Jan 2025" in template.render([{"role": "user", "content": "x"}],
@@ -194,7 +197,8 @@ def test_todays_iso_date_becomes_ollamas_current_date():
     import datetime
 
     from packager.models.chat_template import ChatTemplate
-    from packager.serve.chat_format import check_parity, infer_chat_format
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.ollama_parity import check_parity
 
     template = ChatTemplate(MISTRAL_SMALL3_DATES, "<s>", "</s>", {}, adds_bos=True)
     fmt = infer_chat_format(template)
@@ -205,3 +209,44 @@ def test_todays_iso_date_becomes_ollamas_current_date():
     served = render_as_ollama(go, ask, date=day.isoformat())
     assert served == template.render(ask, add_generation_prompt=True, today=day)[len("<s>"):]
     assert "The current date is 2026-12-07." in served
+
+
+def test_a_long_history_is_truncated_as_ollama_truncates_it():
+    """Ollama drops the oldest messages until the prompt fits num_ctx, keeping the system messages among them and
+    always the last message; what is left can start with an assistant turn, the shape the parity set renders."""
+    from packager.serve.parity import PARITY_CONVERSATIONS, TRUNCATED, ollama_truncated
+
+    history = [{"role": "system", "content": "You answer tickets."},
+               {"role": "user", "content": "First question?"}, {"role": "assistant", "content": "First answer."},
+               {"role": "user", "content": "Second question?"}, {"role": "assistant", "content": "Second answer."},
+               {"role": "user", "content": "Third question?"}]
+    budget = lambda kept: sum(len(m["content"]) for m in kept) <= 50  # noqa: E731
+    assert ollama_truncated(history, budget) == PARITY_CONVERSATIONS[TRUNCATED - 1]
+    assert ollama_truncated(history, lambda kept: True) == history
+    assert ollama_truncated(history, lambda kept: False) == [history[0], history[-1]]
+
+
+def test_a_truncated_history_renders_as_jinja_or_is_named_where_jinja_refuses_it():
+    """After truncation the system message stands before an assistant turn. data.system_policy
+    merge_into_first_user makes it a user turn of its own (turns keep alternating), and the TEMPLATE follows;
+    Gemma 3's own template raises on a conversation that does not start with a user turn, which the parity
+    result names as a caveat instead of a comparison."""
+    from packager.models.chat_template import ChatTemplate
+    from packager.models.system_policy import with_system_policy
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.ollama_parity import check_parity
+    from packager.serve.parity import TRUNCATED
+
+    from support.families import TEMPLATES
+
+    gemma2 = ChatTemplate(with_system_policy((TEMPLATES / "gemma2.jinja").read_text(), "merge_into_first_user"),
+                          "<bos>", "<eos>", {}, adds_bos=True)
+    fmt = infer_chat_format(gemma2)
+    assert fmt.system == "first_user" and fmt.lone_system_as_user
+    assert check_parity(gemma2, fmt, use_go=True)["refused_by_jinja"] == []
+
+    gemma3 = ChatTemplate((TEMPLATES / "gemma3.jinja").read_text(), "<bos>", "<eos>", {}, adds_bos=True)
+    result = check_parity(gemma3, infer_chat_format(gemma3), use_go=True)
+    assert result["refused_by_jinja"] == [TRUNCATED]
+    assert f"refuses conversation {TRUNCATED} (a long history as Ollama truncates it" in result["caveat"]
+    assert "roles must alternate" in result["caveat"]

