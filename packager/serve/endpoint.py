@@ -19,7 +19,10 @@ from typing import Callable, NamedTuple
 import click
 
 from packager.errors import BadInputError, StageError
+from packager.models.chat_template import ChatTemplate
 from packager.models.golden import token_agreement
+from packager.serve.ollama_parity import ollama_expectations
+from packager.serve.parity import PARITY_CONVERSATIONS, first_difference
 
 
 FALLBACK_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -72,6 +75,8 @@ class Expectations:
     concurrency: int = 8
     request_options: dict = field(default_factory=dict)
     """Sent with every request besides greedy decoding (e.g. Ollama's repeat_penalty, as its Modelfile sets it)."""
+    chat_template: ChatTemplate | None = None
+    """The served model's chat template, for Ollama's own rendering of the parity conversations."""
 
 
 # ---------------------------------------------------------------- talking to the endpoint
@@ -174,8 +179,8 @@ def check_endpoint(url: str, model: str, expect: Expectations, *, target: str | 
     else:
         report.add("golden answers", True, "no golden answers to compare (no run given)", skipped=True)
     _concurrency_check(report, client, model, prompts, expect)
-    if target == "ollama":
-        _ollama_native_check(report, url, model, expect, prompts[-1][0])
+    if target == "ollama" and (version := _ollama_native_check(report, url, model, expect, prompts[-1][0])):
+        _ollama_template_check(report, url.rstrip("/"), model, expect, version)
     return report
 
 
@@ -255,7 +260,8 @@ def _concurrency_check(report: SmokeReport, client, model: str, prompts: list, e
 
 
 def _ollama_native_check(report: SmokeReport, url: str, model: str, expect: Expectations,
-                         messages: list[dict]) -> None:
+                         messages: list[dict]) -> str | None:
+    """Ollama's native /api/chat answers and stops; returns Ollama's version, None where the server is not Ollama."""
     import httpx2
 
     base = url.rstrip("/")
@@ -268,7 +274,7 @@ def _ollama_native_check(report: SmokeReport, url: str, model: str, expect: Expe
         why = f"GET /api/version answered {version.status_code}" if version is not None else why
         report.add("ollama /api/chat", False, f"not checked: the server at {url} is not Ollama ({why})",
                    skipped=True)
-        return
+        return None
     try:  # a failed request fails this check, like every other: the report is still written
         response = httpx2.post(base + "/api/chat", timeout=REQUEST_TIMEOUT_S, json={
             "model": model, "messages": messages, "stream": False,
@@ -277,11 +283,68 @@ def _ollama_native_check(report: SmokeReport, url: str, model: str, expect: Expe
         text = (body.get("message") or {}).get("content", "") if isinstance(body, dict) else ""
     except (httpx2.HTTPError, ValueError, AttributeError) as exc:
         report.add("ollama /api/chat", False, f"{type(exc).__name__}: {str(exc)[:200]}")
-        return
+        return _version(version)
     leaks = _leaked(text, expect)
     good = response.status_code == 200 and text.strip() and body.get("done_reason") == "stop" and not leaks
     report.add("ollama /api/chat", bool(good), f"status {response.status_code}, done_reason "
                f"{body.get('done_reason')!r}, {len(text)} characters" + (f", leaked {leaks}" if leaks else ""))
+    return _version(version)
+
+
+def _version(response) -> str:
+    try:
+        return str(response.json().get("version", "unknown"))
+    except (ValueError, AttributeError):
+        return "unknown"
+
+
+RENDER_ONLY_SINCE = (0, 11, 5)
+TEMPLATE_CHECK = "ollama renders the chat template"
+
+
+def _ollama_template_check(report: SmokeReport, base: str, model: str, expect: Expectations, version: str) -> None:
+    """Ollama's own rendering of the parity conversations, with the served TEMPLATE and today's currentDate, against
+    transformers' rendering of the model's chat template: /api/chat with ``_debug_render_only`` answers with the
+    prompt (``debug_info.rendered_template``) and generates nothing (Ollama v0.11.5 and later; v0.32.15
+    server/routes.go ChatHandler). An older Ollama generates instead, and the check says so."""
+    import datetime
+
+    import httpx2
+
+    if expect.chat_template is None:
+        report.add(TEMPLATE_CHECK, True, "no run given: no chat template to compare with", skipped=True)
+        return
+    cases = ollama_expectations(expect.chat_template, PARITY_CONVERSATIONS, today=datetime.date.today())
+    offered = _release(version) >= RENDER_ONLY_SINCE
+    compared = 0
+    for n, (sent, want, _) in enumerate(cases, 1):
+        if want is None:  # the Jinja template refuses it (the containerize stage named it as a caveat)
+            continue
+        try:
+            response = httpx2.post(base + "/api/chat", timeout=REQUEST_TIMEOUT_S, json={
+                "model": model, "messages": sent, "stream": False, "_debug_render_only": True,
+                "options": {"num_predict": 1}})
+            info = response.json().get("debug_info") if response.status_code == 200 else None
+            status = f"status {response.status_code}"
+        except (httpx2.HTTPError, ValueError, AttributeError) as exc:
+            info, status = None, f"{type(exc).__name__}: {str(exc)[:200]}"
+        if not isinstance(info, dict) or not isinstance(info.get("rendered_template"), str):
+            report.add(TEMPLATE_CHECK, False, f"Ollama {version} did not render conversation {n} without generating "
+                       f"({status}; render-only needs Ollama 0.11.5 or later)", skipped=not offered)
+            return
+        if info["rendered_template"] != want:
+            report.add(TEMPLATE_CHECK, False, f"Ollama renders conversation {n} differently from the Jinja chat "
+                       f"template: {first_difference(want, info['rendered_template'], theirs='Ollama')}")
+            return
+        compared += 1
+    report.add(TEMPLATE_CHECK, True, f"Ollama {version}'s own rendering of {compared} conversations equals the "
+                                     "Jinja chat template's (_debug_render_only)")
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``0.32.15`` as (0, 32, 15); () for a version that is not one (a development build)."""
+    parts = version.split("-")[0].split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
 
 
 def smoke_url(url: str, model: str, *, target: str | None = None, concurrency: int = 8,

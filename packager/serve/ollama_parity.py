@@ -4,6 +4,7 @@ and the TEMPLATE as Ollama executes it (:func:`packager.serve.go_template.render
 
 from __future__ import annotations
 
+import datetime
 from typing import Callable
 
 from packager.errors import StageError
@@ -72,6 +73,20 @@ def check_parity(template: ChatTemplate, fmt: ChatFormat, *, go_template: str | 
                           trimmed, refused)
 
 
+def ollama_expectations(template: ChatTemplate, conversations: list[list[dict]], *,
+                        today: datetime.date = PARITY_DATE) -> list[tuple[list[dict], str | None, str | None]]:
+    """For each conversation: the messages as Ollama sends them to its TEMPLATE, the prompt the TEMPLATE must give
+    (transformers' rendering on ``today``, minus the BOS llama.cpp adds by itself), or None and why where the Jinja
+    template raises on it."""
+    bos = template.bos_token if template.adds_bos else ""
+    trimmed, out = trimmed_roles(template), []
+    for messages in conversations:
+        sent = as_ollama_sends(messages, trimmed)
+        want, why = _jinja_refuses(lambda: jinja_prompt(template, sent, today=today))
+        out.append((sent, want[len(bos):] if want is not None and bos and want.startswith(bos) else want, why))
+    return out
+
+
 def check_user_template(template: ChatTemplate, go_template: str, *,
                         conversations: list[list[dict]] = PARITY_CONVERSATIONS) -> dict:
     """Check the user's own TEMPLATE (``containers.ollama.template``) against the Jinja chat template on the
@@ -82,18 +97,14 @@ def check_user_template(template: ChatTemplate, go_template: str, *,
         StageError: a conversation renders differently; the message shows where.
         DependencyMissingError: there is no Go toolchain.
     """
-    bos = template.bos_token if template.adds_bos else ""  # llama.cpp prepends BOS itself
-    trimmed = trimmed_roles(template)
     refused = {}
-    for n, messages in enumerate(conversations, 1):
-        sent = as_ollama_sends(messages, trimmed)
-        want, why = _jinja_refuses(lambda: jinja_prompt(template, sent))
+    for n, (sent, want, why) in enumerate(ollama_expectations(template, conversations), 1):
         if want is None:
             refused[n] = why
             continue
-        want = want[len(bos):] if bos and want.startswith(bos) else want
         rendered = render_as_ollama(go_template, sent, date=PARITY_DATE.isoformat())
         if rendered != want:
             raise StageError("ollama template", f"containers.ollama.template renders conversation {n} differently "
                                                 f"from the Jinja chat template: {first_difference(want, rendered)}")
-    return _parity_result(conversations, "go text/template (containers.ollama.template)", trimmed, refused)
+    return _parity_result(conversations, "go text/template (containers.ollama.template)", trimmed_roles(template),
+                          refused)

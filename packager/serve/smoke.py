@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import click
 
 from packager.errors import MissingPathError, StageError
+from packager.models.chat_template import ChatTemplate
 from packager.models.stop_tokens import stop_token_texts
 from packager.process import ChildProcess
 from packager.run.artifacts import merged_model_dir
@@ -44,7 +45,8 @@ def expectations(run, cfg, target: str) -> Expectations:
                         tokenizer_file=model_dir / "tokenizer.json",
                         min_agreement=getattr(cfg.smoke.min_token_agreement, target),
                         concurrency=cfg.smoke.concurrency,
-                        request_options=TARGETS[target].request_options(run, cfg))
+                        request_options=TARGETS[target].request_options(run, cfg),
+                        chat_template=ChatTemplate.from_model_dir(model_dir) if target == "ollama" else None)
 
 
 def free_port() -> int:

@@ -255,3 +255,27 @@ def test_ollama_keeps_the_templates_that_hold_the_system_message_for_the_first_u
         code, output, shown = create_and_show(url, env, tmp_path, f"held{n}", modelfile)
         assert code == 0, output
         assert shown["template"] == template
+
+
+def test_an_ollama_without_render_only_skips_the_template_check_and_says_why(ollama, tmp_path):
+    """Ollama 0.9.3 predates /api/chat's _debug_render_only (0.11.5): it tries to generate, which fails without an
+    Intel GPU, and the smoke test's rendering check is skipped naming the version instead of failing or passing."""
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.endpoint import Expectations, SmokeReport, _ollama_template_check
+    from packager.serve.modelfile import modelfile_string
+
+    from support.models import CHATML_TEMPLATE
+
+    url, env, _ = ollama
+    write_tiny_gguf(tmp_path / "m.gguf")
+    chatml = ChatTemplate(CHATML_TEMPLATE, "<|endoftext|>", "<|im_end|>", {})
+    template = infer_chat_format(chatml).go_template()
+    code, output, _ = create_and_show(url, env, tmp_path, "chatml",
+                                      f"FROM ./m.gguf\nTEMPLATE {modelfile_string(template, what='template')}\n")
+    assert code == 0, output
+    version = requests.get(f"{url}/api/version", timeout=10).json()["version"]
+    report = SmokeReport(url, "chatml", "ollama")
+    _ollama_template_check(report, url, "chatml", Expectations(chat_template=chatml), version)
+    (check,) = report.checks
+    assert check.skipped and f"Ollama {version} did not render conversation 1 without generating" in check.detail

@@ -3,6 +3,7 @@
 Every server is started by the test and stopped afterwards, pass or fail (the `serve` fixture)."""
 
 import json
+import shutil
 import sys
 import threading
 from http.server import ThreadingHTTPServer
@@ -295,3 +296,69 @@ def test_the_same_text_is_full_agreement_whatever_tokens_generated_it(tmp_path):
     assert _agreement(tokenizer, '"Hauswilde"', '"Hauswilde"') == 1.0
     assert 0 < _agreement(tokenizer, "The quick brown fox", "The quick brown dog") < 1
     assert _agreement(None, "a", "b") == 0.0
+
+
+def ollama_rendering(template: str, version: str):
+    """A server standing in for an Ollama of ``version``: from 0.11.5, /api/chat with _debug_render_only answers
+    with the prompt its TEMPLATE gives, executed as Ollama executes it (packager's model of template/template.go
+    over Go's own text/template; a current Ollama does not run on this machine); before, it fails to generate."""
+    from packager.serve.go_template import render_as_ollama
+
+    class Handler(GarbageHandler):
+        def do_GET(self):
+            if self.path == "/api/version":
+                return self._send({"version": version})
+            super().do_GET()
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+            if body.get("_debug_render_only") and version != "0.9.3":
+                return self._send({"model": body["model"], "debug_info": {
+                    "rendered_template": render_as_ollama(template, body["messages"])}})
+            data = b'{"error":"llama runner process has terminated"}'
+            self.send_response(500)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.skipif(not shutil.which("go"), reason="go is not installed (make system-tools)")
+@pytest.mark.parametrize("case", ["equal", "planted", "old"])
+def test_ollamas_own_rendering_is_compared_with_jinja(case):
+    """The served TEMPLATE as Ollama renders it (render-only, nothing generated) equals transformers' rendering of
+    every parity conversation on today's date; a one-character difference fails naming the conversation; an Ollama
+    older than the render-only option skips the check and says why."""
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.endpoint import SmokeReport, _ollama_template_check
+
+    from support.models import CHATML_TEMPLATE
+
+    chatml = ChatTemplate(CHATML_TEMPLATE, "<|endoftext|>", "<|im_end|>", {})
+    go = infer_chat_format(chatml).go_template()
+    if case == "planted":
+        planted = go.replace('{{ "<|im_start|>assistant\\n" }}{{ end }}', '{{ "<|im_start|>assistant \\n" }}{{ end }}')
+        assert planted != go
+        go = planted
+    version = "0.9.3" if case == "old" else "0.32.15"
+    server = ollama_rendering(go, version)
+    report = SmokeReport("x", "smol", "ollama")
+    try:
+        _ollama_template_check(report, f"http://127.0.0.1:{server.server_address[1]}", "smol",
+                               Expectations(chat_template=chatml), version)
+    finally:
+        server.shutdown()
+        server.server_close()
+    (check,) = report.checks
+    if case == "equal":
+        assert check.passed and "own rendering of 9 conversations equals" in check.detail
+    elif case == "planted":
+        assert not check.passed and not check.skipped
+        assert "Ollama renders conversation 1 differently" in check.detail and "Ollama has ' \\n'" in check.detail
+    else:
+        assert check.skipped and "Ollama 0.9.3 did not render conversation 1 without generating (status 500" \
+            in check.detail
