@@ -11,8 +11,9 @@ from packager.models.chat_template import ChatTemplate
 
 ROLES = ("system", "user", "assistant")
 
-# Conversations the Go template must render exactly as Jinja does: single and multi-turn, with and without a
-# system turn, and contents that stress quoting (newlines, quotes, braces, Go and Jinja delimiters, unicode).
+# Conversations every engine must render exactly as transformers does (Ollama's Go TEMPLATE, llama.cpp's Jinja):
+# single and multi-turn, with and without a system turn, and contents that stress quoting (newlines, quotes,
+# braces, Go and Jinja delimiters, unicode).
 PARITY_CONVERSATIONS: list[list[dict]] = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}],
@@ -50,7 +51,6 @@ def jinja_prompt(template: ChatTemplate, messages: list[dict], *, today: datetim
     prefill = bool(messages) and messages[-1]["role"] == "assistant"
     return template.render(messages, add_generation_prompt=not prefill, continue_final_message=prefill,
                            today=today)
-
 
 
 def ollama_collated(messages: list[dict]) -> list[dict]:
