@@ -74,12 +74,13 @@ def check_parity(template: ChatTemplate, fmt: ChatFormat, *, go_template: str | 
 
 
 def ollama_expectations(template: ChatTemplate, conversations: list[list[dict]], *,
-                        today: datetime.date = PARITY_DATE) -> list[tuple[list[dict], str | None, str | None]]:
+                        today: datetime.date = PARITY_DATE,
+                        trimmed: tuple[str, ...] | None = None) -> list[tuple[list[dict], str | None, str | None]]:
     """For each conversation: the messages as Ollama sends them to its TEMPLATE, the prompt the TEMPLATE must give
     (transformers' rendering on ``today``, minus the BOS llama.cpp adds by itself), or None and why where the Jinja
-    template raises on it."""
+    template raises on it. ``trimmed``: :func:`trimmed_roles` of the template, when known."""
     bos = template.bos_token if template.adds_bos else ""
-    trimmed, out = trimmed_roles(template), []
+    trimmed, out = trimmed_roles(template) if trimmed is None else trimmed, []
     for messages in conversations:
         sent = as_ollama_sends(messages, trimmed)
         want, why = _jinja_refuses(lambda: jinja_prompt(template, sent, today=today))
@@ -97,8 +98,8 @@ def check_user_template(template: ChatTemplate, go_template: str, *,
         StageError: a conversation renders differently; the message shows where.
         DependencyMissingError: there is no Go toolchain.
     """
-    refused = {}
-    for n, (sent, want, why) in enumerate(ollama_expectations(template, conversations), 1):
+    trimmed, refused = trimmed_roles(template), {}
+    for n, (sent, want, why) in enumerate(ollama_expectations(template, conversations, trimmed=trimmed), 1):
         if want is None:
             refused[n] = why
             continue
@@ -106,5 +107,4 @@ def check_user_template(template: ChatTemplate, go_template: str, *,
         if rendered != want:
             raise StageError("ollama template", f"containers.ollama.template renders conversation {n} differently "
                                                 f"from the Jinja chat template: {first_difference(want, rendered)}")
-    return _parity_result(conversations, "go text/template (containers.ollama.template)", trimmed_roles(template),
-                          refused)
+    return _parity_result(conversations, "go text/template (containers.ollama.template)", trimmed, refused)

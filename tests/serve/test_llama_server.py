@@ -60,7 +60,11 @@ def test_a_named_binary_that_is_not_there_is_refused(monkeypatch, tmp_path):
 def test_the_export_records_an_unchecked_template_where_there_is_no_llama_server(monkeypatch, tmp_path):
     from packager.stages.export import gguf
 
-    monkeypatch.setattr(gguf, "llama_server_binary", lambda: None)
+    # a machine without one: no PACKAGER_LLAMA_SERVER, an empty cache, a PATH without llama-server
+    monkeypatch.delenv(LLAMA_SERVER_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert llama_server_binary() is None
     (tmp_path / "x.gguf").write_bytes(b"GGUF")
     result = gguf._llama_cpp_renders_template(tmp_path, tmp_path)
     assert result == {"checked": False, "why": "no llama-server here (make setup builds it; PACKAGER_LLAMA_SERVER "
