@@ -22,10 +22,10 @@ import packager
 
 from packager.errors import DiskFullError, MissingPathError, RunConflictError, UnsafeInputError
 from packager.names import validate_name
-from packager.run.atomic import (PARTIAL_PREFIX, atomic_write_text, partial_sibling, replace_directory,
-                                 sweep_leftovers)
+from packager.run import commit
+from packager.run.atomic import PARTIAL_PREFIX, REPLACED_PREFIX, atomic_write_text, partial_sibling, sweep_leftovers
 from packager.run.hash_cache import HashCache
-from packager.run.hashing import FileDigest, fsync_dir, sha256_file
+from packager.run.hashing import FileDigest, sha256_file
 from packager.run.manifest import (MANIFEST_NAME, SCHEMA_VERSION, STATE_DIR, FileRecord, Manifest, StageRecord,
                                    now, read_manifest)
 from packager.run.provenance import environment
@@ -146,41 +146,42 @@ class Run:
     def stage(self, name: str, *, parameters: dict[str, Any] | None = None) -> Iterator["StageWriter"]:
         """Record one stage. Outputs become visible and recorded only if the block completes."""
         with self._locked():
+            commit.finish(self.path)  # a commit a killed process left half done
             self.manifest = read_manifest(self.path)  # another process may have recorded a stage
             sweep_leftovers(self.path)
             writer = StageWriter(self, name, dict(parameters or {}))
             with writer._staging():
                 yield writer
-            record = writer._finish()
+            record, moves = writer._finish()
             previous = self.manifest.stages.get(name)
             stages = {k: v for k, v in self.manifest.stages.items() if k != name}
             stale = stale_stages(stages, record)
             stages = {k: v for k, v in stages.items() if k not in stale}
             stages[name] = record
-            self.manifest = self.manifest.model_copy(update={"stages": stages})
-            self._write_manifest()
+            manifest = self.manifest.model_copy(update={"stages": stages})
+            kept = {o.path for o in record.outputs}
+            obsolete = [rec.path for stage in (*stale.values(), *([previous] if previous else []))
+                        for rec in stage.outputs if rec.path not in kept]
+            commit.commit(self.path, name, manifest, moves, list(dict.fromkeys(obsolete)))
+            self.manifest = manifest
+            for file, digest in writer._placed:
+                self.hash_cache.remember(file, digest)
             self.hash_cache.save()
-            self._remove_outputs_of({**stale, **({name: previous} if previous else {})},
-                                    keep={o.path for o in record.outputs})
             writer.invalidated = sorted(stale)
 
-    def _remove_outputs_of(self, stale: dict[str, "StageRecord"], *, keep: set[str]) -> None:
-        """Delete files of stages that no longer describe this run; nothing unrecorded is left behind."""
-        for stage in stale.values():
-            for rec in stage.outputs:
-                if rec.path not in keep:
-                    self.remove_file(self.resolve(rec.path))
+    def finish_interrupted_commit(self) -> str | None:
+        """Finish the commit of a stage killed between placing its outputs and recording them (the name of
+        that stage), or None when there was none. Raises RunConflictError while another process holds the run."""
+        if not commit.journal_path(self.path).is_file():
+            return None
+        with self._locked():
+            finished = commit.finish(self.path)
+            self.manifest = read_manifest(self.path)
+            return finished
 
     def remove_file(self, file: Path) -> None:
         """Delete one file of the run, and the folders its going leaves empty; never anything outside the run."""
-        if not self.contains(file):
-            return
-        file.unlink(missing_ok=True)
-        for parent in file.parents:
-            if parent == self.path:
-                break
-            if parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()  # empty once its files went; climb on
+        commit.remove_file(self.path, file)
 
 
 def stale_stages(stages: dict[str, StageRecord], new: StageRecord) -> dict[str, StageRecord]:
@@ -212,6 +213,7 @@ class StageWriter:
         self._texts: dict[Path, Path] = {}  # final -> staged, for write_output_text
         self.invalidated: list[str] = []  # stages dropped because this one changed their inputs
         self._known: dict[Path, FileDigest] = {}
+        self._placed: list[tuple[Path, FileDigest]] = []  # outputs' final paths and digests, for the hash cache
 
     def add_input(self, file: Path | str, *, parents: tuple[str, ...] = ()) -> FileRecord:
         """Record a file this stage consumed (hashed once, via the run's cache)."""
@@ -289,21 +291,25 @@ class StageWriter:
                 raise DiskFullError(self.name, where) from exc
             raise
 
-    def _finish(self) -> StageRecord:
+    def _finish(self) -> tuple[StageRecord, list[commit.Move]]:
+        """The stage's record and the renames that place its outputs (done by the commit, not here)."""
         parents = self._default_parents()
         outputs = dict(self._files)
+        moves = []
         for final, staged in self._texts.items():
-            os.replace(staged, final)
-            self.run.hash_cache.remember(final, self._known[final])
-            fsync_dir(final.parent)
+            self._placed.append((final, self._known[final]))
+            moves.append(commit.Move(self.run.relative(staged), self.run.relative(final)))
         for final, tmp in self._dirs.items():
-            digests = {p: self._known.get(p) or sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-            replace_directory(tmp, final)
-            for p, d in digests.items():
-                dest = final / p.relative_to(tmp)
-                self.run.hash_cache.remember(dest, d)
-                rel = self.run.relative(dest)
-                outputs[rel] = FileRecord(path=rel, sha256=d.sha256, size=d.size, parents=parents)
-        return StageRecord(name=self.name, started_at=self.started_at, finished_at=now(),
-                           parameters=self.parameters, inputs=tuple(self._inputs.values()),
-                           outputs=tuple(outputs.values()), metrics=self.metrics, environment=environment())
+            for p in sorted(tmp.rglob("*")):
+                if p.is_file():
+                    d = self._known.get(p) or sha256_file(p)
+                    dest = final / p.relative_to(tmp)
+                    self._placed.append((dest, d))
+                    rel = self.run.relative(dest)
+                    outputs[rel] = FileRecord(path=rel, sha256=d.sha256, size=d.size, parents=parents)
+            aside = final.with_name(f"{REPLACED_PREFIX}{final.name}-{secrets.token_hex(4)}")
+            moves.append(commit.Move(self.run.relative(tmp), self.run.relative(final), self.run.relative(aside)))
+        record = StageRecord(name=self.name, started_at=self.started_at, finished_at=now(),
+                             parameters=self.parameters, inputs=tuple(self._inputs.values()),
+                             outputs=tuple(outputs.values()), metrics=self.metrics, environment=environment())
+        return record, moves

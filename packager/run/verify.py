@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packager.errors import RunConflictError
 from packager.run.atomic import is_leftover
 from packager.run.directory import Run
 from packager.run.hashing import sha256_file
@@ -32,11 +33,16 @@ class VerifyReport:
 
 
 def verify_run(run_dir: Path | str) -> VerifyReport:
-    """Re-hash every recorded file (no cache) and report modified, missing and unrecorded files."""
+    """Re-hash every recorded file (no cache) and report modified, missing and unrecorded files.
+
+    A stage killed between placing its outputs and recording them left its commit journal: that commit is
+    finished first (the one write verify makes), as the next stage on the run would, and said in a warning."""
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    run = Run(run_dir, manifest)
     report = VerifyReport(run_dir)
+    run = Run(run_dir, read_manifest(run_dir))
+    if not _finish_interrupted_commit(run, report):
+        return report
+    manifest = run.manifest
     known_digests: set[str] = set()
     outputs: dict[str, FileRecord] = {}
     for stage in manifest.stages.values():
@@ -86,3 +92,16 @@ def verify_run(run_dir: Path | str) -> VerifyReport:
         if rel.as_posix() not in recorded_inside:
             report.problems.append(f"unrecorded: {rel.as_posix()} (not in the manifest)")
     return report
+
+
+def _finish_interrupted_commit(run: Run, report: VerifyReport) -> bool:
+    """False when the run cannot be verified now (another process is committing to it)."""
+    try:
+        finished = run.finish_interrupted_commit()
+    except RunConflictError as exc:
+        report.problems.append(f"cannot verify now: {exc}")
+        return False
+    if finished is not None:
+        report.warnings.append(f"finished the commit of stage {finished!r}: its process was killed after placing "
+                               "its outputs, before recording them")
+    return True

@@ -332,44 +332,77 @@ def test_at_least_twenty_kills_in_all():
     print(f"kills: {KILLS}, {sum(KILLS.values())} in all")
 
 
-KILLED_BETWEEN_RENAMES = """
+KILLED_IN_COMMIT = """
 import os, signal, sys
 from pathlib import Path
 
-from packager.run.atomic import REPLACED_PREFIX
 from packager.run.directory import Run
 
-real_replace = os.replace
+real_replace, calls = os.replace, []
 
 
-def replace_then_die(src, dst):
-    real_replace(src, dst)
-    if Path(dst).name.startswith(REPLACED_PREFIX):  # the old folder is aside, the new one not yet in place
+def die_before_the_nth(src, dst):
+    calls.append(dst)
+    if len(calls) == int(sys.argv[2]):
         os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
 
 
-os.replace = replace_then_die
 with Run.open(sys.argv[1]).stage("train") as st:
     (st.output_dir("adapter") / "adapter_model.safetensors").write_bytes(b"retrained weights")
+    st.write_output_text("notes.txt", "retrained")
+    os.replace = die_before_the_nth  # from here on, only the commit renames
 """
+COMMIT_RENAMES = 6  # the journal, notes.txt, the recorded adapter aside, the new one, the manifest, the hash cache
 
 
-def test_a_kill_between_the_two_renames_of_a_replaced_folder_keeps_the_recorded_one(tmp_path):
-    """replace_directory moves the recorded folder aside, then the new one into place: killed between the
-    two, the next stage's sweep had deleted the folder the manifest still records."""
+@pytest.mark.parametrize("nth", range(1, COMMIT_RENAMES + 1))
+def test_a_kill_at_any_rename_of_a_commit_leaves_the_old_record_or_finishes_the_new(tmp_path, nth):
+    """A stage's commit places its outputs (renames), then records them. Killed between the two, the run once
+    held a finished-looking folder no record named (CI, 2026-12-06: `unrecorded: merged/config.json`). Now the
+    commit is journaled first: killed before the journal is in place, the old record stands; killed after
+    any later rename, verify (or the next stage) finishes the commit, and the run is the new record."""
     import sys
 
+    from packager.run.commit import journal_path
     from packager.run.directory import Run
 
     run = Run.create(tmp_path / "r")
     with run.stage("train") as st:
         (st.output_dir("adapter") / "adapter_model.safetensors").write_bytes(b"recorded weights")
-    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(run.path)], capture_output=True)
+        st.write_output_text("notes.txt", "recorded")
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_COMMIT, str(run.path), str(nth)], capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
-    assert not (run.path / "adapter").exists() and list(run.path.glob(".replaced-adapter-*")), \
-        "the kill landed between the two renames"
+    assert journal_path(run.path).is_file() == (nth in (2, 3, 4, 5)), "the journal goes once the manifest is in"
+
+    report = verify_run(run.path)
+    assert report.ok, report.problems
+    assert any("finished the commit of stage 'train'" in w for w in report.warnings) == (nth in (2, 3, 4, 5))
+    new = nth > 1
+    assert (run.path / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (b"retrained weights" if new else b"recorded weights")
+    assert (run.path / "notes.txt").read_text() == ("retrained" if new else "recorded")
     with Run.open(run.path).stage("notes") as st:  # any next stage sweeps the run
-        st.write_output_text("notes.txt", "after the kill")
-    assert (run.path / "adapter" / "adapter_model.safetensors").read_bytes() == b"recorded weights"
+        st.write_output_text("later.txt", "after the kill")
     assert not [p for p in run.path.iterdir() if p.name.startswith((".replaced-", ".partial-"))]
-    assert verify_run(run.path).ok
+    report = verify_run(run.path)
+    assert report.ok and not report.warnings, report
+
+
+def test_a_commit_journal_naming_a_path_outside_the_run_is_refused(tmp_path):
+    import json
+
+    from packager.errors import UnsafeInputError
+    from packager.run.commit import journal_path
+    from packager.run.directory import Run
+
+    run = Run.create(tmp_path / "r")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not the run's")
+    journal_path(run.path).parent.mkdir(exist_ok=True)
+    journal_path(run.path).write_text(json.dumps({
+        "stage": "train", "manifest": run.manifest.model_dump(mode="json"),
+        "moves": [], "obsolete": ["../victim.txt"]}))
+    with pytest.raises(UnsafeInputError, match=r"commit.json: names '../victim.txt'"):
+        verify_run(run.path)
+    assert victim.read_text() == "not the run's"
