@@ -4,11 +4,17 @@ Reproducible (fixed seed), with varied wording, so that evaluation measures
 whether the model learned the task rather than memorized strings:
 
     python examples/make_tickets.py --rows 600 --out examples/data/tickets.jsonl
+    python examples/make_tickets.py --rows 400 --tools --out examples/data/tickets_tools.jsonl
 
 Each row is a chat: a system prompt, the ticket as the user turn, and the
 answer as one line of JSON: {"category": ..., "priority": ..., "summary": ...}.
 The category follows from what the ticket is about; the priority from its
 urgency cues; the summary is one short line.
+
+With --tools, the same triage is a function call: the assistant calls
+create_ticket(category, priority, summary) (declared in data/tickets_tools.json,
+which the config names as data.tools), the tool answers with the ticket's id,
+and the assistant tells the user.
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ import random
 from pathlib import Path
 
 SYSTEM = "Triage the support ticket. Reply with JSON: category, priority, summary."
+TOOLS_SYSTEM = "Triage the support ticket: file it with create_ticket, then tell the user its id."
+CREATE_TICKET = {"type": "function", "function": {
+    "name": "create_ticket", "description": "File a support ticket in the tracker.",
+    "parameters": {"type": "object", "properties": {
+        "category": {"type": "string", "enum": ["billing", "account", "bug", "feature_request"]},
+        "priority": {"type": "string", "enum": ["low", "medium", "high"]},
+        "summary": {"type": "string", "description": "One short line."}},
+        "required": ["category", "priority", "summary"], "additionalProperties": False}}}
 
 PRODUCTS = ["the mobile app", "the web dashboard", "the desktop client", "the API", "the reports page",
             "the checkout page", "the admin console", "the calendar view", "the search bar", "the export tool"]
@@ -95,11 +109,27 @@ def make_row(rng: random.Random) -> dict:
                          {"role": "assistant", "content": answer}]}
 
 
-def make_rows(n: int, *, seed: int = 7) -> list[dict]:
+def as_tool_call(row: dict, rng: random.Random) -> dict:
+    """The same ticket, triaged by calling create_ticket."""
+    _, user, answer = row["messages"]
+    arguments = json.loads(answer["content"])
+    ticket_id = f"T-{rng.randrange(1000, 10000)}"
+    return {"messages": [
+        {"role": "system", "content": TOOLS_SYSTEM}, user,
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "create_ticket", "arguments": arguments}}]},
+        {"role": "tool", "content": json.dumps({"id": ticket_id, "status": "open"})},
+        {"role": "assistant", "content": f"Filed {ticket_id} ({arguments['category']}, {arguments['priority']} "
+                                         f"priority): {arguments['summary']}."}]}
+
+
+def make_rows(n: int, *, seed: int = 7, tools: bool = False) -> list[dict]:
     rng = random.Random(seed)
     rows, seen = [], set()
     while len(rows) < n:
         row = make_row(rng)
+        if tools:
+            row = as_tool_call(row, rng)
         key = json.dumps(row, sort_keys=True)
         if key not in seen:  # exact duplicates would be reported by `packager data check`
             seen.add(key)
@@ -111,11 +141,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=600)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--tools", action="store_true", help="triage as a create_ticket call (and write its tools)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "tickets.jsonl")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("".join(json.dumps(r) + "\n" for r in make_rows(args.rows, seed=args.seed)))
+    rows = make_rows(args.rows, seed=args.seed, tools=args.tools)
+    args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {args.rows} rows to {args.out}")
+    if args.tools:
+        tools = args.out.with_suffix(".json")
+        tools.write_text(json.dumps([CREATE_TICKET], indent=2) + "\n")
+        print(f"wrote the tools they call to {tools}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ def data() -> None:
 @click.option("--split", default="train", show_default=True, help="The split of a Hub dataset.")
 @click.option("--subset", help="The config (subset) of a Hub dataset that has several.")
 @click.option("--column", "columns", multiple=True, metavar="FIELD=COLUMN",
-              help="The data's own name of a field (messages, instruction, input, output, system). Repeatable.")
+              help="The data's own name of a field (messages, instruction, input, output, system, tools). "
+                   "Repeatable.")
+@click.option("--tools", "tools_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A JSON file with the tools that rows declaring none may call (data.tools).")
 @click.option("--model", help="Base model whose tokenizer and chat template to check against.")
 @click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path),
               help="A Jinja chat template file, for tokenizers without one.")
@@ -36,7 +39,7 @@ def data() -> None:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def data_check(dataset: str, eval_path: str | None, split: str, subset: str | None, columns: tuple[str, ...],
-               model: str | None, chat_template: Path | None, system_policy: str, max_seq_length: int,
+               tools_file: Path | None, model: str | None, chat_template: Path | None, system_policy: str, max_seq_length: int,
                eval_fraction: float, seed: int, as_json: bool) -> None:
     """Validate rows, render a sample through the chat template, report token lengths.
 
@@ -54,7 +57,8 @@ def data_check(dataset: str, eval_path: str | None, split: str, subset: str | No
     mapping = dict(_column(c) for c in columns)
     report = check_data(_spec(dataset, split, subset), eval_path=_spec(eval_path, split, subset) if eval_path else None,
                         model=model, chat_template=chat_template, max_seq_length=max_seq_length,
-                        eval_fraction=eval_fraction, seed=seed, columns=mapping, system_policy=system_policy)
+                        eval_fraction=eval_fraction, seed=seed, columns=mapping, system_policy=system_policy,
+                        tools=tools_file)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
     if report.errors:
         click.get_current_context().exit(2)

@@ -91,7 +91,7 @@ class DataConfig(Section):
     """Training data: a JSONL, JSON, CSV/TSV or Parquet file, a `datasets` directory, or a Hub dataset."""
     eval: DataSource | None = None
     """Held-out data. When absent, `eval_fraction` of `train` is split off deterministically."""
-    columns: dict[Literal["messages", "instruction", "input", "output", "system"], str] = {}
+    columns: dict[Literal["messages", "instruction", "input", "output", "system", "tools"], str] = {}
     """The data's own name of a field it names otherwise, such as {messages: conversation}."""
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     """Share of rows held out for evaluation when `eval` is not given."""
@@ -101,6 +101,9 @@ class DataConfig(Section):
     """Longest tokenized row accepted; longer rows are reported, never silently truncated."""
     system_prompt: str | None = None
     """A system message added to rows that have none."""
+    tools: ConfigPath | None = None
+    """A JSON file with the list of tools ({type: function, function: {name, description, parameters}}) that rows
+    declaring no `tools` of their own may call."""
     system_policy: Literal["error", "merge_into_first_user", "drop"] = "error"
     """For chat templates that raise on a system message or leave it out (Gemma 2, Mistral 7B): error refuses
     rows that have one; merge_into_first_user puts its text and a blank line before the first user message;

@@ -39,13 +39,15 @@ class Generation:
 
 
 def greedy_generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
-                    stop_ids: list[int] | None = None, batch_size: int = 1,
-                    progress: str | None = None) -> list[Generation]:
+                    stop_ids: list[int] | None = None, batch_size: int = 1, progress: str | None = None,
+                    tools: list[list[dict] | None] | None = None) -> list[Generation]:
     """Greedy continuations of prompts (conversations ending before the answer), in left-padded batches.
 
     ``stop_ids``: the tokens that end an answer (default: the model's generation config eos). ``progress``:
-    a label for a progress bar over the batches, shown on a terminal only.
+    a label for a progress bar over the batches, shown on a terminal only. ``tools``: each conversation's
+    tools (None where it has none), rendered into its prompt by the template.
     """
+    tools = tools or [None] * len(conversations)
     import torch
     from tqdm.auto import tqdm
 
@@ -58,7 +60,8 @@ def greedy_generate(model, tokenizer, conversations: list[list[dict]], *, max_ne
     try:
         starts = range(0, len(conversations), batch_size)
         for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=None if progress else True):
-            prompts = [chat_ids(tokenizer, c, generation_prompt=True) for c in conversations[start:start + batch_size]]
+            prompts = [chat_ids(tokenizer, c, generation_prompt=True, tools=t)
+                       for c, t in zip(conversations[start:start + batch_size], tools[start:start + batch_size])]
             width = max(map(len, prompts))
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
@@ -74,10 +77,10 @@ def greedy_generate(model, tokenizer, conversations: list[list[dict]], *, max_ne
 
 
 def greedy_answers(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int, batch_size: int = 8,
-                   progress: str | None = None) -> list[str]:
+                   progress: str | None = None, tools: list[list[dict] | None] | None = None) -> list[str]:
     """Greedy answers as the user reads them: decoded without special tokens, stripped."""
     generations = greedy_generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=batch_size, progress=progress, tools=tools)
     return [tokenizer.decode(g.tokens, skip_special_tokens=True).strip() for g in generations]
 
 

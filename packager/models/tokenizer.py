@@ -79,9 +79,11 @@ def read_chat_template(model_dir: Path) -> str | None:
     return template
 
 
-def chat_ids(tokenizer, messages: list[dict], *, generation_prompt: bool = False) -> list[int]:
+def chat_ids(tokenizer, messages: list[dict], *, generation_prompt: bool = False,
+             tools: list[dict] | None = None) -> list[int]:
     """Token ids of ``messages`` rendered by the tokenizer's chat template (with the assistant's generation
-    prompt when ``generation_prompt``): what the model is trained on and prompted with."""
+    prompt when ``generation_prompt``, and the ``tools`` it may call): what the model is trained on and
+    prompted with."""
     encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
-                                            return_dict=True)
+                                            return_dict=True, tools=tools)
     return list(encoded["input_ids"])

@@ -359,11 +359,10 @@ def hub_datasets(local_hub, monkeypatch, tmp_path):
 
 
 def test_a_hub_dataset_is_read_at_its_pinned_commit_and_recorded_like_a_base_model(hub_datasets, tmp_path):
-    from packager.config import HubDataset
+    from packager.config import DataConfig, HubDataset
     from packager.run.directory import Run
     from packager.run.manifest import read_manifest
     from packager.stages.data.split import prepare_data
-    from types import SimpleNamespace
 
     train, held_out = [chat(f"ticket {i}", f"label {i}") for i in range(6)], [chat("held", "out")]
     first = hub_datasets.add_repo("org/tickets", tickets_repo(train, held_out), repo_type="dataset")
@@ -376,9 +375,8 @@ def test_a_hub_dataset_is_read_at_its_pinned_commit_and_recorded_like_a_base_mod
                                               "config": "tickets", "split": "train"}
 
     run = Run.create(tmp_path / "run")
-    data_cfg = SimpleNamespace(train=spec, eval=spec.model_copy(update={"split": "test"}), eval_fraction=0.1,
-                               seed=1, max_seq_length=256, system_prompt=None, system_policy="error",
-                               columns={"messages": "conversation"})
+    data_cfg = DataConfig(train=spec, eval=spec.model_copy(update={"split": "test"}), eval_fraction=0.1,
+                          seed=1, max_seq_length=256, columns={"messages": "conversation"})
     prepare_data(run, data_cfg, tokenizer=None)
     stage = read_manifest(run.path).stages["data"]
     assert stage.parameters["train"] == f"org/tickets@{first[:12]} (tickets) [train]"

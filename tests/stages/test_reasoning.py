@@ -68,10 +68,10 @@ def test_eval_scores_what_the_user_sees(monkeypatch):
                       {"role": "assistant", "content": '{"category": "bug", "priority": "low"}'}]]
     cfg = EvalConfig(format_regex=r'\s*\{"category": "\w+", "priority": "\w+"\}')
     tokenizer = SimpleNamespace(chat_template=(TEMPLATES / "qwen3.jinja").read_text())
-    metrics, seen = measure.evaluate_model(None, tokenizer, conversations, cfg)
+    metrics, seen, _ = measure.evaluate_model(None, tokenizer, conversations, cfg)
     assert seen == ['\n\n{"category": "billing", "priority": "high"}', ""]
     assert metrics["format_adherence"] == 0.5 and metrics["exact_match"] == 0.5
     assert "vLLM's qwen3 reasoning parser" in metrics["reasoning"]
     plain = SimpleNamespace(chat_template=(TEMPLATES / "llama3.jinja").read_text())
-    metrics, seen = measure.evaluate_model(None, plain, conversations, cfg)
+    metrics, seen, _ = measure.evaluate_model(None, plain, conversations, cfg)
     assert seen == answers and metrics["format_adherence"] == 0.0 and "reasoning" not in metrics

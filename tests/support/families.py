@@ -47,6 +47,19 @@ FAMILIES = [
 ]
 
 
+TOOL_FAMILIES = [next(f for f in FAMILIES if f.name == "qwen3")] + [
+    Family("qwen2.5", "qwen2.5.jinja", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|endoftext|>", "<|im_end|>",
+           "<|im_end|>"),
+    Family("llama3.1", "llama3.1.jinja", ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                                          "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"),
+           "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
+    Family("mistral-nemo", "mistral-nemo.jinja", ("<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]",
+                                                  "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+                                                  "[/TOOL_RESULTS]"), "<s>", "</s>", "</s>"),
+]
+"""Families whose published templates render tools, each in its own call format."""
+
+
 def family_tokenizer(family: Family, *, chat_template: str | None = None):
     """A byte-level BPE tokenizer trained on the test corpus, with ``family``'s special tokens and template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -19,14 +19,16 @@ def copy_run(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def write_config(directory: Path, base: Path, *, rows: int = 40, data: dict | None = None, **train) -> Path:
-    """A config over the first `rows` rows of the example task (the tiny tokenizer makes rows ~270 tokens);
-    ``data`` adds to its data section."""
-    (directory / "data.jsonl").write_text("".join(EXAMPLE_DATA.read_text().splitlines(keepends=True)[:rows]))
-    cfg = {"run": {"name": "t", "root": "runs"}, "base": {"model": str(base)},
+def write_config(directory: Path, base: Path, *, rows: int = 40, data: dict | None = None,
+                 source: Path = EXAMPLE_DATA, base_extra: dict | None = None, eval_extra: dict | None = None,
+                 **train) -> Path:
+    """A config over the first `rows` rows of the example task (the tiny tokenizer makes rows ~270 tokens), or
+    of ``source``; ``data``, ``base_extra`` and ``eval_extra`` add to those sections."""
+    (directory / "data.jsonl").write_text("".join(source.read_text().splitlines(keepends=True)[:rows]))
+    cfg = {"run": {"name": "t", "root": "runs"}, "base": {"model": str(base), **(base_extra or {})},
            "data": {"train": "data.jsonl", "max_seq_length": 512, **(data or {})},
            "train": {"max_steps": 4, "eval_steps": 2, "batch_size": 2, "sample_every": 2, **train},
-           "eval": {"max_new_tokens": 8, "format_regex": TICKET_FORMAT}}
+           "eval": {"max_new_tokens": 8, "format_regex": TICKET_FORMAT, **(eval_extra or {})}}
     path = directory / "packager.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -18,6 +18,7 @@ from packager.models.tokenizer import load_tokenizer
 from packager.stages.data.masks import tokenize_with_assistant_mask
 from packager.stages.data.rows import Problem, Row, read_rows
 from packager.stages.data.sources import DataSpec, Source, open_source
+from packager.stages.data.tools import read_tools_file
 
 
 MIN_ROWS = 200
@@ -101,7 +102,7 @@ def token_lengths(tokenizer, rows: list[Row], *, max_seq_length: int) -> tuple[l
     lengths, problems = [], []
     for row in rows:
         try:
-            encoded = tokenize_with_assistant_mask(tokenizer, row.messages)
+            encoded = tokenize_with_assistant_mask(tokenizer, row.messages, row.tools)
         except StageError as exc:  # no assistant text to learn from can be found in the rendering
             problems.append(Problem(row.path, row.line, "messages", str(exc).removeprefix("data: "), unit=row.unit))
             continue
@@ -132,6 +133,46 @@ def refuse_system_messages(tokenizer, rows: list[Row], *, system_prompt: str | N
                     unit=row.unit) for row in with_system]
 
 
+PROBE_TOOL = {"type": "function", "function": {
+    "name": "packager_probe_tool", "description": "Looks up a value.",
+    "parameters": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}}}
+PROBE_CALL = [
+    {"role": "user", "content": "Look it up."},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "packager_probe_tool", "arguments": {"key": "probe-argument"}}}]},
+    {"role": "tool", "content": "probe-result"},
+    {"role": "assistant", "content": "Found it."}]
+
+
+def tool_support_refusal(tokenizer) -> str | None:
+    """Why the chat template cannot train function calling (it raises on tools, or leaves out the tools, the
+    calls' names and arguments, or the tool results), or None when it renders all of them."""
+    try:
+        rendered = tokenizer.apply_chat_template(PROBE_CALL, tools=[PROBE_TOOL], tokenize=False)
+    except Exception as exc:  # the template's raise_exception(), or a Jinja error  # noqa: BLE001
+        return f"raises on a conversation with tools and tool calls ({exc})"
+    plain = tokenizer.apply_chat_template(PROBE_CALL[:1] + PROBE_CALL[-1:], tools=[PROBE_TOOL], tokenize=False)
+    missing = [what for what, there in (("the declared tools", "Looks up a value." in plain),
+                                        ("the assistant's tool calls", rendered.count("packager_probe_tool") >= 2
+                                         and "probe-argument" in rendered),
+                                        ("the tool results", "probe-result" in rendered)) if not there]
+    return f"leaves out {' and '.join(missing)}" if missing else None
+
+
+def refuse_tool_rows(tokenizer, rows: list[Row]) -> list[Problem]:
+    """A problem for each function-calling row when the chat template cannot render tools."""
+    calling = [row for row in rows if row.tools or any(m["role"] == "tool" for m in row.messages)]
+    refusal = tool_support_refusal(tokenizer) if calling else None
+    if refusal is None:
+        return []
+    name = getattr(tokenizer, "name_or_path", "") or "the model"
+    return [Problem(row.path, row.line, "tools", f"a function-calling conversation, and the chat template of "
+                                                 f"{name} {refusal}: it cannot train or serve tool calls; give "
+                                                 "base.chat_template (--chat-template) a template that renders "
+                                                 "tools", unit=row.unit)
+            for row in calling]
+
+
 def length_stats(lengths: list[int], *, model_max: int | None = None) -> dict[str, int]:
     ordered = sorted(lengths)
     p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
@@ -144,14 +185,17 @@ def length_stats(lengths: list[int], *, model_max: int | None = None) -> dict[st
 
 def check_dataset(train_path: DataSpec, *, eval_path: DataSpec | None = None, eval_fraction: float = 0.1,
                   seed: int = 42, max_seq_length: int = 1024, system_prompt: str | None = None,
-                  columns: dict[str, str] | None = None, tokenizer=None, model_max: int | None = None) -> DataReport:
-    """Read, validate, de-duplicate and split; with a tokenizer, also render and measure every row."""
+                  columns: dict[str, str] | None = None, tokenizer=None, model_max: int | None = None,
+                  tools: list[dict] | None = None) -> DataReport:
+    """Read, validate, de-duplicate and split; with a tokenizer, also render and measure every row. ``tools``:
+    what rows declaring none may call (``data.tools``)."""
     sources = {"train": open_source(train_path)}
-    train_rows, problems = read_rows(sources["train"], system_prompt=system_prompt, columns=columns)
+    train_rows, problems = read_rows(sources["train"], system_prompt=system_prompt, columns=columns, tools=tools)
     problems += find_duplicates(train_rows)
     if eval_path is not None:
         sources["eval"] = open_source(eval_path)
-        eval_rows, eval_problems = read_rows(sources["eval"], system_prompt=system_prompt, columns=columns)
+        eval_rows, eval_problems = read_rows(sources["eval"], system_prompt=system_prompt, columns=columns,
+                                             tools=tools)
         problems += eval_problems + find_duplicates(eval_rows) + find_leakage(train_rows, eval_rows)
     else:
         unique = list({row.key: row for row in train_rows}.values())
@@ -164,6 +208,7 @@ def check_dataset(train_path: DataSpec, *, eval_path: DataSpec | None = None, ev
                                        "will likely memorize them rather than learn the task", severity="warning"))
     if tokenizer is not None and (train_rows or eval_rows):
         system_problems = refuse_system_messages(tokenizer, train_rows + eval_rows, system_prompt=system_prompt)
+        system_problems += refuse_tool_rows(tokenizer, train_rows + eval_rows)
         refused = {(p.path, p.line) for p in system_problems}
         measured = [row for row in train_rows + eval_rows if (row.path, row.line) not in refused]
         lengths, length_problems = token_lengths(tokenizer, measured, max_seq_length=max_seq_length)
@@ -171,9 +216,10 @@ def check_dataset(train_path: DataSpec, *, eval_path: DataSpec | None = None, ev
         if lengths:
             report.token_stats = length_stats(lengths, model_max=model_max)
         report.problems.sort(key=lambda p: (p.severity != "error", p.path, p.line or 0))
-        sample_row = (train_rows or eval_rows)[0]
+        rows = train_rows + eval_rows  # a function-calling row where there is one: its tools may render wrong
+        sample_row = next((row for row in rows if row.tools), rows[0])
         try:
-            report.sample = tokenizer.apply_chat_template(sample_row.messages, tokenize=False)
+            report.sample = tokenizer.apply_chat_template(sample_row.messages, tools=sample_row.tools, tokenize=False)
         except Exception:  # already reported per row above  # noqa: BLE001
             report.sample = None
     return report
@@ -188,11 +234,13 @@ def tokenizer_for_model(model: str, chat_template: Path | None = None, system_po
 
 def check_data(dataset: DataSpec, *, eval_path: DataSpec | None = None, model: str | None = None,
                chat_template: Path | None = None, max_seq_length: int = 1024, eval_fraction: float = 0.1,
-               seed: int = 42, columns: dict[str, str] | None = None, system_policy: str = "error") -> DataReport:
+               seed: int = 42, columns: dict[str, str] | None = None, system_policy: str = "error",
+               tools: Path | None = None) -> DataReport:
     """``packager data check``: :func:`check_dataset`, rendering with ``model``'s tokenizer when one is given."""
     tokenizer, notes, model_max = tokenizer_for_model(model, chat_template, system_policy) if model else \
         (None, [], None)
     report = check_dataset(dataset, eval_path=eval_path, eval_fraction=eval_fraction, seed=seed,
-                           max_seq_length=max_seq_length, columns=columns, tokenizer=tokenizer, model_max=model_max)
+                           max_seq_length=max_seq_length, columns=columns, tokenizer=tokenizer, model_max=model_max,
+                           tools=read_tools_file(tools) if tools else None)
     report.notes.extend(notes)
     return report

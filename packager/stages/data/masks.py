@@ -27,19 +27,24 @@ def as_ids(encoded) -> list[int]:
     return list(encoded)
 
 
-def tokenize_with_assistant_mask(tokenizer, messages: list[dict[str, str]]) -> dict[str, list[int]]:
-    """input_ids and a mask that is 1 on assistant tokens (their content and the end-of-turn token that closes
-    each), else 0.
+def tokenize_with_assistant_mask(tokenizer, messages: list[dict], tools: list[dict] | None = None
+                                 ) -> dict[str, list[int]]:
+    """input_ids and a mask that is 1 on assistant tokens (their content, their tool calls as the template
+    writes them, and the end-of-turn token that closes each), else 0: tool results are read, not learned.
 
     Raises:
         StageError: an assistant turn's text is not in the rendering (a template that rewrites content), so
             what to learn from cannot be told.
     """
     if GENERATION_MARK.search(tokenizer.chat_template or ""):
-        encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+        encoded = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True,
                                                 return_assistant_tokens_mask=True)
         return {"input_ids": list(encoded["input_ids"]), "assistant_masks": list(encoded["assistant_masks"])}
-    render = lambda conversation: tokenizer.apply_chat_template(conversation, tokenize=False)  # noqa: E731
+
+    def render(conversation: list[dict], generation_prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(conversation, tools=tools, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+
     text = render(messages)
     spans = assistant_spans(text, messages, render=render, end_tokens=_special_texts(tokenizer))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -62,47 +67,112 @@ def assistant_spans(text: str, messages: list[dict], *, render, end_tokens: list
         located = _by_search(text, messages)
     by_length = sorted(end_tokens, key=len, reverse=True)
     spans = []
-    for start, end in located:
+    for n, (start, end) in sorted(located.items()):
+        if messages[n].get("tool_calls"):
+            spans.append(_calling_turn(text, messages, n, located, render=render, end_tokens=by_length))
+            continue
         rest = text[end:].lstrip(" ")
         closing = next((t for t in by_length if rest.startswith(t)), None)
         spans.append((start, end + len(text[end:]) - len(rest) + len(closing) if closing else end))
     return spans
 
 
-def _by_markers(text: str, messages: list[dict], render) -> list[tuple[int, int]] | None:
-    """Each assistant content's span, from a rendering with markers for contents; None where putting the
-    contents back does not give ``text``."""
-    marked = [{**m, "content": f"\ue000{n}\ue001"} if isinstance(m.get("content"), str) else m
-              for n, m in enumerate(messages)]
+def _calling_turn(text: str, messages: list[dict], n: int, located: dict[int, tuple[int, int]], *, render,
+                  end_tokens: list[str]) -> tuple[int, int]:
+    """The span of assistant turn ``n``, which calls tools: from its content, or, where the template writes no
+    content, from the end of the assistant header (the generation prompt) or, for a template without one
+    (Mistral), from the end of the special token that closes the message before; to the first special token
+    after its calls, which closes the turn. Each call's function name must lie inside it, in order."""
+    start, end = located[n]
+    if start < 0:  # no content written: the turn starts where its header ends
+        opening = _assistant_header(render)
+        found = text.find(opening, end) if opening else -1
+        if found < 0:
+            opening, found = _first_special(text, end, end_tokens)
+        if found < 0:
+            raise StageError("data", f"assistant turn {n + 1} calls tools, and where the chat template writes its "
+                                     "calls cannot be told (no assistant header after the message before it)")
+        start = end = found + len(opening)
+    after = end
+    for call in messages[n]["tool_calls"]:
+        name = call["function"]["name"]
+        at = text.find(name, after)
+        if at < 0:
+            raise StageError("data", f"assistant turn {n + 1} calls {name!r}, which the chat template does not write "
+                                     "into the conversation", hint="use a chat template that renders tool calls")
+        after = at + len(name)
+    closing, at = _first_special(text, after, end_tokens)
+    return start, (at + len(closing) if at >= 0 else len(text))
+
+
+def _first_special(text: str, start: int, end_tokens: list[str]) -> tuple[str, int]:
+    """The first special token in ``text`` from ``start`` (the longest, where two begin there), and where; -1
+    when there is none."""
+    found = [(at, token) for token in end_tokens if (at := text.find(token, start)) >= 0]
+    if not found:
+        return "", -1
+    at, token = min(found, key=lambda f: (f[0], -len(f[1])))
+    return token, at
+
+
+def _assistant_header(render) -> str | None:
+    """What the template writes to open an assistant turn: its generation prompt, read off a one-turn
+    conversation rendered with and without it."""
+    one = [{"role": "user", "content": "\ue000"}]
+    with_prompt, without = render(one, True), render(one)
+    return with_prompt[len(without):] if with_prompt.startswith(without) and len(with_prompt) > len(without) \
+        else None
+
+
+def _by_markers(text: str, messages: list[dict], render) -> dict[int, tuple[int, int]] | None:
+    """Each assistant turn's content span, from a rendering with markers for contents; None where putting the
+    contents back does not give ``text``. A turn that calls tools with no content is located by where the
+    message before it ends: (-1, that end)."""
+    marked = [{**m, "content": f"\ue000{n}\ue001"} if _has_text(m) else m for n, m in enumerate(messages)]
     skeleton = render(marked)
-    rebuilt, spans, seen, position = [], [], set(), 0
+    rebuilt, found, position = [], {}, 0
     for match in MARKER.finditer(skeleton):
         n = int(match.group(1))
         rebuilt.append(skeleton[position:match.start()])
         start = sum(map(len, rebuilt))
         rebuilt.append(messages[n]["content"])
-        if _learned(messages[n]):
-            if n in seen:
-                return None  # written twice: which one is learned is not clear
-            seen.add(n)
-            spans.append((start, start + len(messages[n]["content"])))
+        if n in found and _learned(messages[n]):
+            return None  # written twice: which one is learned is not clear
+        found[n] = (start, start + len(messages[n]["content"]))
         position = match.end()
     rebuilt.append(skeleton[position:])
-    wanted = {n for n, m in enumerate(messages) if _learned(m)}
-    return spans if "".join(rebuilt) == text and seen == wanted else None
+    written = all(n in found for n, m in enumerate(messages) if _learned(m) and _has_text(m))
+    if "".join(rebuilt) != text or not written:
+        return None
+    return _learned_spans(messages, found)
+
+
+def _learned_spans(messages: list[dict], found: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """The spans of learned turns; a calling turn without written content gets (-1, end of the message before)."""
+    spans, anchor = {}, 0
+    for n, message in enumerate(messages):
+        if n in found:
+            anchor = max(anchor, found[n][1])
+        if _learned(message):
+            spans[n] = found[n] if n in found else (-1, anchor)
+    return spans
+
+
+def _has_text(message: dict) -> bool:
+    return isinstance(message.get("content"), str) and bool(message["content"].strip())
 
 
 def _learned(message: dict) -> bool:
-    return message["role"] == "assistant" and isinstance(message.get("content"), str) and bool(message["content"].strip())
+    return message["role"] == "assistant" and (_has_text(message) or bool(message.get("tool_calls")))
 
 
-def _by_search(text: str, messages: list[dict]) -> list[tuple[int, int]]:
-    """Each assistant content's span, looking for every user and assistant content in order (system prompts
-    are skipped: templates move them)."""
-    spans, at = [], 0
+def _by_search(text: str, messages: list[dict]) -> dict[int, tuple[int, int]]:
+    """Each assistant content's span, looking for every user, tool and assistant content in order (system
+    prompts are skipped: templates move them)."""
+    found_at, at = {}, 0
     for n, message in enumerate(messages):
         content = message.get("content")
-        if message["role"] not in ("user", "assistant") or not isinstance(content, str) or not content.strip():
+        if message["role"] == "system" or not _has_text(message):
             continue
         found, length = _find(text, content, at)
         if found < 0:
@@ -111,10 +181,9 @@ def _by_search(text: str, messages: list[dict]) -> list[tuple[int, int]]:
                                          f"renders it (the template rewrites it?): {content[:60]!r}",
                                  hint="packager learns only from assistant text it can find in the rendering")
             continue
-        if message["role"] == "assistant":
-            spans.append((found, found + length))
+        found_at[n] = (found, found + length)
         at = found + length
-    return spans
+    return _learned_spans(messages, found_at)
 
 
 def _find(text: str, content: str, at: int) -> tuple[int, int]:

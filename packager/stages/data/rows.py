@@ -5,7 +5,9 @@ content}]``, optional ``system``) or instruction form (``instruction``, ``input`
 ``system``), under these names or the ones ``data.columns`` maps them to. ``messages`` may be JSON text (a
 CSV cell). Message content may be a list of OpenAI-style text parts (``[{"type": "text", "text": ...}]``),
 joined with a newline as vLLM joins them for a string template (its ``renderers/chat_utils/chat_message.py``).
-Image, audio and other parts are refused: packager trains text models.
+Image, audio and other parts are refused: packager trains text models. Function-calling conversations (a
+``tools`` list, assistant ``tool_calls``, ``tool`` messages) are checked by :mod:`packager.stages.data.tools`;
+a row without its own ``tools`` takes the dataset's (``data.tools``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 
 from packager.config import HubDataset
 from packager.stages.data.sources import Source, open_source
+from packager.stages.data.tools import PendingCalls, check_tools, normalize_calls
 
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 def where(path: str, number: int | None, unit: str = "line") -> str:
@@ -48,9 +51,11 @@ class Problem:
 class Row:
     path: str
     line: int
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     source_format: str
     unit: str = "line"
+    tools: list[dict] | None = None
+    """The functions the assistant may call in this conversation (JSON schema), when it calls any."""
 
     @property
     def location(self) -> str:
@@ -59,6 +64,8 @@ class Row:
     @property
     def key(self) -> str:
         """Canonical identity of a conversation: duplicates and leakage compare this."""
+        if self.tools:
+            return json.dumps({"messages": self.messages, "tools": self.tools}, sort_keys=True, ensure_ascii=False)
         return json.dumps(self.messages, sort_keys=True, ensure_ascii=False)
 
 
@@ -73,10 +80,9 @@ def _normalize(record: Any, path: str, line: int,
         messages = record["messages"]
         if not isinstance(messages, list):
             return None, "chat", [Problem(path, line, "messages", "must be a list of {role, content} objects")]
-        problems = _check_messages(messages, path, line)
+        messages, problems = _conversation(messages, record.get("tools"), path, line)
         if problems:
             return None, "chat", problems
-        messages = [{"role": m["role"], "content": _text(m["content"])} for m in messages]
         fmt = "chat"
     elif "instruction" in record or "output" in record:
         problems = [Problem(path, line, k, "missing") for k in ("instruction", "output") if record.get(k) is None]
@@ -110,51 +116,93 @@ def json_kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_messages(messages: list, path: str, line: int) -> list[Problem]:
-    """Roles, order and content of one conversation, fields named ``messages[i]...`` as in the file."""
-    problems = []
-    previous = None
+def _conversation(messages: list, tools: Any, path: str, line: int) -> tuple[list[dict], list[Problem]]:
+    """One conversation normalized (content as text, tool calls' arguments as objects), and every problem with
+    its roles, order, content and tool calls, fields named ``messages[i]...`` as in the file."""
+    declared, tool_problems = check_tools(tools) if tools is not None else ({}, [])
+    problems = [Problem(path, line, at, why) for at, why in tool_problems]
+    normalized, previous, pending = [], None, PendingCalls()
     for i, m in enumerate(messages):
         at = f"messages[{i}]"
         if not isinstance(m, dict):
             problems.append(Problem(path, line, at, "expected an object with 'role' and 'content'"))
             continue
-        role, content = m.get("role"), m.get("content")
+        role = m.get("role")
         if role not in ROLES:
             problems.append(Problem(path, line, f"{at}.role", f"unknown role {role!r}; use one of {', '.join(ROLES)}"))
             previous = role
             continue
-        if isinstance(content, list):
-            part_problems = _check_parts(content, path, line, f"{at}.content")
-            problems += part_problems
-            if not part_problems and not _text(content).strip():
-                problems.append(Problem(path, line, f"{at}.content", "empty content"))
-        elif content is None or (isinstance(content, str) and not content.strip()):
-            problems.append(Problem(path, line, f"{at}.content", "empty content"))
-        elif not isinstance(content, str):
-            problems.append(Problem(path, line, f"{at}.content", f"must be a string or a list of text parts, "
-                                                                 f"got {json_kind(content)}"))
-        if role == "system":
-            if i != 0:
-                problems.append(Problem(path, line, f"{at}.role", "a system message must come first"))
+        message, found = _message(m, role, at, declared)
+        problems += [Problem(path, line, where_, why) for where_, why in found]
+        if role == "tool":
+            problems += [Problem(path, line, where_, why) for where_, why in pending.answer(m, at)]
         else:
-            expected = "user" if previous in (None, "system", "assistant") else "assistant"
-            if role != expected:
-                what = f"two {role} turns in a row (messages[{i - 1}] and {at})" if previous == role else \
-                    f"{role} turn where a {expected} turn must come"
-                problems.append(Problem(path, line, f"{at}.role",
-                                        f"{what}; turns must alternate user/assistant, starting with user"))
-        previous = role
+            problems += [Problem(path, line, where_, why) for where_, why in pending.unanswered(at)]
+            pending.called(at, message.get("tool_calls", []))
+        problems += _order(role, previous, i, path, line)
+        previous = "assistant-calling" if message.get("tool_calls") else role
+        normalized.append(message)
     roles = [m.get("role") for m in messages if isinstance(m, dict)]
     if "assistant" not in roles:
         problems.append(Problem(path, line, "messages", "no assistant turn: nothing to learn from this row"))
     elif roles[-1] != "assistant":
         problems.append(Problem(path, line, f"messages[{len(messages) - 1}].role",
-                                "the conversation ends with a user turn: it must end with an assistant turn"))
-    return problems
+                                f"the conversation ends with a {roles[-1]} turn: it must end with an assistant turn"))
+    return normalized, problems
 
 
-def _check_parts(parts: list, path: str, line: int, at: str) -> list[Problem]:
+def _message(m: dict, role: str, at: str, declared: dict[str, dict]) -> tuple[dict, list[tuple[str, str]]]:
+    """One message as training renders it, and (field, message) for its content and tool calls."""
+    content, problems = m.get("content"), []
+    calls = None
+    if role == "assistant" and m.get("tool_calls") is not None:
+        calls, problems = normalize_calls(m["tool_calls"], declared, f"{at}.tool_calls")
+    may_be_empty = role == "tool" or calls is not None
+    if isinstance(content, list):
+        part_problems = _check_parts(content, f"{at}.content", may_be_empty=may_be_empty)
+        problems += part_problems
+        if not part_problems and not _text(content).strip() and not may_be_empty:
+            problems.append((f"{at}.content", "empty content"))
+    elif content is None or (isinstance(content, str) and not content.strip()):
+        if not may_be_empty:
+            problems.append((f"{at}.content", "empty content"))
+    elif not isinstance(content, str):
+        problems.append((f"{at}.content", f"must be a string or a list of text parts, got {json_kind(content)}"))
+    if role != "assistant" and m.get("tool_calls") is not None:
+        problems.append((f"{at}.tool_calls", f"a {role} message makes no tool calls: only an assistant turn does"))
+    message = {"role": role, "content": _text(content) if isinstance(content, list | str) and not problems else ""}
+    if calls:
+        message["tool_calls"] = calls
+    if role == "tool":
+        message.update({k: m[k] for k in ("tool_call_id", "name") if isinstance(m.get(k), str)})
+    return message, problems
+
+
+def _order(role: str, previous: str | None, i: int, path: str, line: int) -> list[Problem]:
+    """Turn order: system first; then user and assistant alternate, starting with user, and an assistant turn
+    that calls tools is followed by the tool messages that answer it, then the assistant again."""
+    at = f"messages[{i}]"
+    if role == "system":
+        return [] if i == 0 else [Problem(path, line, f"{at}.role", "a system message must come first")]
+    if previous == "assistant-calling":
+        return [] if role == "tool" else [Problem(path, line, f"{at}.role", f"{role} turn right after an assistant "
+                                                  "turn with tool_calls: the tool messages answering them come next")]
+    if previous == "tool":
+        return [] if role in ("tool", "assistant") else [Problem(
+            path, line, f"{at}.role", f"{role} turn after a tool message: the assistant turn that reads the "
+                                      "tool results comes next")]
+    if role == "tool":
+        return [Problem(path, line, f"{at}.role", "a tool message must answer the tool_calls of the assistant "
+                                                  "turn before it")]
+    expected = "user" if previous in (None, "system", "assistant") else "assistant"
+    if role == expected:
+        return []
+    what = f"two {role} turns in a row (messages[{i - 1}] and {at})" if previous == role else \
+        f"{role} turn where a {expected} turn must come"
+    return [Problem(path, line, f"{at}.role", f"{what}; turns must alternate user/assistant, starting with user")]
+
+
+def _check_parts(parts: list, at: str, *, may_be_empty: bool = False) -> list[tuple[str, str]]:
     """OpenAI-style content parts: text parts are taken; anything else is named and refused."""
     problems = []
     for j, part in enumerate(parts):
@@ -162,12 +210,12 @@ def _check_parts(parts: list, path: str, line: int, at: str) -> list[Problem]:
         if kind != "text":
             what = f"a part of type {kind!r}" if kind else \
                 f"{json_kind(part)} where a {{type, text}} part belongs"
-            problems.append(Problem(path, line, f"{at}[{j}]", f"{what}: packager trains text models, so content "
-                                                              "parts must be text parts"))
+            problems.append((f"{at}[{j}]", f"{what}: packager trains text models, so content parts must be text "
+                                           "parts"))
         elif not isinstance(part.get("text"), str):
-            problems.append(Problem(path, line, f"{at}[{j}].text", "a text part needs a string 'text'"))
-    if not parts:
-        problems.append(Problem(path, line, at, "empty content"))
+            problems.append((f"{at}[{j}].text", "a text part needs a string 'text'"))
+    if not parts and not may_be_empty:
+        problems.append((at, "empty content"))
     return problems
 
 
@@ -177,8 +225,9 @@ def _text(content: str | list) -> str:
 
 
 def read_rows(source: Source | Path | str | HubDataset, *, system_prompt: str | None = None,
-              columns: dict[str, str] | None = None) -> tuple[list[Row], list[Problem]]:
-    """Read one dataset (a file, a directory, a Hub dataset); return the usable rows and every problem found."""
+              columns: dict[str, str] | None = None, tools: list[dict] | None = None) -> tuple[list[Row], list[Problem]]:
+    """Read one dataset (a file, a directory, a Hub dataset); return the usable rows and every problem found.
+    ``tools`` is what rows that declare none may call."""
     if not isinstance(source, Source):
         source = open_source(source if isinstance(source, HubDataset) else Path(source))
     rows, problems, first_format = [], [], None
@@ -188,6 +237,8 @@ def read_rows(source: Source | Path | str | HubDataset, *, system_prompt: str | 
             problems.append(Problem(name, line, None, read_error, unit=unit))
             continue
         record, field_problems = _named_fields(record, columns or {})
+        if tools and isinstance(record, dict) and record.get("tools") is None and "messages" in record:
+            record = {**record, "tools": tools}
         if field_problems:
             messages, fmt, row_problems = None, None, [Problem(name, line, at, why) for at, why in field_problems]
         else:
@@ -200,7 +251,7 @@ def read_rows(source: Source | Path | str | HubDataset, *, system_prompt: str | 
                                                               f"{first_format[0]} form: one format per file"))
         problems.extend(replace(p, unit=unit, field=_their_name(p.field, columns or {})) for p in row_problems)
         if not row_problems and messages is not None:
-            rows.append(Row(name, line, messages, fmt, unit))
+            rows.append(Row(name, line, messages, fmt, unit, tools=record.get("tools") or None))
     if not rows and not problems:
         problems.append(Problem(name, None, None, "the dataset is empty"))
     return rows, problems
@@ -215,12 +266,13 @@ def _named_fields(record: Any, columns: dict[str, str]) -> tuple[Any, list[tuple
     if columns:
         record = {**{k: v for k, v in record.items() if k not in columns.values()},
                   **{ours: record[theirs] for ours, theirs in columns.items() if theirs in record}}
-    messages = record.get("messages")
-    if isinstance(messages, str) and messages.lstrip().startswith("["):
-        try:
-            record = {**record, "messages": json.loads(messages)}
-        except ValueError as exc:
-            problems.append(("messages", f"JSON text that does not parse: {exc}"))
+    for key in ("messages", "tools"):
+        value = record.get(key)
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                record = {**record, key: json.loads(value)}
+            except ValueError as exc:
+                problems.append((key, f"JSON text that does not parse: {exc}"))
     return record, problems
 
 

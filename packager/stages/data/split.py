@@ -10,15 +10,26 @@ from packager.errors import DatasetError
 from packager.models.reasoning import reasoning_format, thinking_in_answers
 from packager.stages.data.check import DataReport, check_dataset
 from packager.stages.data.rows import Row
+from packager.stages.data.tools import read_tools_file
 
 
 def rows_to_jsonl(rows: list[Row]) -> str:
-    return "".join(json.dumps({"messages": row.messages}, ensure_ascii=False) + "\n" for row in rows)
+    return "".join(json.dumps({"messages": row.messages, **({"tools": row.tools} if row.tools else {})},
+                              ensure_ascii=False) + "\n" for row in rows)
 
 
-def read_split(path: Path) -> list[list[dict[str, str]]]:
-    """Read a split file written by :func:`rows_to_jsonl` (already validated)."""
-    return [json.loads(line)["messages"] for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+def read_split(path: Path) -> list[list[dict]]:
+    """Read a split file written by :func:`rows_to_jsonl` (already validated): each row's messages."""
+    return [record["messages"] for record in _records(path)]
+
+
+def read_split_tools(path: Path) -> list[list[dict] | None]:
+    """Each row's tools (None for a row that calls none), in the order of :func:`read_split`."""
+    return [record.get("tools") for record in _records(path)]
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
 def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> DataReport:
@@ -27,10 +38,11 @@ def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> D
     Raises:
         DatasetError: any row has an error (warnings are let through and recorded).
     """
+    tools = read_tools_file(data_cfg.tools) if data_cfg.tools else None
     report = check_dataset(data_cfg.train, eval_path=data_cfg.eval, eval_fraction=data_cfg.eval_fraction,
                            seed=data_cfg.seed, max_seq_length=data_cfg.max_seq_length,
                            system_prompt=data_cfg.system_prompt, columns=data_cfg.columns, tokenizer=tokenizer,
-                           model_max=model_max)
+                           model_max=model_max, tools=tools)
     if report.errors:
         raise DatasetError(report.errors)
     sources = report.sources
@@ -41,6 +53,8 @@ def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> D
     parameters.update({f"{k}_hub": v.pinned for k, v in sources.items() if v.pinned})  # id, commit, config, split
     if data_cfg.columns:
         parameters["columns"] = dict(data_cfg.columns)
+    if data_cfg.tools:
+        parameters["tools"] = str(data_cfg.tools)
     texts = {"train.jsonl": rows_to_jsonl(report.train_rows), "eval.jsonl": rows_to_jsonl(report.eval_rows),
              "report.json": json.dumps(report.to_json(), indent=2)}
     if _split_recorded(run, parameters, texts):
@@ -48,6 +62,8 @@ def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> D
     with run.stage("data", parameters=parameters) as st:
         for file in dict.fromkeys(f for source in sources.values() for f in source.files):
             st.add_input(file)
+        if data_cfg.tools:
+            st.add_input(data_cfg.tools)
         out = st.output_dir("data")
         for name, text in texts.items():
             (out / name).write_text(text, encoding="utf-8")

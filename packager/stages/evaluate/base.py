@@ -12,7 +12,7 @@ from packager.models.checkpoint import resolve_base
 from packager.models.inference import load_causal_lm
 from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
-from packager.stages.data.split import read_split
+from packager.stages.data.split import read_split, read_split_tools
 from packager.stages.evaluate.measure import evaluate_model
 from packager.stages.evaluate.metrics import task_metric_name
 
@@ -30,22 +30,29 @@ def _base_eval_parameters(run: Run, ckpt, ecfg: EvalConfig, *, chat_template: st
             "decoding": "greedy"}
 
 
-def _recorded_base_eval(run: Run, parameters: dict) -> tuple[dict, list[str]] | None:
+def _recorded_base_eval(run: Run, parameters: dict) -> tuple[dict, list[str], list[dict]] | None:
     stage = run.manifest.stages.get(BASE_STAGE)
     if stage is None or stage.parameters != parameters or not run.outputs_intact(BASE_STAGE):
         return None
-    predictions = run.path / BASE_STAGE / "predictions.jsonl"
-    answers = [json.loads(line)["base"] for line in predictions.read_text(encoding="utf-8").splitlines() if line]
-    return stage.metrics["base"], answers
+    answers = [row["base"] for row in _jsonl(run.path / BASE_STAGE / "predictions.jsonl")]
+    calls = _jsonl(run.path / BASE_STAGE / "calls.jsonl")
+    return stage.metrics["base"], answers, calls
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def evaluate_base(run: Run, ckpt, ecfg: EvalConfig, *, tokenizer, conversations: list[list[dict]],
-                  trust_remote_code: bool = False) -> tuple[dict, list[str], bool]:
+                  tools: list[list[dict] | None] | None = None,
+                  trust_remote_code: bool = False) -> tuple[dict, list[str], list[dict], bool]:
     """The base model's metrics and answers on the held-out split, recorded as stage ``eval-base``.
 
     Reused while the base files, the split, the chat template and the decoding settings are the same, so
     the base is evaluated once per run: before training (``packager demo``) or at the first ``eval``.
-    Returns (metrics, answers, reused).
+    Returns (metrics, answers, call predictions, reused).
     """
     parameters = _base_eval_parameters(run, ckpt, ecfg, chat_template=tokenizer.chat_template,
                                        rows=len(conversations))
@@ -53,7 +60,8 @@ def evaluate_base(run: Run, ckpt, ecfg: EvalConfig, *, tokenizer, conversations:
     if recorded is not None:
         return (*recorded, True)
     model = load_causal_lm(ckpt.path, trust_remote_code=trust_remote_code)
-    metrics, answers = evaluate_model(model, tokenizer, conversations, ecfg, label="the base answers")
+    metrics, answers, calls = evaluate_model(model, tokenizer, conversations, ecfg, tools=tools,
+                                             label="the base answers")
     del model
     with run.stage(BASE_STAGE, parameters=parameters) as st:
         st.add_input(run.path / "data" / "eval.jsonl")
@@ -64,8 +72,11 @@ def evaluate_base(run: Run, ckpt, ecfg: EvalConfig, *, tokenizer, conversations:
                 for c, a in zip(conversations, answers)]
         (out / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                                encoding="utf-8")
+        if calls:
+            (out / "calls.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in calls),
+                                             encoding="utf-8")
         st.metrics.update({"base": metrics, "task_metric": task_metric_name(metrics)})
-    return metrics, answers, False
+    return metrics, answers, calls, False
 
 
 def evaluate_base_run(run_dir: Path | str, cfg: PackagerConfig) -> tuple[dict, list[str]]:
@@ -75,10 +86,11 @@ def evaluate_base_run(run_dir: Path | str, cfg: PackagerConfig) -> tuple[dict, l
         raise StageError("eval", f"{run.path} has no data split yet",
                          hint="check and split the data first (packager train does it before training)")
     conversations = read_split(run.path / "data" / "eval.jsonl")[: cfg.eval.limit or None]
+    tools = read_split_tools(run.path / "data" / "eval.jsonl")[: len(conversations)]
     ckpt = resolve_base(cfg.base)
     tokenizer = load_tokenizer(ckpt.path, chat_template=cfg.base.chat_template,
                                system_policy=cfg.training_data.system_policy,
                                trust_remote_code=cfg.base.trust_remote_code).tokenizer
-    metrics, answers, _ = evaluate_base(run, ckpt, cfg.eval, tokenizer=tokenizer, conversations=conversations,
-                                        trust_remote_code=cfg.base.trust_remote_code)
+    metrics, answers, _, _ = evaluate_base(run, ckpt, cfg.eval, tokenizer=tokenizer, conversations=conversations,
+                                           tools=tools, trust_remote_code=cfg.base.trust_remote_code)
     return metrics, answers

@@ -10,16 +10,18 @@ from packager.models.inference import greedy_answers, load_causal_lm, teacher_fo
 from packager.models.reasoning import reasoning_format
 from packager.run.directory import Run
 from packager.stages.data.masks import tokenize_with_assistant_mask
+from packager.stages.evaluate.calls import evaluate_calls
 from packager.stages.evaluate.metrics import score
 
 
-def assistant_loss(model, tokenizer, conversations: list[list[dict]]) -> float:
+def assistant_loss(model, tokenizer, conversations: list[list[dict]],
+                   tools: list[list[dict] | None] | None = None) -> float:
     """Mean cross-entropy over assistant tokens (teacher forcing), the same tokens training learns."""
     import torch
 
     total, count = 0.0, 0
-    for conv in conversations:
-        enc = tokenize_with_assistant_mask(tokenizer, conv)
+    for conv, conv_tools in zip(conversations, tools or [None] * len(conversations)):
+        enc = tokenize_with_assistant_mask(tokenizer, conv, conv_tools)
         (logits,) = teacher_forced_logits(model, [enc["input_ids"]])
         target = torch.tensor(enc["input_ids"][1:], device=logits.device)
         keep = torch.tensor(enc["assistant_masks"][1:], device=logits.device) == 1
@@ -29,12 +31,16 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]]) -> float:
 
 
 def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalConfig, *,
-                   label: str = "answering") -> tuple[dict, list[str]]:
+                   tools: list[list[dict] | None] | None = None,
+                   label: str = "answering") -> tuple[dict, list[str], list[dict]]:
     """Greedy answers scored on what the user sees (a reasoning model's thinking left out, see
-    :mod:`packager.models.reasoning`), and the loss on assistant tokens. Returns (metrics, those answers)."""
+    :mod:`packager.models.reasoning`), the loss on assistant tokens, and, for rows that call tools, call
+    accuracy (:mod:`packager.stages.evaluate.calls`). ``tools``: each row's tools, in its prompt as in
+    training. Returns (metrics, the answers, the call predictions)."""
     prompts = [c[:-1] for c in conversations]
     references = [c[-1]["content"] for c in conversations]
-    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, progress=label)
+    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, progress=label,
+                             tools=tools)
     reasoning = reasoning_format(tokenizer.chat_template)
     if reasoning is not None:  # a reference written with its own thinking is compared on its answer too
         answers = [reasoning.visible(a) for a in answers]
@@ -42,9 +48,12 @@ def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalC
     metrics = score(answers, references, cfg)
     if reasoning is not None:
         metrics["reasoning"] = reasoning.describe()
-    metrics["eval_loss"] = assistant_loss(model, tokenizer, conversations)
+    call_metrics, calls = evaluate_calls(model, tokenizer, conversations, tools or [None] * len(conversations),
+                                         max_new_tokens=cfg.max_new_tokens, label=label)
+    metrics.update(call_metrics)
+    metrics["eval_loss"] = assistant_loss(model, tokenizer, conversations, tools)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
-    return metrics, answers
+    return metrics, answers, calls
 
 
 def load_finetuned(run: Run, cfg: PackagerConfig, *, base_path: Path):

@@ -2,9 +2,10 @@
 
 Metrics: exact match; format adherence (``eval.format_regex`` or
 ``eval.json_schema``); field accuracy when references are JSON objects (the
-share of fields reproduced exactly); eval loss and perplexity on assistant
-tokens. The task metric the gate compares is field accuracy when references
-are JSON objects, else exact match.
+share of fields reproduced exactly); call accuracy where rows call tools
+(:mod:`packager.stages.evaluate.calls`); eval loss and perplexity on assistant
+tokens. The task metric the gate compares is call accuracy where rows call
+tools, else field accuracy when references are JSON objects, else exact match.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from packager.config import EvalConfig
 
 
-METRICS = ("exact_match", "format_adherence", "field_accuracy", "eval_loss", "perplexity")
+METRICS = ("exact_match", "format_adherence", "field_accuracy", "call_accuracy", "call_name_accuracy", "calls_parsed",
+           "eval_loss", "perplexity")
 
 
 def adheres(answer: str, cfg: EvalConfig) -> bool | None:
@@ -65,6 +67,10 @@ def score(answers: list[str], references: list[str], cfg: EvalConfig) -> dict:
 
 
 def task_metric_name(metrics: dict) -> str:
+    """What the gate compares: call accuracy where rows call tools, else field accuracy for JSON answers, else
+    exact match."""
+    if metrics.get("call_accuracy") is not None:
+        return "call_accuracy"
     return "field_accuracy" if metrics.get("field_accuracy") is not None else "exact_match"
 
 

@@ -13,8 +13,9 @@ from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
 from packager.run.manifest import read_manifest
 from packager.run.settings import recorded_config
-from packager.stages.data.split import read_split
+from packager.stages.data.split import read_split, read_split_tools
 from packager.stages.evaluate.base import BASE_STAGE, evaluate_base
+from packager.stages.evaluate.calls import calls_jsonl
 from packager.stages.evaluate.measure import evaluate_model, load_finetuned
 from packager.stages.evaluate.metrics import check_gate, format_table, task_metric_name
 from packager.stages.evaluate.report import write_eval_report
@@ -51,6 +52,7 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
     ecfg = eval_config or cfg.eval
     against_base = against_base or ecfg.gate.must_beat_base
     conversations = read_split(run.path / "data" / "eval.jsonl")[: limit or ecfg.limit or None]
+    tools = read_split_tools(run.path / "data" / "eval.jsonl")[: len(conversations)]
     if not conversations:
         raise StageError("eval", f"{run.path / 'data' / 'eval.jsonl'} holds no rows to evaluate on")
     ckpt = resolve_base(cfg.base)
@@ -58,12 +60,14 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
     tokenizer = load_tokenizer(run.path / "train" / weights).tokenizer  # the template used in training
 
     model = load_finetuned(run, cfg, base_path=ckpt.path)
-    finetuned, ft_answers = evaluate_model(model, tokenizer, conversations, ecfg, label="the fine-tune answers")
+    finetuned, ft_answers, ft_calls = evaluate_model(model, tokenizer, conversations, ecfg, tools=tools,
+                                                     label="the fine-tune answers")
     del model
-    base, base_answers = None, None
+    base, base_answers, base_calls = None, None, None
     if against_base:
-        base, base_answers, _ = evaluate_base(run, ckpt, ecfg, tokenizer=tokenizer, conversations=conversations,
-                                              trust_remote_code=cfg.base.trust_remote_code)
+        base, base_answers, base_calls, _ = evaluate_base(run, ckpt, ecfg, tokenizer=tokenizer,
+                                                          conversations=conversations, tools=tools,
+                                                          trust_remote_code=cfg.base.trust_remote_code)
         run = Run.open(run.path)
     gate = check_gate(ecfg, finetuned, base)
     metric = task_metric_name(finetuned)
@@ -85,6 +89,8 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
                 row["base"] = base_answers[i]
             rows.append(row)
         (out / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        if ft_calls:
+            (out / "calls.jsonl").write_text(calls_jsonl(ft_calls, base_calls))
         summary = {"finetuned": finetuned, "base": base, "gate": gate, "task_metric": metric}
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         write_eval_report(out, run_name=cfg.run.name, summary=summary, rows=rows)

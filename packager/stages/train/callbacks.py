@@ -14,10 +14,22 @@ SAMPLE_PROMPTS = 3
 SAMPLE_MAX_NEW_TOKENS = 64
 
 
-def make_callbacks(cfg: PackagerConfig, *, tokenizer, eval_conversations, samples_file: Path, dry_run: bool):
+def sample_prompts(conversations: list[list[dict]], tools: list[list[dict] | None]) -> list[list[dict]]:
+    """What the samples ask: the conversation before its last answer, or, where it calls tools, before its first
+    call (the call is the task there)."""
+    def before(messages: list[dict], row_tools) -> list[dict]:
+        calling = [k for k, m in enumerate(messages) if m["role"] == "assistant" and m.get("tool_calls")]
+        return messages[:calling[0]] if row_tools and calling else messages[:-1]
+
+    return [before(c, t) for c, t in zip(conversations, tools)]
+
+
+def make_callbacks(cfg: PackagerConfig, *, tokenizer, eval_conversations, samples_file: Path, dry_run: bool,
+                   eval_tools: list[list[dict] | None] | None = None):
     from transformers import EarlyStoppingCallback, TrainerCallback
 
-    prompts = [c[:-1] for c in eval_conversations[:SAMPLE_PROMPTS]]
+    tools = (eval_tools or [None] * len(eval_conversations))[:SAMPLE_PROMPTS]
+    prompts = sample_prompts(eval_conversations[:SAMPLE_PROMPTS], tools)
     every = 1 if dry_run else cfg.train.sample_every
 
     class SampleGenerations(TrainerCallback):
@@ -35,7 +47,7 @@ def make_callbacks(cfg: PackagerConfig, *, tokenizer, eval_conversations, sample
 
         def _sample(self, step: int, model, final: bool = False) -> None:
             started = time.perf_counter()
-            answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=SAMPLE_MAX_NEW_TOKENS)
+            answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=SAMPLE_MAX_NEW_TOKENS, tools=tools)
             self.generating_seconds += time.perf_counter() - started
             with open(samples_file, "a", encoding="utf-8") as f:
                 for prompt, answer in zip(prompts, answers):

@@ -25,7 +25,7 @@ from packager.models.checkpoint import Checkpoint, read_context_limit, record_ba
 from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
 from packager.stages.data.masks import tokenize_with_assistant_mask
-from packager.stages.data.split import prepare_data, read_split
+from packager.stages.data.split import prepare_data, read_split, read_split_tools
 from packager.stages.train.report import write_training_report
 from packager.stages.train.backend import Backend, choose_backend, import_unsloth_first
 from packager.stages.train.callbacks import make_callbacks, quiet_progress
@@ -39,11 +39,13 @@ DRY_RUN_ROWS = 16
 DRY_RUN_STEPS = 3
 
 
-def tokenized_dataset(conversations: list[list[dict]], tokenizer):
-    """Pre-tokenized rows with an assistant mask; TRL turns the mask into -100 labels."""
+def tokenized_dataset(conversations: list[list[dict]], tokenizer, tools: list[list[dict] | None] | None = None):
+    """Pre-tokenized rows with an assistant mask; TRL turns the mask into -100 labels. ``tools``: each row's
+    tools, rendered by the template as it renders them at inference (``apply_chat_template(tools=...)``)."""
     from datasets import Dataset
 
-    return Dataset.from_list([tokenize_with_assistant_mask(tokenizer, c) for c in conversations])
+    tools = tools or [None] * len(conversations)
+    return Dataset.from_list([tokenize_with_assistant_mask(tokenizer, c, t) for c, t in zip(conversations, tools)])
 
 
 def sft_config(cfg: PackagerConfig, *, output_dir: Path, backend: Backend, max_steps: int | None,
@@ -174,19 +176,21 @@ def _trainer(cfg: PackagerConfig, ckpt: Checkpoint, backend: Backend, tokenizer,
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
 
-    train_rows = read_split(cfg.run_dir / "data" / "train.jsonl")
-    eval_rows = read_split(cfg.run_dir / "data" / "eval.jsonl")
+    data = cfg.run_dir / "data"
+    train_rows, eval_rows = read_split(data / "train.jsonl"), read_split(data / "eval.jsonl")
+    train_tools, eval_tools = read_split_tools(data / "train.jsonl"), read_split_tools(data / "eval.jsonl")
     if dry_run:
         train_rows, eval_rows = train_rows[:DRY_RUN_ROWS], eval_rows[:max(2, DRY_RUN_ROWS // 4)]
     model, peft_config = load_model(ckpt, cfg, backend, tokenizer)
     args = sft_config(cfg, output_dir=work / "checkpoints", backend=backend, max_steps=max_steps, dry_run=dry_run,
                       train_rows=len(train_rows), world_size=world_size)
     trainer_class = packed_rows_trainer() if keeps_packed_rows(args, model) else SFTTrainer
-    trainer = trainer_class(model=model, args=args, train_dataset=tokenized_dataset(train_rows, tokenizer),
-                            eval_dataset=tokenized_dataset(eval_rows, tokenizer), processing_class=tokenizer,
+    trainer = trainer_class(model=model, args=args, train_dataset=tokenized_dataset(train_rows, tokenizer, train_tools),
+                            eval_dataset=tokenized_dataset(eval_rows, tokenizer, eval_tools), processing_class=tokenizer,
                             peft_config=peft_config,
                             callbacks=make_callbacks(cfg, tokenizer=tokenizer, eval_conversations=eval_rows,
-                                                     samples_file=work / "samples.jsonl", dry_run=dry_run))
+                                                     eval_tools=eval_tools, samples_file=work / "samples.jsonl",
+                                                     dry_run=dry_run))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(quiet_progress())
     return trainer

@@ -1,0 +1,115 @@
+"""How a chat template writes tool calls, and reading calls back out of a model's raw output the same way.
+
+A template that renders ``tool_calls`` teaches the model one call format; the serving engine must parse that
+same format back into structured ``tool_calls``, or the client receives the call as text. The formats here are
+the ones the published templates use, each with the name of vLLM's parser for it (``--tool-call-parser``;
+vLLM 0.33 ``vllm/tool_parsers/__init__.py``); parsing follows what that parser accepts (read from its source,
+written here independently), so evaluation scores calls as the server will return them:
+
+- ``hermes``: ``<tool_call>{"name", "arguments"}</tool_call>``, repeated; a last call left unclosed at the end of
+  the output counts (``hermes_tool_parser.py``). Qwen 2.5, Qwen 3, Hermes, packager's SmolLM2 tools template.
+- ``llama3_json``: bare ``{"name", "parameters"}`` objects (``arguments`` also taken), optionally after
+  ``<|python_tag|>``, separated by ``;`` (``llama_tool_parser.py``). Llama 3.1-3.3.
+- ``mistral``: ``[TOOL_CALLS]`` and a JSON list of ``{"name", "arguments"}`` (``mistral_tool_parser.py``, for
+  tokenizers before v11). Mistral 7B v0.3, Nemo.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ParsedCalls:
+    calls: list[dict]  # {"name": str, "arguments": object}
+    content: str | None  # the text before the calls, if any
+
+
+@dataclass(frozen=True)
+class ToolCallFormat:
+    name: str
+    vllm_parser: str  # vLLM's --tool-call-parser for it
+    opening: str  # what starts a call in the model's output ("" for bare JSON)
+
+    def parse(self, output: str) -> ParsedCalls | None:
+        """The calls in ``output`` (raw, special tokens kept), or None when it makes no call or the call does not
+        parse: then the server answers with text."""
+        try:
+            return {"hermes": _hermes, "llama3_json": _llama3_json, "mistral": _mistral}[self.name](output)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+FORMATS = {f.name: f for f in (ToolCallFormat("hermes", "hermes", "<tool_call>"),
+                               ToolCallFormat("llama3_json", "llama3_json", ""),
+                               ToolCallFormat("mistral", "mistral", "[TOOL_CALLS]"))}
+
+
+def tool_call_format(chat_template: str | None) -> ToolCallFormat | None:
+    """The call format ``chat_template`` writes, read off its text; None for a template that writes none of
+    these (no tools, or a format packager cannot yet serve)."""
+    text = chat_template or ""
+    if "[TOOL_CALLS]" in text:
+        return FORMATS["mistral"]
+    if "<tool_call>" in text:
+        return FORMATS["hermes"]
+    if '"parameters": ' in text and "<|start_header_id|>" in text:
+        return FORMATS["llama3_json"]
+    return None
+
+
+def same_calls(got: list[dict], expected: list[dict]) -> bool:
+    """Same functions, in order, with arguments equal as JSON (key order aside)."""
+    return len(got) == len(expected) and all(
+        g.get("name") == e["name"] and _as_json(g.get("arguments")) == _as_json(e["arguments"])
+        for g, e in zip(got, expected))
+
+
+def _as_json(arguments) -> object:
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+_HERMES = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)", re.DOTALL)
+
+
+def _hermes(output: str) -> ParsedCalls | None:
+    if "<tool_call>" not in output:
+        return None
+    calls = [_call(json.loads(closed or unclosed)) for closed, unclosed in _HERMES.findall(output)]
+    return ParsedCalls(calls, output[:output.index("<tool_call>")] or None)
+
+
+def _llama3_json(output: str) -> ParsedCalls | None:
+    text = output.split("<|python_tag|>", 1)[-1]
+    decoder, calls, at = json.JSONDecoder(), [], 0
+    while (start := text.find("{", at)) >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except ValueError:
+            at = start + 1
+            continue
+        calls.append(_call(obj))
+        at = end
+    return ParsedCalls(calls, None) if calls else None
+
+
+def _mistral(output: str) -> ParsedCalls | None:
+    if "[TOOL_CALLS]" not in output:
+        return None
+    before, after = output.split("[TOOL_CALLS]", 1)
+    listed, _ = json.JSONDecoder().raw_decode(after.lstrip())
+    return ParsedCalls([_call(obj) for obj in listed], before or None)
+
+
+def _call(obj: dict) -> dict:
+    arguments = obj["arguments"] if "arguments" in obj else obj["parameters"]
+    if not isinstance(obj["name"], str):
+        raise ValueError("a call's name is not a string")
+    return {"name": obj["name"], "arguments": arguments}

@@ -1,0 +1,107 @@
+"""Tool-call formats: each published template's calls are read back by packager's parser for that format and by
+vLLM 0.33's own parser class of the name packager gives vLLM (run in the vLLM venv), to the same calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from packager.models.tool_calls import FORMATS, same_calls, tool_call_format
+from packager.stages.data.masks import tokenize_with_assistant_mask
+
+from support.families import FAMILIES, TEMPLATES, TOOL_FAMILIES, family_tokenizer
+
+EXAMPLE_TEMPLATE = Path(__file__).resolve().parents[2] / "examples" / "chat_templates" / "smollm2-tools.jinja"
+CREATE_TICKET = {"type": "function", "function": {
+    "name": "create_ticket", "description": "File a support ticket.",
+    "parameters": {"type": "object", "properties": {"category": {"type": "string"}, "priority": {"type": "string"},
+                                                    "tags": {"type": "array", "items": {"type": "string"}}}}}}
+ARGUMENTS = {"category": "billing", "priority": "high", "tags": ["invoice", "ünïcode"]}
+CALLING = [{"role": "user", "content": "My invoice was charged twice."},
+           {"role": "assistant", "content": "", "tool_calls": [
+               {"id": "call00001", "type": "function",
+                "function": {"name": "create_ticket", "arguments": ARGUMENTS}}]}]
+EXPECTED = [{"name": "create_ticket", "arguments": ARGUMENTS}]
+WRITES = {"qwen3": "hermes", "qwen2.5": "hermes", "llama3.1": "llama3_json", "mistral-nemo": "mistral"}
+
+VLLM_TOOL_PARSE = """
+import json, sys
+from transformers import AutoTokenizer
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.tool_parsers import ToolParserManager
+
+found = []
+for case in json.load(sys.stdin):
+    tokenizer = AutoTokenizer.from_pretrained(case["tokenizer"])
+    request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], tools=case["tools"])
+    parser = ToolParserManager.get_tool_parser(case["parser"])(tokenizer, request.tools)
+    got = parser.extract_tool_calls(case["output"], request)
+    found.append({"called": got.tools_called, "calls": [
+        {"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in got.tool_calls]})
+print(json.dumps(found))
+"""
+
+
+def written_call(family) -> str:
+    """The calling turn as the family's template writes it: what training teaches the model to output."""
+    tokenizer = family_tokenizer(family)
+    encoded = tokenize_with_assistant_mask(tokenizer, CALLING, [CREATE_TICKET])
+    learned = tokenizer.decode([i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m])
+    assert learned.endswith(family.end_of_turn)
+    return learned[: -len(family.end_of_turn)]
+
+
+def test_each_template_names_its_call_format():
+    for family in TOOL_FAMILIES:
+        assert tool_call_format(family.chat_template()).name == WRITES[family.name], family.name
+    assert tool_call_format(EXAMPLE_TEMPLATE.read_text()).name == "hermes"
+    for family in FAMILIES:
+        if family.name not in WRITES:
+            assert tool_call_format(family.chat_template()) is None, family.name
+    assert tool_call_format((TEMPLATES / "mistral-v0.3.jinja").read_text()) is None, "its tool branches are cut"
+
+
+@pytest.mark.parametrize("family", TOOL_FAMILIES, ids=[f.name for f in TOOL_FAMILIES])
+def test_packagers_parser_reads_back_what_the_template_writes(family):
+    fmt = tool_call_format(family.chat_template())
+    parsed = fmt.parse(written_call(family))
+    assert parsed is not None and same_calls(parsed.calls, EXPECTED), parsed
+    assert fmt.parse("I cannot file that ticket.") is None, "text is not a call"
+
+
+def test_outputs_that_are_not_calls_or_do_not_parse_are_not_calls():
+    hermes, llama, mistral = FORMATS["hermes"], FORMATS["llama3_json"], FORMATS["mistral"]
+    assert hermes.parse('<tool_call>\n{"name": "create_ticket", "arguments": {"a": 1}}') is not None, \
+        "an unclosed last call at the end of the output counts, as in vLLM's hermes parser"
+    assert hermes.parse('<tool_call>\n{"name": "create_ticket", "argu') is None
+    assert hermes.parse('Sure.<tool_call>{"name": "x", "arguments": {}}</tool_call>').content == "Sure."
+    assert llama.parse('{"name": "x", "parameters": {"a": 1}}; {"name": "y", "arguments": {}}').calls == \
+        [{"name": "x", "arguments": {"a": 1}}, {"name": "y", "arguments": {}}]
+    assert mistral.parse('[TOOL_CALLS][{"name": "x"}]') is None, "a call without arguments"
+    assert not same_calls([{"name": "create_ticket", "arguments": {**ARGUMENTS, "priority": "low"}}], EXPECTED)
+    assert same_calls([{"name": "create_ticket", "arguments": json.dumps(dict(reversed(ARGUMENTS.items())))}],
+                      EXPECTED), "arguments compare as JSON, key order aside"
+
+
+def test_vllms_own_parser_of_that_name_reads_the_same_calls(tmp_path):
+    """vLLM 0.33's tool parser classes (hermes, llama3_json, mistral), constructed as `vllm serve
+    --tool-call-parser NAME` constructs them, on each family's tokenizer and the call its template writes."""
+    from support.containers import vllm_python
+
+    cases = []
+    for family in TOOL_FAMILIES:
+        directory = tmp_path / family.name
+        family_tokenizer(family).save_pretrained(directory)
+        cases.append({"tokenizer": str(directory), "tools": [CREATE_TICKET], "output": written_call(family),
+                      "parser": tool_call_format(family.chat_template()).vllm_parser})
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([str(vllm_python()), "-c", VLLM_TOOL_PARSE], input=json.dumps(cases), capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    for family, got in zip(TOOL_FAMILIES, found):
+        assert got["called"] and same_calls(got["calls"], EXPECTED), (family.name, got)
