@@ -60,14 +60,30 @@ def tool_call_format(chat_template: str | None) -> ToolCallFormat | None:
     return None
 
 
+@dataclass(frozen=True)
+class CallCase:
+    row: int  # the conversation's index in the eval split
+    prompt: list[dict]
+    tools: list[dict]
+    expected: list[dict]  # {"name", "arguments"}
+
+
+def call_cases(conversations: list[list[dict]], tools: list[list[dict] | None]) -> list[CallCase]:
+    """Each assistant turn that calls tools: the conversation before it, its tools, and its calls."""
+    return [CallCase(row, messages[:k], row_tools, [c["function"] for c in message["tool_calls"]])
+            for row, (messages, row_tools) in enumerate(zip(conversations, tools)) if row_tools
+            for k, message in enumerate(messages) if message["role"] == "assistant" and message.get("tool_calls")]
+
+
 def same_calls(got: list[dict], expected: list[dict]) -> bool:
     """Same functions, in order, with arguments equal as JSON (key order aside)."""
     return len(got) == len(expected) and all(
-        g.get("name") == e["name"] and _as_json(g.get("arguments")) == _as_json(e["arguments"])
+        g.get("name") == e["name"] and as_json(g.get("arguments")) == as_json(e["arguments"])
         for g, e in zip(got, expected))
 
 
-def _as_json(arguments) -> object:
+def as_json(arguments) -> object:
+    """Arguments as an object: OpenAI sends them as JSON text."""
     if isinstance(arguments, str):
         try:
             return json.loads(arguments)

@@ -33,6 +33,7 @@ LLAMA_SERVER_ENV = "PACKAGER_LLAMA_SERVER"
 LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python whose vendored llama.cpp `make setup` builds llama-server from
 READY_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 60
+GENERATE_TIMEOUT_S = 600  # a prompt with tools and a call on a busy CPU (two cores shared with a trainer)
 
 
 def llama_server_binary() -> Path | None:
@@ -70,22 +71,25 @@ class TemplateRefused(StageError):
     template, as transformers would) or refused the request."""
 
 
-def _post(url: str, body: dict) -> dict:
+def _post(url: str, body: dict, *, timeout: float = REQUEST_TIMEOUT_S) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:300]
         kind = TemplateRefused if exc.code == 400 else StageError
         raise kind("llama.cpp template", f"llama-server refused {url}: HTTP {exc.code} {detail}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise StageError("llama.cpp template", f"llama-server did not answer {url} within {timeout:.0f} s: {exc}",
+                         hint="the machine may be busy; run the stage again") from None
 
 
 class LlamaServer:
     """``with LlamaServer(gguf) as server: server.apply_template(messages)``: llama-server on 127.0.0.1 with the
-    GGUF loaded (one thread, a small context: it only renders), stopped when the block ends."""
+    GGUF loaded (by default one thread and a small context: enough to render), stopped when the block ends."""
 
-    def __init__(self, gguf: Path, *, binary: Path | None = None):
+    def __init__(self, gguf: Path, *, binary: Path | None = None, ctx_size: int = 512, threads: int = 1):
         self.gguf = Path(gguf)
         self.binary = binary or llama_server_binary()
         if self.binary is None:
@@ -96,7 +100,7 @@ class LlamaServer:
         self._log = tempfile.TemporaryFile()
         # --jinja: the GGUF's own template through llama.cpp's Jinja engine (not a built-in format it guesses)
         self._child = ChildProcess([str(self.binary), "--model", str(self.gguf), "--host", "127.0.0.1",
-                                    "--port", str(self.port), "--ctx-size", "512", "--threads", "1", "--jinja",
+                                    "--port", str(self.port), "--ctx-size", str(ctx_size), "--threads", str(threads), "--jinja",
                                     "--no-webui", "--no-warmup", "--offline"], log=self._log)
 
     def __enter__(self) -> LlamaServer:
@@ -146,10 +150,23 @@ class LlamaServer:
         return (props.get("bos_token", "") if special[:1] != plain[:1] else "",
                 props.get("eos_token", "") if special[-1:] != plain[-1:] else "")
 
-    def apply_template(self, messages: list[dict]) -> str:
+    def apply_template(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         """The prompt llama-server makes of a chat request: with the generation prompt after a user turn; a
         final assistant turn is continued (its ``--prefill-assistant`` default)."""
-        return _post(f"{self.url}/apply-template", {"messages": messages})["prompt"]
+        return _post(f"{self.url}/apply-template", {"messages": messages, **({"tools": tools} if tools else {})}
+                     )["prompt"]
+
+    def complete(self, prompt: str, max_tokens: int) -> str:
+        """The greedy continuation of a raw prompt, as the model writes it (special tokens as text)."""
+        return _post(f"{self.url}/completion", {"prompt": prompt, "n_predict": max_tokens, "temperature": 0,
+                                                "cache_prompt": False}, timeout=GENERATE_TIMEOUT_S)["content"]
+
+    def chat(self, messages: list[dict], max_tokens: int, tools: list[dict] | None = None) -> dict:
+        """A greedy OpenAI chat completion: the first choice (its message and finish_reason)."""
+        body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "cache_prompt": False}
+        if tools:
+            body.update({"tools": tools, "tool_choice": "auto", "parallel_tool_calls": True})
+        return _post(f"{self.url}/v1/chat/completions", body, timeout=GENERATE_TIMEOUT_S)["choices"][0]
 
 
 def check_llama_cpp_template(gguf: Path, template: ChatTemplate, conversations: list[list[dict]], *,

@@ -16,6 +16,7 @@ from packager.models.adapter import read_adapter
 from packager.models.checkpoint import resolve_base
 from packager.models.reasoning import reasoning_format
 from packager.models.tokenizer import read_chat_template
+from packager.models.tool_calls import tool_call_format
 from packager.run.artifacts import adapter_dir as run_adapter_dir, merged_model_dir
 from packager.serve.context import Context, LocalServer, Target, links_digest, read_json, served_context_length
 
@@ -58,9 +59,14 @@ def vllm_flags(cfg, model_dir: Path, model_path: str, config: dict, *, served_na
     if "chat_template" not in read_json(model_dir / "tokenizer_config.json") and \
             (model_dir / "chat_template.jinja").is_file():
         flags += ["--chat-template", f"{model_path}/chat_template.jinja"]
-    reasoning = reasoning_format(read_chat_template(model_dir))
+    template = read_chat_template(model_dir)
+    reasoning = reasoning_format(template)
     if reasoning is not None and not any(a.startswith("--reasoning-parser") for a in vcfg.extra_args):
         flags += ["--reasoning-parser", reasoning.vllm_parser]  # answers are compared without the thinking
+    calls = tool_call_format(template)
+    if calls is not None and not any(a.startswith("--tool-call-parser") for a in vcfg.extra_args):
+        # without both, a request with `tools` gets its call back as text [vllm docs: tool_calling.md]
+        flags += ["--enable-auto-tool-choice", "--tool-call-parser", calls.vllm_parser]
     return flags + list(vcfg.extra_args)
 
 

@@ -218,6 +218,10 @@ def test_vllm_accepts_the_flags_packager_writes_for_each_architecture(name, chec
     assert summary["generation_config"] == str(directory)
     # Qwen 3's thinking is parsed out of the answer by vLLM's own qwen3 parser (tests/stages/test_reasoning.py)
     assert summary["reasoning_parser"] == ("Qwen3ParserReasoningAdapter" if name == "qwen3" else None)
+    # Qwen 3's template writes <tool_call> JSON: vLLM returns the calls parsed by its hermes parser
+    # (tests/stages/test_tool_calls.py runs that class on the template's own calls)
+    assert summary["tool_call_parser"] == ("Hermes2ProToolParser" if name == "qwen3" else None)
+    assert summary["enable_auto_tool_choice"] == (name == "qwen3")
 
 
 def linear_layer_names(directory) -> set[str]:

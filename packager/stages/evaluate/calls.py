@@ -11,25 +11,9 @@ Metrics: ``call_accuracy`` (every call right: function and arguments equal as JS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from packager.errors import StageError
 from packager.models.inference import greedy_generate
-from packager.models.tool_calls import same_calls, tool_call_format
-
-
-@dataclass(frozen=True)
-class CallCase:
-    row: int  # the conversation's index in the eval split
-    prompt: list[dict]
-    tools: list[dict]
-    expected: list[dict]  # {"name", "arguments"}
-
-
-def call_cases(conversations: list[list[dict]], tools: list[list[dict] | None]) -> list[CallCase]:
-    return [CallCase(row, messages[:k], row_tools, [c["function"] for c in message["tool_calls"]])
-            for row, (messages, row_tools) in enumerate(zip(conversations, tools)) if row_tools
-            for k, message in enumerate(messages) if message["role"] == "assistant" and message.get("tool_calls")]
+from packager.models.tool_calls import call_cases, same_calls, tool_call_format
 
 
 def evaluate_calls(model, tokenizer, conversations: list[list[dict]], tools: list[list[dict] | None], *,

@@ -20,8 +20,11 @@ from packager.run.artifacts import merged_model_dir
 from packager.run.atomic import PARTIAL_PREFIX
 from packager.run.directory import Run, StageWriter
 from packager.run.settings import base_hub_id
+from packager.models.tool_calls import call_cases, tool_call_format
 from packager.serve.llama_server import check_llama_cpp_template, llama_server_binary
+from packager.serve.llama_tools import check_llama_cpp_tool_calls
 from packager.serve.parity import PARITY_CONVERSATIONS
+from packager.stages.data.split import read_split, read_split_tools
 from packager.stages.export.convert import Conversion, convert_to_gguf, require_gguf_tools, tool_versions
 from packager.stages.export.parity import (PARITY_THRESHOLDS, Reference, check_gguf_carries_chat_format,
                                            gguf_parity, parity_failures, reference_outputs)
@@ -67,6 +70,8 @@ def export_gguf(run: Run, *, quants: list[str], conversations: list[list[dict]])
                 rejected[quant] = parity[quant]["failures"]
         st.metrics.update({"parity": parity, "rejected": rejected})
         st.metrics["template_engine"] = _llama_cpp_renders_template(out, merged)
+        if (tool_calls := _llama_cpp_returns_tool_calls(run, out, merged)) is not None:
+            st.metrics["tool_calls"] = tool_calls
     return ExportResult(run.path, sorted((run.path / "export" / "gguf").glob("*.gguf")), parity, rejected)
 
 
@@ -104,13 +109,42 @@ def _make_files(run: Run, st: StageWriter, merged: Path, out: Path, work: Path, 
 def _llama_cpp_renders_template(out: Path, merged: Path) -> dict:
     """The GGUFs' chat template (one text, byte-checked in each file) as llama.cpp's own engine renders it, against
     transformers, on the parity conversations; raises when they differ. The smallest file is loaded."""
+    found = _smallest_with_server(out)
+    if isinstance(found, dict):
+        return found
+    gguf, binary = found
+    return {"checked": True, "gguf": gguf.name, **check_llama_cpp_template(
+        gguf, ChatTemplate.from_model_dir(merged), PARITY_CONVERSATIONS, binary=binary)}
+
+
+def _smallest_with_server(out: Path) -> tuple[Path, Path] | dict:
+    """The smallest passed GGUF and the llama-server to load it in, or why a check with them cannot run."""
     files = sorted(out.glob("*.gguf"), key=lambda f: f.stat().st_size)
     binary = llama_server_binary()
     if binary is None or not files:
         return {"checked": False, "why": "no llama-server here (make setup builds it; PACKAGER_LLAMA_SERVER names "
                                          "one)" if files else "no GGUF passed"}
-    return {"checked": True, "gguf": files[0].name, **check_llama_cpp_template(
-        files[0], ChatTemplate.from_model_dir(merged), PARITY_CONVERSATIONS, binary=binary)}
+    return files[0], binary
+
+
+TOOL_CASES, TOOL_MAX_TOKENS = 3, 128
+
+
+def _llama_cpp_returns_tool_calls(run: Run, out: Path, merged: Path) -> dict | None:
+    """For a run whose held-out rows call tools: llama-server on the smallest GGUF returns the calls the model
+    makes as tool_calls (:mod:`packager.serve.llama_tools`); None for a run without tool calls."""
+    eval_split = run.path / "data" / "eval.jsonl"
+    cases = call_cases(read_split(eval_split), read_split_tools(eval_split))[:TOOL_CASES] \
+        if eval_split.is_file() else []
+    fmt = tool_call_format(read_chat_template(merged))
+    if not cases or fmt is None:
+        return None
+    found = _smallest_with_server(out)
+    if isinstance(found, dict):
+        return found
+    gguf, binary = found
+    return {"checked": True, "gguf": gguf.name, **check_llama_cpp_tool_calls(
+        gguf, cases, fmt, max_tokens=TOOL_MAX_TOKENS, binary=binary)}
 
 
 def _check_file(target: Path, quant: str, ref: Reference, merged: Path, *, extra: dict) -> dict:

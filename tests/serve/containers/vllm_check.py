@@ -26,8 +26,11 @@ def main() -> int:
     from vllm.model_executor.models import ModelRegistry
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    from vllm.entrypoints.common.cli_args import validate_parsed_serve_args
+
     parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
     args = parser.parse_args(command)
+    validate_parsed_serve_args(args)  # what `vllm serve` checks before loading (--enable-auto-tool-choice needs a parser)
     if getattr(args, "model_tag", None):
         args.model = args.model_tag  # what `vllm serve MODEL` does with the positional argument
     engine_args = AsyncEngineArgs.from_cli_args(args)
@@ -41,6 +44,11 @@ def main() -> int:
         from vllm.reasoning import ReasoningParserManager
 
         reasoning = ReasoningParserManager.get_reasoning_parser(args.reasoning_parser).__name__
+    tool_parser = None
+    if getattr(args, "tool_call_parser", None):  # the class `vllm serve` would load for the name, or an error
+        from vllm.tool_parsers import ToolParserManager
+
+        tool_parser = ToolParserManager.get_tool_parser(args.tool_call_parser).__name__
     print(json.dumps({
         "model": model.model, "served_model_name": model.served_model_name, "max_model_len": model.max_model_len,
         "dtype": str(model.dtype), "architectures": archs, "architecture_supported": all(a in supported for a in archs),
@@ -48,7 +56,8 @@ def main() -> int:
         "gpu_memory_utilization": config.cache_config.gpu_memory_utilization,
         "max_lora_rank": lora.max_lora_rank if lora else None,
         "lora_modules": [m.__dict__ if hasattr(m, "__dict__") else str(m) for m in (args.lora_modules or [])],
-        "chat_template": args.chat_template, "reasoning_parser": reasoning,
+        "chat_template": args.chat_template, "reasoning_parser": reasoning, "tool_call_parser": tool_parser,
+        "enable_auto_tool_choice": bool(getattr(args, "enable_auto_tool_choice", False)),
         "default_sampling": model.get_diff_sampling_param(),
     }, default=str))
     return 0
