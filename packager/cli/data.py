@@ -39,8 +39,8 @@ def data() -> None:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def data_check(dataset: str, eval_path: str | None, split: str, subset: str | None, columns: tuple[str, ...],
-               tools_file: Path | None, model: str | None, chat_template: Path | None, system_policy: str, max_seq_length: int,
-               eval_fraction: float, seed: int, as_json: bool) -> None:
+               tools_file: Path | None, model: str | None, chat_template: Path | None, system_policy: str,
+               max_seq_length: int, eval_fraction: float, seed: int, as_json: bool) -> None:
     """Validate rows, render a sample through the chat template, report token lengths.
 
     DATASET is a JSONL, JSON, CSV/TSV or Parquet file, a `datasets` directory, or a Hub dataset as

@@ -100,7 +100,8 @@ class LlamaServer:
         self._log = tempfile.TemporaryFile()
         # --jinja: the GGUF's own template through llama.cpp's Jinja engine (not a built-in format it guesses)
         self._child = ChildProcess([str(self.binary), "--model", str(self.gguf), "--host", "127.0.0.1",
-                                    "--port", str(self.port), "--ctx-size", str(ctx_size), "--threads", str(threads), "--jinja",
+                                    "--port", str(self.port), "--ctx-size", str(ctx_size), "--threads", str(threads),
+                                    "--jinja",
                                     "--no-webui", "--no-warmup", "--offline"], log=self._log)
 
     def __enter__(self) -> LlamaServer:

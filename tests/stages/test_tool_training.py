@@ -28,7 +28,7 @@ def test_a_function_calling_run_trains_on_the_calls_and_scores_call_accuracy(tin
     samples = [json.loads(line) for line in (run_dir / "train" / "samples.jsonl").read_text().splitlines()]
     tickets = {json.loads(line)["messages"][1]["content"]
                for line in (run_dir / "data" / "eval.jsonl").read_text().splitlines()}
-    assert samples and {s["prompt"] for s in samples} <= tickets, "samples ask for the call: the prompt ends at the ticket"
+    assert samples and {s["prompt"] for s in samples} <= tickets, "samples ask for the call: they end at the ticket"
 
     result = runner.invoke(cli, ["eval", str(run_dir), "--against-base"])
     assert result.exit_code in (0, 2), result.output  # 2: the gate may refuse a 4-step model; the scores are there

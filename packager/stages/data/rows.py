@@ -225,7 +225,8 @@ def _text(content: str | list) -> str:
 
 
 def read_rows(source: Source | Path | str | HubDataset, *, system_prompt: str | None = None,
-              columns: dict[str, str] | None = None, tools: list[dict] | None = None) -> tuple[list[Row], list[Problem]]:
+              columns: dict[str, str] | None = None,
+              tools: list[dict] | None = None) -> tuple[list[Row], list[Problem]]:
     """Read one dataset (a file, a directory, a Hub dataset); return the usable rows and every problem found.
     ``tools`` is what rows that declare none may call."""
     if not isinstance(source, Source):

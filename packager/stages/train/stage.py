@@ -186,7 +186,8 @@ def _trainer(cfg: PackagerConfig, ckpt: Checkpoint, backend: Backend, tokenizer,
                       train_rows=len(train_rows), world_size=world_size)
     trainer_class = packed_rows_trainer() if keeps_packed_rows(args, model) else SFTTrainer
     trainer = trainer_class(model=model, args=args, train_dataset=tokenized_dataset(train_rows, tokenizer, train_tools),
-                            eval_dataset=tokenized_dataset(eval_rows, tokenizer, eval_tools), processing_class=tokenizer,
+                            eval_dataset=tokenized_dataset(eval_rows, tokenizer, eval_tools),
+                            processing_class=tokenizer,
                             peft_config=peft_config,
                             callbacks=make_callbacks(cfg, tokenizer=tokenizer, eval_conversations=eval_rows,
                                                      eval_tools=eval_tools, samples_file=work / "samples.jsonl",

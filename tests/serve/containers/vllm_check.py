@@ -30,7 +30,7 @@ def main() -> int:
 
     parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
     args = parser.parse_args(command)
-    validate_parsed_serve_args(args)  # what `vllm serve` checks before loading (--enable-auto-tool-choice needs a parser)
+    validate_parsed_serve_args(args)  # what `vllm serve` checks before loading (auto tool choice needs a parser)
     if getattr(args, "model_tag", None):
         args.model = args.model_tag  # what `vllm serve MODEL` does with the positional argument
     engine_args = AsyncEngineArgs.from_cli_args(args)
