@@ -17,6 +17,7 @@ written here independently), so evaluation scores calls as the server will retur
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 from dataclasses import dataclass
 
@@ -75,11 +76,66 @@ def call_cases(conversations: list[list[dict]], tools: list[list[dict] | None]) 
             for k, message in enumerate(messages) if message["role"] == "assistant" and message.get("tool_calls")]
 
 
+def response_template(chat_template: str | None, end_of_turn: list[str], generation_prompt: str) -> dict | None:
+    """A ``response_template`` for the tokenizer (transformers >= 5.24 ``tokenizer.parse_response``, which
+    ``transformers serve`` uses to return tool calls as ``tool_calls``), for a template that writes calls as
+    ``<tool_call>`` JSON; None for any other. Written from the template format transformers documents (fields
+    with open and close markers, a JSON body turned into an OpenAI call); the answer starts after the generation
+    prompt and its content ends at the end-of-turn text."""
+    fmt = tool_call_format(chat_template or "")
+    if fmt is None or fmt.name != "hermes" or not end_of_turn or not generation_prompt:
+        return None
+    ends = "|".join(re.escape(text) for text in end_of_turn)
+    return {"defaults": {"role": "assistant"}, "start_anchor": generation_prompt, "fields": {
+        # the whitespace before a call (after the content, between calls) belongs to no field
+        "tool_calls": {"open_pattern": r"\s*<tool_call>", "close": "</tool_call>", "repeats": True, "content": "json",
+                       "transform": {"type": "function", "function": "{content}"}},
+        # the whitespace around the end of the turn too: a trailing newline would open an empty content region
+        "content": {"close_pattern": rf"\s*(?:{ends})\s*", "content": "text"}}}
+
+
+def split_call_cases(split: Path) -> list[CallCase]:
+    """The call cases of a split file (``data/eval.jsonl``: rows of messages and tools); [] where there is none."""
+    if not split.is_file():
+        return []
+    rows = [json.loads(line) for line in split.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return call_cases([row["messages"] for row in rows], [row.get("tools") for row in rows])
+
+
+def openai_messages(messages: list[dict]) -> list[dict]:
+    """Messages as an OpenAI-compatible request carries them: each call's arguments as JSON text."""
+    def call(c: dict) -> dict:
+        arguments = c["function"].get("arguments")
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
+        return {**c, "type": "function", "function": {**c["function"], "arguments": text}}
+    return [{**m, "tool_calls": [call(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+
+
 def same_calls(got: list[dict], expected: list[dict]) -> bool:
     """Same functions, in order, with arguments equal as JSON (key order aside)."""
     return len(got) == len(expected) and all(
         g.get("name") == e["name"] and as_json(g.get("arguments")) == as_json(e["arguments"])
         for g, e in zip(got, expected))
+
+
+def argument_score(got: list[dict] | None, expected: list[dict]) -> float:
+    """Share of the expected calls' arguments reproduced exactly, call by call in order: a call to another
+    function reproduces none of its arguments, a call without arguments counts as one field (made or not), and
+    each call beyond the expected ones counts as one more field missed. 0.0 when nothing parsed as calls."""
+    got = got or []
+    fields = right = 0
+    for k, want in enumerate(expected):
+        made = k < len(got) and got[k].get("name") == want["name"]
+        wanted = as_json(want["arguments"])
+        given = as_json(got[k].get("arguments")) if made else None
+        if not isinstance(wanted, dict) or not wanted:
+            fields, right = fields + 1, right + (made and (given or {}) == (wanted or {}))
+            continue
+        given = given if isinstance(given, dict) else {}
+        fields += len(wanted)
+        right += sum(key in given and given[key] == value for key, value in wanted.items())
+    fields += max(0, len(got) - len(expected))
+    return right / fields if fields else 0.0
 
 
 def as_json(arguments) -> object:

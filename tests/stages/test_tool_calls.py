@@ -105,3 +105,45 @@ def test_vllms_own_parser_of_that_name_reads_the_same_calls(tmp_path):
     found = json.loads(result.stdout.strip().splitlines()[-1])
     for family, got in zip(TOOL_FAMILIES, found):
         assert got["called"] and same_calls(got["calls"], EXPECTED), (family.name, got)
+
+
+def test_argument_accuracy_counts_each_argument_of_the_right_call():
+    from packager.models.tool_calls import argument_score
+
+    want = [{"name": "create_ticket", "arguments": {"category": "billing", "priority": "high", "summary": "x"}}]
+    right = [{"name": "create_ticket", "arguments": '{"summary": "x", "priority": "high", "category": "billing"}'}]
+    assert argument_score(right, want) == 1.0
+    one_wrong = [{"name": "create_ticket", "arguments": {"category": "billing", "priority": "high", "summary": "y"}}]
+    assert argument_score(one_wrong, want) == pytest.approx(2 / 3)
+    assert argument_score([{"name": "close_ticket", "arguments": {"category": "billing"}}], want) == 0.0
+    assert argument_score(None, want) == 0.0 and argument_score([], want) == 0.0
+    assert argument_score(right + right, want) == pytest.approx(3 / 4), "a call too many counts as a field missed"
+    no_arguments = [{"name": "list_tickets", "arguments": {}}]
+    assert argument_score(no_arguments, no_arguments) == 1.0
+    assert argument_score([{"name": "list_tickets", "arguments": {"all": True}}], no_arguments) == 0.0
+    two = want + no_arguments
+    assert argument_score(one_wrong, two) == pytest.approx(2 / 4), "the missing second call is a field missed"
+
+
+def test_the_response_template_lets_transformers_read_calls_back():
+    """transformers' own parse_response (what `transformers serve` returns tool_calls with) reads the calls the
+    Qwen 2.5 template writes with the response_template packager gives the merged tokenizer; none for other
+    formats."""
+    from packager.models.tool_calls import response_template
+
+    family = next(f for f in TOOL_FAMILIES if f.name == "qwen2.5")
+    tokenizer = family_tokenizer(family)
+    asked = [{"role": "user", "content": "File it."}]
+    prompt = tokenizer.apply_chat_template(asked, add_generation_prompt=True, tokenize=False)
+    schema = response_template(tokenizer.chat_template, ["<|im_end|>", "<|endoftext|>"], "<|im_start|>assistant\n")
+    calls = [{"type": "function", "function": {"name": "create_ticket", "arguments": ARGUMENTS}},
+             {"type": "function", "function": {"name": "list_tickets", "arguments": {}}}]
+    written = tokenizer.apply_chat_template(asked + [{"role": "assistant", "content": "Sure.", "tool_calls": calls}],
+                                            tokenize=False)[len(prompt):]
+    parse = lambda text: tokenizer.parse_response(  # noqa: E731
+        tokenizer(text, add_special_tokens=False)["input_ids"], schema,
+        prefix=tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert parse(written) == {"role": "assistant", "content": "Sure.", "tool_calls": calls}
+    assert parse("No call needed.<|im_end|>") == {"role": "assistant", "content": "No call needed."}
+    llama = next(f for f in TOOL_FAMILIES if f.name == "llama3.1")
+    assert response_template(llama.chat_template(), ["<|eot_id|>"], "<|start_header_id|>assistant") is None

@@ -38,12 +38,15 @@ def test_a_function_calling_run_trains_on_the_calls_and_scores_call_accuracy(tin
     for metrics in (finetuned, base):
         assert metrics["call_cases"] == eval_rows and metrics["call_format"] == "hermes"
         assert 0.0 <= metrics["call_accuracy"] <= metrics["call_name_accuracy"] <= metrics["calls_parsed"] <= 1.0
-    assert eval_stage.metrics["task_metric"] == "call_accuracy"
+        assert metrics["call_accuracy"] <= metrics["call_argument_accuracy"] <= metrics["calls_parsed"]
+    assert eval_stage.metrics["task_metric"] == "call_argument_accuracy"
     calls = [json.loads(line) for line in (run_dir / "eval" / "calls.jsonl").read_text().splitlines()]
     assert len(calls) == eval_rows
     assert calls[0]["expected"][0]["name"] == "create_ticket" and set(calls[0]["expected"][0]["arguments"]) == \
         {"category", "priority", "summary"}
-    assert {"output", "calls", "correct"} <= set(calls[0]["finetuned"]) and "base" in calls[0]
+    assert {"output", "calls", "correct", "arguments_right"} <= set(calls[0]["finetuned"]) and "base" in calls[0]
     assert verify_run(run_dir).ok
+    assert all(0.0 <= c["finetuned"]["arguments_right"] <= 1.0 for c in calls)
+    assert finetuned["call_argument_accuracy"] == sum(c["finetuned"]["arguments_right"] for c in calls) / eval_rows
     print(f"call accuracy after 4 steps: fine-tune {finetuned['call_accuracy']}, base {base['call_accuracy']}; "
           f"parsed {finetuned['calls_parsed']} / {base['calls_parsed']}")

@@ -14,20 +14,21 @@ from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
 from packager.stages.data.split import read_split, read_split_tools
 from packager.stages.evaluate.measure import evaluate_model
-from packager.stages.evaluate.metrics import task_metric_name
+from packager.stages.evaluate.metrics import METRICS, task_metric_name
 
 
 BASE_STAGE = "eval-base"
 
 
 def _base_eval_parameters(run: Run, ckpt, ecfg: EvalConfig, *, chat_template: str, rows: int) -> dict:
-    """What the base's answers depend on: its files, the prompts, the template and the decoding settings."""
+    """What the base's answers depend on: its files, the prompts, the template and the decoding settings; and the
+    metrics scored, so a base scored before a metric existed is scored again."""
     return {"base_files": {f.name: run.digest(f).sha256 for f in ckpt.files},
             "eval_split": run.digest(run.path / "data" / "eval.jsonl").sha256, "rows": rows,
             "chat_template_sha256": hashlib.sha256(chat_template.encode()).hexdigest(),
             "max_new_tokens": ecfg.max_new_tokens, "format_regex": ecfg.format_regex,
             "json_schema": run.digest(Path(ecfg.json_schema)).sha256 if ecfg.json_schema else None,
-            "decoding": "greedy"}
+            "decoding": "greedy", "metrics": list(METRICS)}
 
 
 def _recorded_base_eval(run: Run, parameters: dict) -> tuple[dict, list[str], list[dict]] | None:

@@ -5,15 +5,17 @@ is the prompt; the turn's calls are the reference. The model's raw output (speci
 them for its tool parsers) is parsed in the call format the chat template writes
 (:mod:`packager.models.tool_calls`), so a call counts only where the server would return it as a call.
 
-Metrics: ``call_accuracy`` (every call right: function and arguments equal as JSON), ``call_name_accuracy``
-(the right functions, in order), ``calls_parsed`` (outputs that parse as calls at all), over ``call_cases``.
+Metrics: ``call_accuracy`` (every call right: function and arguments equal as JSON), ``call_argument_accuracy``
+(the share of the reference calls' arguments reproduced exactly, as field accuracy is for JSON answers: the
+gate's task metric, :func:`packager.models.tool_calls.argument_score`), ``call_name_accuracy`` (the right
+functions, in order), ``calls_parsed`` (outputs that parse as calls at all), over ``call_cases``.
 """
 
 from __future__ import annotations
 
 from packager.errors import StageError
 from packager.models.inference import greedy_generate
-from packager.models.tool_calls import call_cases, same_calls, tool_call_format
+from packager.models.tool_calls import argument_score, call_cases, same_calls, tool_call_format
 
 
 def evaluate_calls(model, tokenizer, conversations: list[list[dict]], tools: list[list[dict] | None], *,
@@ -38,12 +40,18 @@ def evaluate_calls(model, tokenizer, conversations: list[list[dict]], tools: lis
     right = [p is not None and same_calls(p.calls, c.expected) for p, c in zip(parsed, cases)]
     named = [p is not None and [x["name"] for x in p.calls] == [x["name"] for x in c.expected]
              for p, c in zip(parsed, cases)]
+    arguments = [argument_score(p.calls if p else None, c.expected) for p, c in zip(parsed, cases)]
     n = len(cases)
     metrics = {"call_cases": n, "call_format": fmt.name, "call_accuracy": sum(right) / n,
+               "call_argument_accuracy": sum(arguments) / n,
                "call_name_accuracy": sum(named) / n, "calls_parsed": sum(p is not None for p in parsed) / n}
     predictions = [{"row": c.row, "expected": c.expected, "output": output, "calls": p.calls if p else None,
-                    "correct": ok} for c, output, p, ok in zip(cases, outputs, parsed, right)]
+                    "correct": ok, "arguments_right": a} for c, output, p, ok, a in zip(cases, outputs, parsed, right,
+                                                                                        arguments)]
     return metrics, predictions
+
+
+CASE_FIELDS = ("output", "calls", "correct", "arguments_right")
 
 
 def calls_jsonl(finetuned: list[dict], base: list[dict] | None) -> str:
@@ -53,8 +61,8 @@ def calls_jsonl(finetuned: list[dict], base: list[dict] | None) -> str:
     lines = []
     for k, case in enumerate(finetuned):
         row = {"row": case["row"], "expected": case["expected"],
-               "finetuned": {key: case[key] for key in ("output", "calls", "correct")}}
+               "finetuned": {key: case.get(key) for key in CASE_FIELDS}}
         if base is not None:
-            row["base"] = {key: base[k][key] for key in ("output", "calls", "correct")}
+            row["base"] = {key: base[k].get(key) for key in CASE_FIELDS}
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     return "".join(lines)

@@ -4,8 +4,10 @@ Metrics: exact match; format adherence (``eval.format_regex`` or
 ``eval.json_schema``); field accuracy when references are JSON objects (the
 share of fields reproduced exactly); call accuracy where rows call tools
 (:mod:`packager.stages.evaluate.calls`); eval loss and perplexity on assistant
-tokens. The task metric the gate compares is call accuracy where rows call
-tools, else field accuracy when references are JSON objects, else exact match.
+tokens. The task metric the gate compares is call argument accuracy where rows
+call tools (the share of the reference calls' arguments reproduced: a call right
+but for one free-text field is not scored as no call at all), else field accuracy
+when references are JSON objects, else exact match.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 from packager.config import EvalConfig
 
 
-METRICS = ("exact_match", "format_adherence", "field_accuracy", "call_accuracy", "call_name_accuracy", "calls_parsed",
-           "eval_loss", "perplexity")
+METRICS = ("exact_match", "format_adherence", "field_accuracy", "call_accuracy", "call_argument_accuracy",
+           "call_name_accuracy", "calls_parsed", "eval_loss", "perplexity")
 
 
 def adheres(answer: str, cfg: EvalConfig) -> bool | None:
@@ -67,10 +69,11 @@ def score(answers: list[str], references: list[str], cfg: EvalConfig) -> dict:
 
 
 def task_metric_name(metrics: dict) -> str:
-    """What the gate compares: call accuracy where rows call tools, else field accuracy for JSON answers, else
-    exact match."""
-    if metrics.get("call_accuracy") is not None:
-        return "call_accuracy"
+    """What the gate compares: call argument accuracy where rows call tools (call accuracy in a record made
+    before it existed), else field accuracy for JSON answers, else exact match."""
+    for name in ("call_argument_accuracy", "call_accuracy"):
+        if metrics.get(name) is not None:
+            return name
     return "field_accuracy" if metrics.get("field_accuracy") is not None else "exact_match"
 
 
