@@ -32,7 +32,7 @@ CREATE_TICKET = {"type": "function", "function": {
         "category": {"type": "string", "enum": ["billing", "account", "bug", "feature_request"]},
         "priority": {"type": "string", "enum": ["low", "medium", "high"]},
         "summary": {"type": "string", "description": "One short line."}},
-        "required": ["category", "priority", "summary"], "additionalProperties": False}}}
+        "required": ["category", "priority", "summary"]}}}
 
 PRODUCTS = ["the mobile app", "the web dashboard", "the desktop client", "the API", "the reports page",
             "the checkout page", "the admin console", "the calendar view", "the search bar", "the export tool"]

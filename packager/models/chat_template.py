@@ -37,19 +37,20 @@ class ChatTemplate:
         return cls(template, bos, token(config.get("eos_token")) or "", specials, adds_bos)
 
     def render(self, messages: list[dict], *, add_generation_prompt: bool, continue_final_message: bool = False,
-               today: datetime.date | None = None) -> str:
+               today: datetime.date | None = None, tools: list[dict] | None = None) -> str:
         """``messages`` rendered by transformers' own chat-template code (its sandbox, ``tojson``, ``{%
         generation %}`` and ``strftime_now``), as ``apply_chat_template`` renders them in training.
 
         ``continue_final_message``: the last (assistant) message is left open, a prefill. ``today``: the date
         ``strftime_now`` gives (default: today), so that a date line can be compared with another renderer's.
+        ``tools``: the function definitions a request declares (the template's ``tools``).
         """
         from transformers.utils.chat_template_utils import render_jinja_template
 
         with _frozen_day(today):
             rendered, _ = render_jinja_template([messages], chat_template=self.source, bos_token=self.bos_token,
                                                 eos_token=self.eos_token, add_generation_prompt=add_generation_prompt,
-                                                continue_final_message=continue_final_message)
+                                                continue_final_message=continue_final_message, tools=tools)
         return rendered[0]
 
 

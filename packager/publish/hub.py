@@ -25,6 +25,7 @@ from packager.run.lineage import lineage_digest
 from packager.run.settings import base_hub_id, recorded_config
 from packager.run.verify import verify_run
 from packager.serve.ollama import modelfile_parameters, ollama_template
+from packager.serve.tool_parity import run_tool_conversations
 
 
 KINDS = ("merged", "adapter", "gguf")
@@ -99,7 +100,8 @@ def _ollama_files(run, cfg) -> list[PlannedFile]:
     """Ollama's Hub integration reads ``template`` (Go) and ``params`` (JSON) beside the GGUF files: the same
     TEMPLATE, proven against the Jinja template, and PARAMETERs the Modelfile gets."""
     model_dir = merged_model_dir(run)
-    go_template, _ = ollama_template(model_dir, cfg.containers.ollama)
+    go_template, _ = ollama_template(model_dir, cfg.containers.ollama,
+                                     tool_rows=run_tool_conversations(run.path / "data" / "train.jsonl"))
     params = modelfile_parameters(cfg, model_dir)
     files = [_text_file("template", go_template), _text_file("params", json.dumps(
         {"stop": params["stop"], "num_ctx": params["num_ctx"], **dict(params["sampling"])}, indent=2) + "\n")]

@@ -27,6 +27,7 @@ from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
 from packager.serve.modelfile import go_printable, go_string_constant
 from packager.serve.parity import PARITY_DATE, ROLES, first_difference
+from packager.serve.tool_format import ToolFormat, go_tools, infer_tool_format
 
 
 _MARK = {"system": "\x02PKGSYS{}\x03", "user": "\x02PKGUSR{}\x03", "assistant": "\x02PKGAST{}\x03"}
@@ -51,6 +52,8 @@ class ChatFormat:
     """With ``first_user``: a leading system message that no user message follows (a history Ollama truncated to
     start with an assistant turn) is a user turn of its own, as data.system_policy merge_into_first_user writes it
     so that turns keep alternating."""
+    tools: ToolFormat | None = None  # how the template writes function calling, where a TEMPLATE can too
+    tools_refused: str | None = None  # why a TEMPLATE cannot write the template's function calling
 
     def render(self, messages: list[dict], *, today: datetime.date = PARITY_DATE) -> str:
         """What the Go template renders for ``messages`` on ``today`` (its currentDate)."""
@@ -81,9 +84,14 @@ class ChatFormat:
 
     def go_template(self) -> str:
         """The Ollama TEMPLATE: Go text/template over ``.Messages`` (``.Role``, ``.Content``)."""
-        lines = [_go_text(self.start)] if self.start else []
+        tools = go_tools(self.tools) if self.tools else None
+        lines = list(tools.definitions) if tools else []
+        lines += [_go_text(self.start)] if self.start else []
+        if tools:
+            lines.append(tools.system)
         if self.default_system is not None:
-            lines.append('{{- if and .Messages (ne (index .Messages 0).Role "system") }}'
+            lines.append('{{- if and ' + ("(not .Tools) " if tools else "") + '.Messages (ne (index .Messages 0).Role '
+                         '"system") }}'
                          + _go_text(self.prefix["system"] + self.default_system + self.suffix["system"])
                          + "{{ end }}")
         if self.system == "first_user":  # the leading system message, held for the first user turn
@@ -96,6 +104,7 @@ class ChatFormat:
                 lines.append('{{- if and $pending (gt (len .Messages) 1) (ne (index .Messages 1).Role "user") }}'
                              + _go_text(self.prefix["user"]) + "{{ $system }}" + _go_text(self.suffix["user"])
                              + "{{ $pending = false }}{{ end }}")
+        lines.append("{{- $prev := \"\" }}" if tools else "")
         lines.append("{{- range $i, $m := .Messages }}")
         lines.append("{{- $last := eq (len (slice $.Messages $i)) 1 }}")
         for n, role in enumerate(ROLES):
@@ -114,12 +123,21 @@ class ChatFormat:
                 lines.append(f'{{{{- {keyword} eq .Role "system" }}}}{{{{ if .Content }}}}'
                              + _go_text(self.prefix[role]) + "{{ .Content }}" + suffix + "{{ end }}")
                 continue
+            if role == "system" and tools:  # the first is written with the tools, when there are tools
+                lines.append(f'{{{{- {keyword} eq .Role "system" }}}}{{{{ if not (and $.Tools (eq $i 0)) }}}}'
+                             + _go_text(self.prefix[role]) + "{{ .Content }}" + suffix + "{{ end }}")
+                continue
+            calls = tools.assistant_calls if tools and role == "assistant" else ""
             lines.append(f'{{{{- {keyword} eq .Role "{role}" }}}}' + _go_text(self.prefix[role]) + held
-                         + "{{ .Content }}" + suffix)
+                         + "{{ .Content }}" + calls + suffix)
+        if tools:
+            lines.append('{{- else if eq .Role "tool" }}' + tools.tool_result)
         lines.append("{{- end }}")
         lines.append('{{- if and $last (ne .Role "assistant") }}' + _go_text(self.generation_prompt) + "{{ end }}")
+        if tools:
+            lines.append("{{- $prev = .Role }}")
         lines.append("{{- end }}")
-        return "\n".join(lines)
+        return "\n".join(line for line in lines if line)
 
 
 # Today's date, YYYY-MM-DD, in a render: the one date form a Jinja template and a TEMPLATE can both write (Ollama's
@@ -217,15 +235,28 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
             if n == len(candidates) - 1:
                 raise
     if fmt.system != "first_user":
-        return fmt
+        return _with_tools(template, fmt)
     # A system message before an assistant turn: held for the user turn after it, or a user turn of its own?
     lone = [msg("system", s), msg("assistant", a1), msg("user", u1)]
     try:
         rendered = render(lone, generation=True)
     except Exception:  # noqa: BLE001 - Gemma 3 raises: its turns must alternate; the parity check names it
-        return fmt
+        return _with_tools(template, fmt)
     alone = dataclasses.replace(fmt, lone_system_as_user=True)
-    return alone if fmt.leading_bos + _dates_marked(alone.render(lone), PARITY_DATE) == rendered else fmt
+    return _with_tools(template, alone if fmt.leading_bos + _dates_marked(alone.render(lone), PARITY_DATE) == rendered
+                       else fmt)
+
+
+def _with_tools(template: ChatTemplate, fmt: ChatFormat) -> ChatFormat:
+    """``fmt`` with the template's function calling, or why a TEMPLATE cannot write it."""
+    if fmt.system != "turn":
+        return dataclasses.replace(fmt, tools_refused="packager writes the tools into a system turn, and this "
+                                                      "template has no system turn of its own")
+    try:
+        tools = infer_tool_format(template, start=fmt.leading_bos + fmt.start, prefix=fmt.prefix, suffix=fmt.suffix)
+    except StageError as exc:
+        return dataclasses.replace(fmt, tools_refused=str(exc))
+    return dataclasses.replace(fmt, tools=tools)
 
 
 @dataclass(frozen=True)

@@ -66,3 +66,14 @@ def render_as_ollama(template: str, messages: list[dict], *, tools: list[dict] |
         raise StageError("ollama template", f"the TEMPLATE fails in Ollama's template execution: "
                                             f"{result.stderr.strip()}")
     return result.stdout
+
+
+def ollama_tool_call_tag(template: str) -> str:
+    """The text Ollama's tool-call parser waits for in the model's output before it reads a call, as Ollama
+    reads it off ``template`` (tools/template.go ``parseTag``; see go/render_template.go): "{" where the
+    TEMPLATE shows none, and then only output that starts with a JSON object becomes a call."""
+    result = _run([str(_go_binary())], input=json.dumps({"template": template, "tag": True}),
+                  timeout=GO_RENDER_TIMEOUT_S)
+    if result.returncode != 0:
+        raise StageError("ollama template", f"the TEMPLATE does not parse in Go: {result.stderr.strip()}")
+    return result.stdout

@@ -22,7 +22,9 @@ from packager.serve.chat_format import infer_chat_format
 from packager.serve.ollama_parity import check_parity, check_user_template
 from packager.serve.context import (Context, LocalServer, Target, context_digest, links_digest, read_json,
                                     render_file, served_context_length)
+from packager.serve.llama_server import llama_server_binary
 from packager.serve.modelfile import check_modelfile, check_ollama_name, modelfile_string
+from packager.serve.tool_parity import check_tool_parity, run_tool_conversations
 
 
 PORT = 11434
@@ -44,7 +46,8 @@ def ollama_context(run, cfg) -> Context:
     for file in filter(None, (adapter, gguf)):
         ctx.links[file.name] = file
     ctx.model_digest = links_digest(run, ctx.links)
-    go_template, parity = ollama_template(model_dir, ocfg)
+    go_template, parity = ollama_template(model_dir, ocfg,
+                                          tool_rows=run_tool_conversations(run.path / "data" / "train.jsonl"))
     check_ollama_name(ctx.served_name, what="the served model name (the run's name)")
     ctx.inputs = [f for f in (model_dir / n for n in ("config.json", "generation_config.json", "tokenizer.json",
                                                        "tokenizer_config.json", "chat_template.jinja")) if f.is_file()]
@@ -89,15 +92,35 @@ def _what(command: str, value: str) -> str:
             "stop": f"the stop token {value!r}"}[command]
 
 
-def ollama_template(model_dir: Path, ocfg) -> tuple[str, dict]:
+def ollama_template(model_dir: Path, ocfg, *, tool_rows: list[tuple[list[dict], list[dict]]] = ()) -> tuple[str, dict]:
     """The Go TEMPLATE (the user's ``containers.ollama.template``, else one derived from the Jinja chat template)
-    and the proof that it renders the parity conversations as the Jinja template does."""
+    and the proof that it renders the parity conversations as the Jinja template does; with function calling
+    too where the template writes tools (on packager's tool conversations and ``tool_rows``, the run's own).
+
+    Raises:
+        StageError: they differ; or the run trains on tool rows and no TEMPLATE can write its tools.
+    """
     template = ChatTemplate.from_model_dir(model_dir)
     if ocfg.template is not None:  # checked on its own: the way out where inference refuses the template
         go_template = Path(ocfg.template).read_text()
-        return go_template, check_user_template(template, go_template)
+        parity = check_user_template(template, go_template)
+        if tool_rows:
+            parity["tools"] = check_tool_parity(template, go_template, whose="containers.ollama.template",
+                                                own=tool_rows)
+        return go_template, parity
     fmt = infer_chat_format(template)
-    return fmt.go_template(), check_parity(template, fmt)
+    if tool_rows and fmt.tools is None:
+        raise StageError("ollama template", "the run trains on function calling, and the Ollama TEMPLATE cannot "
+                                            "write it: " + (fmt.tools_refused or "the chat template ignores tools"),
+                         hint="write the Go template yourself (with .Tools and .ToolCalls) and set "
+                              "containers.ollama.template: FILE; packager checks it against the Jinja template")
+    go_template = fmt.go_template()
+    parity = check_parity(template, fmt)
+    if fmt.tools is not None:
+        parity["tools"] = check_tool_parity(template, go_template, own=tool_rows)
+    elif fmt.tools_refused:
+        parity["tools"] = {"refused": fmt.tools_refused}
+    return go_template, parity
 
 
 def modelfile_parameters(cfg, model_dir: Path) -> dict:
@@ -206,13 +229,21 @@ def golden(run, cfg) -> list[dict]:
 
 
 def local_server(run, cfg, port: int) -> LocalServer:
-    """llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs)."""
+    """llama.cpp's own server, llama-server, on the served GGUF (the engine Ollama runs), with its Jinja engine and
+    chat parser, so a request with tools gets the calls back as tool_calls; where it is not built, llama-cpp-python's
+    server (which returns calls as text)."""
     files = served_files(run, cfg)
+    num_ctx = modelfile_parameters(cfg, merged_model_dir(run))["num_ctx"]  # as served
+    threads = str(min(4, os.cpu_count() or 1))
+    if (binary := llama_server_binary()) is not None:
+        lora = ["--lora", str(files[1])] if len(files) > 1 else []
+        return LocalServer([str(binary), "--model", str(files[0]), "--alias", run.manifest.run, "--host", "127.0.0.1",
+                            "--port", str(port), "--ctx-size", str(num_ctx), "--threads", threads, "--jinja",
+                            "--no-webui", "--offline", *lora])
     lora = ["--lora_path", str(files[1])] if len(files) > 1 else []
     return LocalServer([sys.executable, "-m", "llama_cpp.server", "--model", str(files[0]),
                         "--model_alias", run.manifest.run, "--host", "127.0.0.1", "--port", str(port),
-                        "--n_ctx", str(modelfile_parameters(cfg, merged_model_dir(run))["num_ctx"]),  # as served
-                        "--n_threads", str(min(4, os.cpu_count() or 1)), *lora])
+                        "--n_ctx", str(num_ctx), "--n_threads", threads, *lora])
 
 
 def on_host_network(run, port: int) -> tuple[list[str] | None, dict[str, str]]:
@@ -227,6 +258,6 @@ TARGET = Target(
     # keeps it loaded. The `show` first: `run` would pull a missing model [ollama cmd/cmd.go RunHandler].
     healthcheck=["CMD-SHELL", "ollama show {name} >/dev/null && ollama run {name} ''"],
     start_period="600s", startup_minutes=10, shm_size=None,  # loading a large GGUF takes minutes
-    local_description="llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs)",
+    local_description="llama.cpp's server on the served GGUF (the engine Ollama runs)",
     context=ollama_context, golden=golden, served_files=served_files, local_server=local_server,
     on_host_network=on_host_network, gpus=lambda cfg: 1, request_options=request_options)

@@ -45,12 +45,13 @@ PARITY_DATE = datetime.date(2025, 1, 31)
 """The day both renderers are told it is: Jinja's strftime_now and Ollama's currentDate."""
 
 
-def jinja_prompt(template: ChatTemplate, messages: list[dict], *, today: datetime.date = PARITY_DATE) -> str:
+def jinja_prompt(template: ChatTemplate, messages: list[dict], *, today: datetime.date = PARITY_DATE,
+                 tools: list[dict] | None = None) -> str:
     """The prompt transformers renders for a request: with the generation prompt after a user turn, and a final
     assistant turn left open (a prefill, as Ollama and llama-server continue it), on ``today``."""
     prefill = bool(messages) and messages[-1]["role"] == "assistant"
     return template.render(messages, add_generation_prompt=not prefill, continue_final_message=prefill,
-                           today=today)
+                           today=today, tools=tools)
 
 
 def ollama_collated(messages: list[dict]) -> list[dict]:
@@ -103,7 +104,8 @@ def ollama_truncated(messages: list[dict], fits: Callable[[list[dict]], bool]) -
 def as_ollama_sends(messages: list[dict], trimmed: tuple[str, ...]) -> list[dict]:
     """What both renderers are compared on: the conversation collated as Ollama does, with the contents the Jinja
     template trims given without surrounding whitespace (see :func:`trimming_caveat`)."""
-    return [{**m, "content": m["content"].strip()} if m["role"] in trimmed else m for m in ollama_collated(messages)]
+    return [{**m, "content": m["content"].strip()} if m["role"] in trimmed else m
+            for m in ollama_collated([{**m, "content": m.get("content") or ""} for m in messages])]
 
 
 def trimming_caveat(trimmed: tuple[str, ...]) -> str | None:

@@ -31,6 +31,7 @@ from packager.serve.smoke import free_port
 
 from support.containers import OLLAMA_BINARY as OLLAMA, OLLAMA_LIBS
 from support.modelfiles import NASTY, READ_AS_OLLAMA_DOES, blob_cleanup_script, write_tiny_gguf
+from support.models import CHATML_TEMPLATE
 from support.runs import copy_run
 
 
@@ -265,8 +266,6 @@ def test_an_ollama_without_render_only_skips_the_template_check_and_says_why(oll
     from packager.serve.endpoint import Expectations, SmokeReport, _ollama_template_check
     from packager.serve.modelfile import modelfile_string
 
-    from support.models import CHATML_TEMPLATE
-
     url, env, _ = ollama
     write_tiny_gguf(tmp_path / "m.gguf")
     chatml = ChatTemplate(CHATML_TEMPLATE, "<|endoftext|>", "<|im_end|>", {})
@@ -279,3 +278,23 @@ def test_an_ollama_without_render_only_skips_the_template_check_and_says_why(oll
     _ollama_template_check(report, url, "chatml", Expectations(chat_template=chatml), version)
     (check,) = report.checks
     assert check.skipped and f"Ollama {version} did not render conversation 1 without generating" in check.detail
+
+
+def test_ollama_keeps_the_function_calling_template_and_says_the_model_takes_tools(ollama, tmp_path):
+    """The TEMPLATE that writes tools (its JSON writers are `define`d templates, its calls sit in `{{ if
+    .ToolCalls }}`): Ollama's `create` keeps it exactly, and `/api/show` lists the "tools" capability, which Ollama
+    grants only to a template naming .Tools; without it, a request with tools is refused."""
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import infer_chat_format
+
+    url, env, _ = ollama
+    write_tiny_gguf(tmp_path / "m.gguf")
+    source = (Path(__file__).resolve().parents[2] / "examples" / "chat_templates" / "smollm2-tools.jinja").read_text()
+    for name, fmt in (("tools", infer_chat_format(ChatTemplate(source, "<|im_start|>", "<|im_end|>", {}))),
+                      ("plain", infer_chat_format(ChatTemplate(CHATML_TEMPLATE, "<|im_start|>", "<|im_end|>", {})))):
+        template = fmt.go_template()
+        modelfile = f"FROM ./m.gguf\nTEMPLATE {modelfile_string(template, what='template')}\n"
+        code, output, shown = create_and_show(url, env, tmp_path, name, modelfile)
+        assert code == 0, output
+        assert shown["template"] == template
+        assert ("tools" in shown.get("capabilities", [])) == (name == "tools"), shown.get("capabilities")

@@ -14,6 +14,12 @@
 // Input on stdin: {"template": "...", "messages": [{"role", "content", "thinking", "tool_calls", "tool_name",
 // "tool_call_id"}], "tools": [...], "think": null | true | false | "high" | ..., "date": "YYYY-MM-DD"}.
 // Output on stdout: the prompt, byte for byte.
+//
+// With "tag": true instead, the output is the tag Ollama's tool-call parser looks for in the model's output,
+// read off the template as tools/template.go parseTag reads it (v0.32.15, unchanged in v0.33.0-rc2): the first
+// text that is not blank inside the first {{ if }} whose condition names .ToolCalls, searched depth first
+// through if, range and with bodies, a search that gives up at the first if, range or with holding none; cut
+// before its first "{" and trimmed; "{" when there is none (any JSON object is then tried as a call).
 package main
 
 import (
@@ -147,6 +153,7 @@ type request struct {
 	Tools    tools     `json:"tools"`
 	Think    any       `json:"think"` // null, a boolean, or a level: "high", "medium", "low", "max"
 	Date     string    `json:"date"`
+	Tag      bool      `json:"tag"`
 }
 
 func typeScriptType(p property) string {
@@ -420,11 +427,110 @@ func execute(req request) (string, error) {
 	return out.String(), err
 }
 
+// toolCallsIf: the first if node, in document order, one of whose condition's arguments is a field naming
+// ToolCalls (a variable such as $m.ToolCalls does not count), searched through if, range and with bodies.
+func toolCallsIf(nodes []parse.Node) *parse.IfNode {
+	for _, node := range nodes {
+		if n, ok := node.(*parse.IfNode); ok {
+			for _, cmd := range n.Pipe.Cmds {
+				for _, arg := range cmd.Args {
+					if f, ok := arg.(*parse.FieldNode); ok && contains(f.Ident, "ToolCalls") {
+						return n
+					}
+				}
+			}
+		}
+		if l, ok := node.(*parse.ListNode); ok {
+			if found := toolCallsIf(l.Nodes); found != nil {
+				return found
+			}
+		}
+		if b := branchOf(node); b != nil {
+			if found := toolCallsIf(b.List.Nodes); found != nil {
+				return found
+			}
+			if b.ElseList != nil {
+				if found := toolCallsIf(b.ElseList.Nodes); found != nil {
+					return found
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// firstText: the first text node that is not blank; an if, range or with ends the search, found or not.
+func firstText(nodes []parse.Node) *parse.TextNode {
+	for _, node := range nodes {
+		switch n := node.(type) {
+		case *parse.TextNode:
+			if len(bytes.TrimSpace(n.Text)) > 0 {
+				return n
+			}
+		case *parse.ListNode:
+			if found := firstText(n.Nodes); found != nil {
+				return found
+			}
+		case *parse.IfNode, *parse.RangeNode, *parse.WithNode:
+			b := branchOf(n)
+			if found := firstText(b.List.Nodes); found != nil {
+				return found
+			}
+			if b.ElseList != nil {
+				if found := firstText(b.ElseList.Nodes); found != nil {
+					return found
+				}
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+func toolCallTag(text string) (string, error) {
+	tmpl, err := template.New("").Option("missingkey=zero").Funcs(functions(time.Now())).Parse(text)
+	if err != nil {
+		return "", fmt.Errorf("template does not parse: %w", err)
+	}
+	if tmpl.Tree == nil {
+		return "{", nil
+	}
+	found := toolCallsIf(tmpl.Tree.Root.Nodes)
+	if found == nil {
+		return "{", nil
+	}
+	node := firstText(found.List.Nodes)
+	if node == nil {
+		return "{", nil
+	}
+	tag := strings.ReplaceAll(string(node.Text), "\r\n", "\n")
+	if i := strings.Index(tag, "{"); i >= 0 {
+		tag = tag[:i]
+	}
+	if tag = strings.TrimSpace(tag); tag == "" {
+		return "{", nil
+	}
+	return tag, nil
+}
+
 func main() {
 	var req request
 	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
 		fmt.Fprintln(os.Stderr, "bad input:", err)
 		os.Exit(2)
+	}
+	execute := execute
+	if req.Tag {
+		execute = func(req request) (string, error) { return toolCallTag(req.Template) }
 	}
 	prompt, err := execute(req)
 	if err != nil {
