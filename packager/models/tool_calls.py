@@ -103,12 +103,28 @@ def split_call_cases(split: Path) -> list[CallCase]:
 
 
 def openai_messages(messages: list[dict]) -> list[dict]:
-    """Messages as an OpenAI-compatible request carries them: each call's arguments as JSON text."""
-    def call(c: dict) -> dict:
-        arguments = c["function"].get("arguments")
-        text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
-        return {**c, "type": "function", "function": {**c["function"], "arguments": text}}
-    return [{**m, "tool_calls": [call(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+    """Messages as an OpenAI-compatible request carries them: each call with an id and its arguments as JSON
+    text, each tool result with the id of the call it answers (in order, where the data names none): servers
+    that validate requests (llama-cpp-python's) refuse calls without ids."""
+    out, open_ids, n = [], [], 0
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                arguments = call["function"].get("arguments")
+                text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
+                call_id = call.get("id") or f"call_{n}"
+                n += 1
+                open_ids.append(call_id)
+                calls.append({**call, "id": call_id, "type": "function", "function": {**call["function"],
+                                                                                     "arguments": text}})
+            message = {**message, "tool_calls": calls}
+        elif message["role"] == "tool":
+            answered = message.get("tool_call_id") or (open_ids[0] if open_ids else None)
+            open_ids = [i for i in open_ids if i != answered]
+            message = {**message, "tool_call_id": answered} if answered else message
+        out.append(message)
+    return out
 
 
 def same_calls(got: list[dict], expected: list[dict]) -> bool:

@@ -21,7 +21,9 @@ import click
 from packager.errors import BadInputError, StageError
 from packager.models.chat_template import ChatTemplate
 from packager.models.golden import token_agreement
+from packager.models.tool_calls import openai_messages
 from packager.serve.ollama_parity import ollama_expectations
+from packager.serve.smoke_tools import check_tool_calls
 from packager.serve.parity import PARITY_CONVERSATIONS, first_difference
 
 
@@ -77,11 +79,14 @@ class Expectations:
     """Sent with every request besides greedy decoding (e.g. Ollama's repeat_penalty, as its Modelfile sets it)."""
     chat_template: ChatTemplate | None = None
     """The served model's chat template, for Ollama's own rendering of the parity conversations."""
+    tool_cases: list[dict] = field(default_factory=list)
+    """Held-out requests with tools ({messages, tools, calls}) and the calls the served model made on them when it
+    was made: the endpoint must return those as tool_calls."""
 
 
 # ---------------------------------------------------------------- talking to the endpoint
 
-def _client(url: str):
+def openai_client(url: str):
     from openai import OpenAI
 
     return OpenAI(base_url=url.rstrip("/") + "/v1", api_key="packager-smoke", timeout=REQUEST_TIMEOUT_S,
@@ -127,7 +132,7 @@ def wait_ready(url: str, model: str, *, timeout_s: float, alive: Callable[[], st
 
 def _chat(client, model: str, messages: list[dict], max_tokens: int, options: dict) -> dict:
     started = time.monotonic()
-    response = client.chat.completions.create(model=model, messages=messages, temperature=0, seed=0,
+    response = client.chat.completions.create(model=model, messages=openai_messages(messages), temperature=0, seed=0,
                                               max_tokens=max_tokens, extra_body=options or None)
     choice = response.choices[0]
     usage = response.usage
@@ -151,7 +156,7 @@ def check_endpoint(url: str, model: str, expect: Expectations, *, target: str | 
     report = SmokeReport(url, model, target)
     report.timings["ready_s"] = round(wait_ready(url, model, timeout_s=ready_timeout_s, alive=alive, echo=echo), 2)
     report.add("model listed", True, f"/v1/models lists {model!r}")
-    client = _client(url)
+    client = openai_client(url)
     tokenizer = _tokenizer(expect.tokenizer_file)
     prompts = [(g["messages"], g) for g in expect.golden] or [(FALLBACK_QUESTION, None)]
     agreements = []
@@ -179,6 +184,8 @@ def check_endpoint(url: str, model: str, expect: Expectations, *, target: str | 
     else:
         report.add("golden answers", True, "no golden answers to compare (no run given)", skipped=True)
     _concurrency_check(report, client, model, prompts, expect)
+    if expect.tool_cases:
+        check_tool_calls(report, client, model, expect)
     if target == "ollama" and (version := _ollama_native_check(report, url, model, expect, prompts[-1][0])):
         _ollama_template_check(report, url.rstrip("/"), model, expect, version)
     return report

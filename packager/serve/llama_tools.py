@@ -7,7 +7,8 @@ of the request (``/apply-template`` with the tools, then ``/completion``), which
 a chat completion with the tools, which is what a client receives. Where the model's own output is a call in the
 template's format (:mod:`packager.models.tool_calls`, as vLLM's parser of that name reads it), the chat
 completion must return exactly those calls. Whether the model calls at all is the model's quality (eval's call
-accuracy); this checks the server returns the calls it makes.
+accuracy); this checks the server returns the calls it makes. The calls are recorded (``golden``): what an Ollama
+endpoint serving the GGUF must return to the smoke test.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from packager.errors import StageError
 from packager.models.tool_calls import CallCase, ToolCallFormat, as_json, same_calls
 from packager.serve.llama_server import LlamaServer, llama_server_version
 
+TOOL_CASES, TOOL_MAX_TOKENS = 3, 128
+"""How many held-out call cases the export and the smoke test send with tools, and the tokens a call may take."""
+
 
 def check_llama_cpp_tool_calls(gguf: Path, cases: list[CallCase], fmt: ToolCallFormat, *, max_tokens: int,
                                binary: Path | None = None, context: int = 2048) -> dict:
@@ -27,7 +31,7 @@ def check_llama_cpp_tool_calls(gguf: Path, cases: list[CallCase], fmt: ToolCallF
     Raises:
         StageError: the model's output is a call and llama-server returns something else (text, or other calls).
     """
-    made, returned, notes = 0, 0, []
+    made, returned, notes, golden = 0, 0, [], []
     with LlamaServer(gguf, binary=binary, ctx_size=context, threads=2) as server:
         for n, case in enumerate(cases, 1):
             raw = server.complete(server.apply_template(case.prompt, case.tools), max_tokens)
@@ -50,7 +54,9 @@ def check_llama_cpp_tool_calls(gguf: Path, cases: list[CallCase], fmt: ToolCallF
                                  hint="clients of llama-server (and of Ollama's llama.cpp runner) would get the call "
                                       "as text; report the template's call format to llama.cpp")
             returned += 1
+            golden.append({"case": n - 1, "row": case.row, "calls": written.calls})
         return {"cases": len(cases), "calls_made": made, "returned_as_tool_calls": returned, "notes": notes,
+                "golden": golden,
                 "format": fmt.name, "engine": llama_server_version(server.binary),
                 "checked_with": "llama-server --jinja: /completion (the model's output) vs /v1/chat/completions "
                                 "with tools"}

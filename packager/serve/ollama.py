@@ -22,7 +22,6 @@ from packager.serve.chat_format import infer_chat_format
 from packager.serve.ollama_parity import check_parity, check_user_template
 from packager.serve.context import (Context, LocalServer, Target, context_digest, links_digest, read_json,
                                     render_file, served_context_length)
-from packager.serve.llama_server import llama_server_binary
 from packager.serve.modelfile import check_modelfile, check_ollama_name, modelfile_string
 from packager.serve.tool_parity import check_tool_parity, run_tool_conversations
 
@@ -229,21 +228,16 @@ def golden(run, cfg) -> list[dict]:
 
 
 def local_server(run, cfg, port: int) -> LocalServer:
-    """llama.cpp's own server, llama-server, on the served GGUF (the engine Ollama runs), with its Jinja engine and
-    chat parser, so a request with tools gets the calls back as tool_calls; where it is not built, llama-cpp-python's
-    server (which returns calls as text)."""
+    """llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs): llama-cpp-python's, the
+    engine the golden answers were recorded with (llama-server parts from them at near-ties: 3/5 identical on the
+    demo model). It returns calls as text, so the smoke test asks llama-server for those
+    (:func:`packager.serve.smoke.check_tool_calls_on_llama_server`)."""
     files = served_files(run, cfg)
-    num_ctx = modelfile_parameters(cfg, merged_model_dir(run))["num_ctx"]  # as served
-    threads = str(min(4, os.cpu_count() or 1))
-    if (binary := llama_server_binary()) is not None:
-        lora = ["--lora", str(files[1])] if len(files) > 1 else []
-        return LocalServer([str(binary), "--model", str(files[0]), "--alias", run.manifest.run, "--host", "127.0.0.1",
-                            "--port", str(port), "--ctx-size", str(num_ctx), "--threads", threads, "--jinja",
-                            "--no-webui", "--offline", *lora])
     lora = ["--lora_path", str(files[1])] if len(files) > 1 else []
     return LocalServer([sys.executable, "-m", "llama_cpp.server", "--model", str(files[0]),
                         "--model_alias", run.manifest.run, "--host", "127.0.0.1", "--port", str(port),
-                        "--n_ctx", str(num_ctx), "--n_threads", threads, *lora])
+                        "--n_ctx", str(modelfile_parameters(cfg, merged_model_dir(run))["num_ctx"]),  # as served
+                        "--n_threads", str(min(4, os.cpu_count() or 1)), *lora])
 
 
 def on_host_network(run, port: int) -> tuple[list[str] | None, dict[str, str]]:
@@ -258,6 +252,6 @@ TARGET = Target(
     # keeps it loaded. The `show` first: `run` would pull a missing model [ollama cmd/cmd.go RunHandler].
     healthcheck=["CMD-SHELL", "ollama show {name} >/dev/null && ollama run {name} ''"],
     start_period="600s", startup_minutes=10, shm_size=None,  # loading a large GGUF takes minutes
-    local_description="llama.cpp's server on the served GGUF (the engine Ollama runs)",
+    local_description="llama.cpp's OpenAI-compatible server on the served GGUF (the engine Ollama runs)",
     context=ollama_context, golden=golden, served_files=served_files, local_server=local_server,
     on_host_network=on_host_network, gpus=lambda cfg: 1, request_options=request_options)

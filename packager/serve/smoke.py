@@ -10,7 +10,7 @@ import shutil
 import signal
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,10 +24,12 @@ from packager.run.artifacts import merged_model_dir
 from packager.run.directory import Run
 from packager.run.settings import deployment_config
 from packager.serve.context import read_json, served_context_length
-from packager.serve.endpoint import Expectations, SmokeReport, check_endpoint, format_report
+from packager.serve.endpoint import Expectations, SmokeReport, check_endpoint, format_report, openai_client
 from packager.serve.engine import (QUICK_S, container_logs, container_state, find_engine, remove_container,
                                    run_detached)
 from packager.serve.images import image_file
+from packager.serve.llama_server import LlamaServer, llama_server_binary
+from packager.serve.smoke_tools import check_tool_calls, tool_cases
 from packager.serve.targets import TARGETS
 
 
@@ -46,7 +48,8 @@ def expectations(run, cfg, target: str) -> Expectations:
                         min_agreement=getattr(cfg.smoke.min_token_agreement, target),
                         concurrency=cfg.smoke.concurrency,
                         request_options=TARGETS[target].request_options(run, cfg),
-                        chat_template=ChatTemplate.from_model_dir(model_dir) if target == "ollama" else None)
+                        chat_template=ChatTemplate.from_model_dir(model_dir) if target == "ollama" else None,
+                        tool_cases=tool_cases(run, target))
 
 
 def free_port() -> int:
@@ -136,9 +139,14 @@ def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model
         for file in TARGETS[target].served_files(run, cfg):  # a new merge or export makes this result stale
             st.add_input(file)
         if local:
+            text_calls = target == "ollama"  # its stand-in returns calls as text: llama-server is asked for them
             with local_server(run, cfg, target, echo=echo) as (local_url, alive):
-                report = check_endpoint(local_url, run.manifest.run, expect, target=target,
+                report = check_endpoint(local_url, run.manifest.run,
+                                        replace(expect, tool_cases=[]) if text_calls else expect, target=target,
                                         ready_timeout_s=cfg.smoke.ready_timeout_s, alive=alive, echo=echo)
+            if text_calls and expect.tool_cases:
+                check_tool_calls_on_llama_server(report, TARGETS[target].served_files(run, cfg), expect,
+                                                 context=served_context(run, cfg, target)["length"])
             report.timings["server"] = TARGETS[target].local_description
         elif url is None:
             st.add_input(built)
@@ -156,6 +164,21 @@ def smoke_run(run_dir: Path | str, *, target: str, url: str | None = None, model
         raise StageError("smoke", "; ".join(report.failures()),
                          hint=f"the full report is {run.path / 'smoke' / f'{target}.json'}")
     return report
+
+
+def check_tool_calls_on_llama_server(report, served: list[Path], expect, *, context: int) -> None:
+    """The tool-call check against llama-server on the served GGUF: for ``smoke --local`` of Ollama, whose stand-in
+    (llama-cpp-python's server) returns calls as text. Skipped, saying so, where llama-server is not built or an
+    adapter is served beside the GGUF."""
+    binary = llama_server_binary()
+    why = "llama-server is not built (make setup)" if binary is None else \
+        "an adapter is served beside the GGUF" if len(served) > 1 else None
+    if why:
+        report.add("tool calls", False, f"not checked: {why}, and llama-cpp-python's server returns calls as text",
+                   skipped=True)
+        return
+    with LlamaServer(served[0], binary=binary, ctx_size=context, threads=2) as server:
+        check_tool_calls(report, openai_client(server.url), "served", expect)
 
 
 def _smoke_container(run, cfg, target: str, image: dict, expect: Expectations, options: ContainerOptions,

@@ -147,3 +147,25 @@ def test_the_response_template_lets_transformers_read_calls_back():
     assert parse("No call needed.<|im_end|>") == {"role": "assistant", "content": "No call needed."}
     llama = next(f for f in TOOL_FAMILIES if f.name == "llama3.1")
     assert response_template(llama.chat_template(), ["<|eot_id|>"], "<|start_header_id|>assistant") is None
+
+
+def test_requests_carry_calls_as_openai_servers_validate_them():
+    """Data may leave out call ids and give arguments as objects; a request names each call and answers it by id,
+    as llama-cpp-python's own request types require (they refuse the data as it is)."""
+    import pydantic
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
+
+    from packager.models.tool_calls import openai_messages
+
+    data = [{"role": "user", "content": "File it."},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "create_ticket", "arguments": ARGUMENTS}},
+                {"type": "function", "function": {"name": "list_tickets", "arguments": "{}"}}]},
+            {"role": "tool", "content": "T-1"}, {"role": "tool", "content": "[]"}]
+    request = pydantic.TypeAdapter(list[ChatCompletionRequestMessage])
+    with pytest.raises(pydantic.ValidationError):
+        request.validate_python(data)
+    sent = request.validate_python(openai_messages(data))
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_0", "call_1"]
+    assert [m["tool_call_id"] for m in sent[2:]] == ["call_0", "call_1"]
+    assert json.loads(sent[1]["tool_calls"][0]["function"]["arguments"]) == ARGUMENTS

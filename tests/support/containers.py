@@ -10,6 +10,7 @@ detection elsewhere keeps finding what it found before.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -126,7 +127,8 @@ def vllm_standin(podman):
 
 
 def vllm_standin_in(engine: str, env: dict) -> str:
-    if not standin_exists(VLLM_IMAGE, engine, env):
+    script = hashlib.sha256((CONTAINERS / "vllm_standin.py").read_bytes()).hexdigest()[:12]
+    if not standin_exists(VLLM_IMAGE, engine, env, version=f"(script {script})"):
         build = subprocess.run(["bash", str(CONTAINERS / "build_standin.sh"), VLLM_IMAGE, engine], env=env,
                                capture_output=True, text=True)
         assert build.returncode == 0, build.stdout + build.stderr
@@ -211,15 +213,16 @@ def engine(engine_standins, monkeypatch) -> EngineUnderTest:
     return engine_standins
 
 
-def standin_exists(ref: str, engine: str = "podman", env: dict | None = None) -> bool:
-    """Whether ``ref`` is here already, as packager's stand-in (a real image of that name is never replaced)."""
+def standin_exists(ref: str, engine: str = "podman", env: dict | None = None, *, version: str | None = None) -> bool:
+    """Whether ``ref`` is here already, as packager's stand-in (a real image of that name is never replaced);
+    with ``version``, only one whose label names it (an older stand-in is rebuilt)."""
     inspect = subprocess.run([engine, "image", "inspect", ref, "--format",
                               f'{{{{index .Config.Labels "{STANDIN_LABEL}"}}}}'], env=env, capture_output=True,
                              text=True)
     if inspect.returncode != 0:
         return False
     assert inspect.stdout.strip(), f"{ref} exists in {engine} and is not packager's stand-in: not replacing it"
-    return True
+    return version is None or version in inspect.stdout
 
 
 def standin_run_args() -> list[str]:

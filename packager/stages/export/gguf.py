@@ -20,11 +20,10 @@ from packager.run.artifacts import merged_model_dir
 from packager.run.atomic import PARTIAL_PREFIX
 from packager.run.directory import Run, StageWriter
 from packager.run.settings import base_hub_id
-from packager.models.tool_calls import call_cases, tool_call_format
+from packager.models.tool_calls import split_call_cases, tool_call_format
 from packager.serve.llama_server import check_llama_cpp_template, llama_server_binary
-from packager.serve.llama_tools import check_llama_cpp_tool_calls
+from packager.serve.llama_tools import TOOL_CASES, TOOL_MAX_TOKENS, check_llama_cpp_tool_calls
 from packager.serve.parity import PARITY_CONVERSATIONS
-from packager.stages.data.split import read_split, read_split_tools
 from packager.stages.export.convert import Conversion, convert_to_gguf, require_gguf_tools, tool_versions
 from packager.stages.export.parity import (PARITY_THRESHOLDS, Reference, check_gguf_carries_chat_format,
                                            gguf_parity, parity_failures, reference_outputs)
@@ -127,15 +126,12 @@ def _smallest_with_server(out: Path) -> tuple[Path, Path] | dict:
     return files[0], binary
 
 
-TOOL_CASES, TOOL_MAX_TOKENS = 3, 128
 
 
 def _llama_cpp_returns_tool_calls(run: Run, out: Path, merged: Path) -> dict | None:
     """For a run whose held-out rows call tools: llama-server on the smallest GGUF returns the calls the model
     makes as tool_calls (:mod:`packager.serve.llama_tools`); None for a run without tool calls."""
-    eval_split = run.path / "data" / "eval.jsonl"
-    cases = call_cases(read_split(eval_split), read_split_tools(eval_split))[:TOOL_CASES] \
-        if eval_split.is_file() else []
+    cases = split_call_cases(run.path / "data" / "eval.jsonl")[:TOOL_CASES]
     fmt = tool_call_format(read_chat_template(merged))
     if not cases or fmt is None:
         return None

@@ -22,7 +22,8 @@ from pathlib import Path
 from packager.models.adapter import Adapter
 from packager.models.checkpoint import TOKENIZER_FILES, Checkpoint, text_config
 from packager.models.safetensors_stream import Layout, TensorSpec, read_layout, read_tensor, write_sharded
-from packager.models.stop_tokens import chat_stop_token_ids
+from packager.models.stop_tokens import chat_stop_token_ids, stop_token_texts
+from packager.models.tool_calls import response_template, tool_call_format
 from packager.models.tokenizer import no_chat_template_error, read_chat_template
 from packager.stages.merge.plan import (check_adapter_fits_base, embedding_key, on_checkpoint_keys, plan_output,
                                         read_base_layout)
@@ -131,6 +132,7 @@ def stream_merge(ckpt: Checkpoint, adapter: Adapter, out_dir: Path, *, dtype: st
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     copy_tokenizer(tokenizer_source, out_dir)
     stop_ids = write_generation_config(ckpt.path, out_dir)
+    add_response_template(out_dir)
     return MergeOutput(out_dir, digests, untie, vocab, stop_ids)
 
 
@@ -142,6 +144,29 @@ def copy_tokenizer(source: Path, out_dir: Path) -> None:
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy(source / name, out_dir / name)
+
+
+def add_response_template(out_dir: Path) -> None:
+    """For a chat template that writes ``<tool_call>`` calls, a ``response_template`` in tokenizer_config.json
+    (:func:`packager.models.tool_calls.response_template`), so that transformers' own serving returns the merged
+    model's calls as tool_calls; one the tokenizer already has is kept."""
+    from packager.models.chat_template import ChatTemplate
+
+    config_file = out_dir / "tokenizer_config.json"
+    fmt = tool_call_format(read_chat_template(out_dir) or "")
+    if fmt is None or fmt.name != "hermes" or not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text())
+    if "response_template" in config:
+        return
+    template = ChatTemplate.from_model_dir(out_dir)
+    asked = [{"role": "user", "content": "x"}]
+    prompt = template.render(asked, add_generation_prompt=False)
+    generation = template.render(asked, add_generation_prompt=True)
+    schema = response_template(template.source, stop_token_texts(out_dir),
+                               generation[len(prompt):] if generation.startswith(prompt) else "")
+    if schema is not None:
+        config_file.write_text(json.dumps({**config, "response_template": schema}, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_generation_config(base_dir: Path, out_dir: Path) -> list[int]:

@@ -16,11 +16,13 @@ trap 'rm -rf "$work"' EXIT
 debootstrap --variant=minbase --include=python3,passwd bookworm "$work/rootfs" "$mirror" > "$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log"; exit 1; }
 install -m 755 "$here/vllm_standin.py" "$work/rootfs/usr/local/bin/vllm"
+# The label names the script's version: a stand-in built from an older script is rebuilt (tests/support).
+script="$(sha256sum "$here/vllm_standin.py" | cut -c1-12)"
 # The test mounts packager's venv and its Python (under /root/.pyenv here) read-only; the image's
 # non-root user must be able to reach them.
 chmod 755 "$work/rootfs/root"
 tar -C "$work/rootfs" -c . | "$engine" import \
   --change 'ENTRYPOINT ["vllm", "serve"]' \
-  --change 'LABEL dev.packager.stand-in="not vLLM: transformers serve on CPU, for tests"' \
+  --change "LABEL dev.packager.stand-in=\"not vLLM: transformers serve on CPU, for tests (script $script)\"" \
   - "$ref" > /dev/null
 echo "built stand-in $ref with $engine"
