@@ -580,10 +580,15 @@ def ctrl_c_during_training(c: Ctx):
     return Outcome(proc.returncode, out.read_text())
 
 
+LIVE_RUN_STEPS = 300
+
+
 def second_train_on_a_live_run(c: Ctx):
     """While one training process writes checkpoints, a second `packager train` of the same run starts."""
     data = c.jsonl("data.jsonl", [json.loads(line) for line in EXAMPLE_DATA.read_text().splitlines()[:40]])
-    config = c.config(data=data, edit=lambda cfg: cfg["train"].update(max_steps=24, eval_steps=2))
+    # Long enough that the first is still training when the second has started up: 24 steps took 3.5 s on a
+    # CPU with AMX, less than the second process needs to import its libraries, so it trained after the first.
+    config = c.config(data=data, edit=lambda cfg: cfg["train"].update(max_steps=LIVE_RUN_STEPS, eval_steps=2))
     checkpoints = c.tmp / RUN / ".packager" / "train-work" / "checkpoints"
     out = c.tmp / "first.out"
     with open(out, "w") as sink, \
@@ -600,7 +605,7 @@ def first_training_finished_intact(c: Ctx) -> None:
     assert f"(pid {c.first_pid})" in c.second_output, "the message names the process that holds the run"
     assert c.first_exit == 0, c.first_output[-3000:]
     stage = read_manifest(c.tmp / RUN).stages["train"]
-    assert stage.metrics["global_step"] == 24 and verify_run(c.tmp / RUN).ok
+    assert stage.metrics["global_step"] == LIVE_RUN_STEPS and verify_run(c.tmp / RUN).ok
 
 
 def interrupted_keeps_checkpoint(c: Ctx) -> None:
