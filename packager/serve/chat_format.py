@@ -27,7 +27,7 @@ from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
 from packager.serve.modelfile import go_printable, go_string_constant
 from packager.serve.parity import PARITY_DATE, ROLES, first_difference
-from packager.serve.tool_format import ToolFormat, go_tools, infer_tool_format
+from packager.serve.tool_format import ToolFormat, common_suffix, go_tools, infer_tool_format
 
 
 _MARK = {"system": "\x02PKGSYS{}\x03", "user": "\x02PKGUSR{}\x03", "assistant": "\x02PKGAST{}\x03"}
@@ -281,7 +281,7 @@ def _structure(r: _Renders, *, start: str, adds_bos: bool) -> ChatFormat:
     b0, d0 = b0[len(start):], d0[len(start):]
     end = ""  # written after the last turn of a conversation without a generation prompt (Phi-3's EOS)
     if not b2.startswith(b4):
-        user_prefix = _common_suffix(b0, b2)  # what opens every user turn, the first one included
+        user_prefix = common_suffix(b0, b2)  # what opens every user turn, the first one included
         assistant_suffix = b2[: len(b2) - len(user_prefix)]
         if not user_prefix or not b4.startswith(assistant_suffix) or not d1.endswith(b4[len(assistant_suffix):]):
             raise cannot_express("the text after an assistant turn differs between the middle and the end of a "
@@ -305,13 +305,6 @@ def _structure(r: _Renders, *, start: str, adds_bos: bool) -> ChatFormat:
                           system=system, skip_empty_system=skip)
     return ChatFormat(prefix, suffix, generation_prompt, default_system, start=start, system=system,
                       skip_empty_system=skip)
-
-
-def _common_suffix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
-        n += 1
-    return a[len(a) - n:]
 
 
 def _system_structure(r: _Renders, prefix: dict[str, str], suffix: dict[str, str], *, start: str,

@@ -88,7 +88,8 @@ def _unsupported(why: str) -> StageError:
                                          f"TEMPLATE: {why}")
 
 
-def _common_suffix(a: str, b: str) -> str:
+def common_suffix(a: str, b: str) -> str:
+    """The longest text both ``a`` and ``b`` end with."""
     n = 0
     while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
         n += 1
@@ -147,7 +148,7 @@ def infer_tool_format(template: ChatTemplate, *, start: str, prefix: dict[str, s
     with_system, one_tool, without_system = renders["with_system"], renders["one_tool"], renders["without_system"]
     calls, calls_only, results = renders["calls"], renders["calls_only"], renders["results"]
     head, between, last, _ = with_system[1:]
-    tool_open = _common_suffix(head, between)
+    tool_open = common_suffix(head, between)
     tool_close = between[: len(between) - len(tool_open)]
     head_with = head[: len(head) - len(tool_open)]
     tail = _strip(last, tool_close, prefix["user"], what="the system turn with tools does not end before the user "
@@ -169,7 +170,7 @@ def infer_tool_format(template: ChatTemplate, *, start: str, prefix: dict[str, s
     call_mid = calls[3]
     # results: [.., call close + assistant suffix + group open + result open, result, between, result, ...]
     first = _strip(results[3], call_close + suffix["assistant"], what="tool results do not follow the calls' turn")
-    result_open = _common_suffix(first, results[4])
+    result_open = common_suffix(first, results[4])
     group_open, result_close = first[: len(first) - len(result_open)], results[4][: len(results[4]) - len(result_open)]
     group_close = _strip(results[5], result_close, prefix["assistant"],
                          what="tool results are not followed by an assistant turn")
