@@ -27,7 +27,7 @@ from packager.errors import StageError
 from packager.models.chat_template import ChatTemplate
 from packager.serve.modelfile import go_printable, go_string_constant
 from packager.serve.parity import PARITY_DATE, ROLES, first_difference
-from packager.serve.tool_format import ToolFormat, common_suffix, go_tools, infer_tool_format
+from packager.serve.tool_format import ToolFormat, common_suffix, cut_at_marks, go_tools, infer_tool_format
 
 
 _MARK = {"system": "\x02PKGSYS{}\x03", "user": "\x02PKGUSR{}\x03", "assistant": "\x02PKGAST{}\x03"}
@@ -173,13 +173,10 @@ def _go_text(text: str) -> str:
 
 def _split(rendered: str, marks: list[str], what: str) -> list[str]:
     """The text between the marker contents, in order: len(marks) + 1 pieces."""
-    pieces, rest = [], rendered
-    for mark in marks:
-        if rest.count(mark) != 1:
-            raise cannot_express(f"{what}: the template does not write each message's content exactly once")
-        before, rest = rest.split(mark)
-        pieces.append(before)
-    return pieces + [rest]
+    pieces = cut_at_marks(rendered, marks)
+    if pieces is None:
+        raise cannot_express(f"{what}: the template does not write each message's content exactly once")
+    return pieces
 
 
 def cannot_express(reason: str) -> StageError:

@@ -73,14 +73,23 @@ class ToolFormat:
     group_close: str
 
 
-def _cut(rendered: str, marks: list[str]) -> list[str]:
+def cut_at_marks(rendered: str, marks: list[str]) -> list[str] | None:
+    """The text between the marker contents, in order: len(marks) + 1 pieces; None where a marker is not written
+    exactly once."""
     pieces, rest = [], rendered
     for mark in marks:
         if rest.count(mark) != 1:
-            raise _unsupported("it does not write each marker exactly once")
+            return None
         before, rest = rest.split(mark)
         pieces.append(before)
     return pieces + [rest]
+
+
+def _cut(rendered: str, marks: list[str]) -> list[str]:
+    pieces = cut_at_marks(rendered, marks)
+    if pieces is None:
+        raise _unsupported("it does not write each marker exactly once")
+    return pieces
 
 
 def _unsupported(why: str) -> StageError:
