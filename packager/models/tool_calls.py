@@ -21,6 +21,8 @@ from pathlib import Path
 import re
 from dataclasses import dataclass
 
+from packager.run.jsonl import read_jsonl
+
 
 @dataclass(frozen=True)
 class ParsedCalls:
@@ -96,9 +98,7 @@ def response_template(chat_template: str | None, end_of_turn: list[str], generat
 
 def split_call_cases(split: Path) -> list[CallCase]:
     """The call cases of a split file (``data/eval.jsonl``: rows of messages and tools); [] where there is none."""
-    if not split.is_file():
-        return []
-    rows = [json.loads(line) for line in split.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(split)
     return call_cases([row["messages"] for row in rows], [row.get("tools") for row in rows])
 
 

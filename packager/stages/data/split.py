@@ -8,6 +8,7 @@ from pathlib import Path
 
 from packager.errors import DatasetError
 from packager.models.reasoning import reasoning_format, thinking_in_answers
+from packager.run.jsonl import read_jsonl
 from packager.stages.data.check import DataReport, check_dataset
 from packager.stages.data.rows import Row
 from packager.stages.data.tools import read_tools_file
@@ -20,16 +21,12 @@ def rows_to_jsonl(rows: list[Row]) -> str:
 
 def read_split(path: Path) -> list[list[dict]]:
     """Read a split file written by :func:`rows_to_jsonl` (already validated): each row's messages."""
-    return [record["messages"] for record in _records(path)]
+    return [record["messages"] for record in read_jsonl(path, missing_ok=False)]
 
 
 def read_split_tools(path: Path) -> list[list[dict] | None]:
     """Each row's tools (None for a row that calls none), in the order of :func:`read_split`."""
-    return [record.get("tools") for record in _records(path)]
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+    return [record.get("tools") for record in read_jsonl(path, missing_ok=False)]
 
 
 def prepare_data(run, data_cfg, *, tokenizer, model_max: int | None = None) -> DataReport:
