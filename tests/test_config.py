@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from packager.config import PackagerConfig, load_config, parse_config, parse_size, section_type
 from packager.errors import ConfigError, MissingPathError
@@ -137,14 +138,23 @@ def test_init_writes_a_commented_config_that_loads_and_a_valid_dataset(tmp_path)
 
 
 def test_init_lists_every_schema_key(tmp_path):
-    """The scaffold is generated from the schema, so every section and key appears."""
+    """The scaffold is generated from the schema, so every section and key appears; an optional section that is
+    off by default (eval.judge) appears commented out, with its keys."""
     written = init_project(tmp_path / "p", base_model="m")
-    loaded = yaml.safe_load(written[0].read_text())
+    text = written[0].read_text()
+    loaded = yaml.safe_load(text)
     for section, model in PackagerConfig.model_fields.items():
         if section == "version":
             continue
         assert section in loaded
-        assert set(loaded[section]) == set(section_type(model.annotation).model_fields), section
+        fields = section_type(model.annotation).model_fields
+        off = {name for name, info in fields.items() if info.default is None and isinstance(
+            section_type(info.annotation), type) and issubclass(section_type(info.annotation), BaseModel)}
+        assert set(loaded[section]) == set(fields) - off, section
+        for name in off:
+            assert f"  # {name}:\n" in text and all(f"  #   {key}:" in text
+                                                   for key in section_type(fields[name].annotation).model_fields)
+    assert "  # judge:\n" in text
 
 
 def test_init_refuses_to_overwrite(tmp_path):

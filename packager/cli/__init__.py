@@ -78,8 +78,9 @@ def cli(verbose: bool) -> None:
 def _register() -> None:
     from packager.cli import base, data, model, pipeline, publishing, runs, serving, training
 
-    for command in (pipeline.init, base.base, runs.verify, data.data, training.train, training.eval_, model.merge,
-                    model.export, serving.containerize, serving.smoke, publishing.push, publishing.sign,
+    for command in (pipeline.init, base.base, runs.verify, data.data, training.eval_base, training.train,
+                    training.eval_, model.merge, model.export, serving.containerize, serving.smoke, publishing.push,
+                    publishing.sign,
                     publishing.keygen, pipeline.deploy, runs.report, pipeline.demo):
         cli.add_command(command)
 

@@ -30,6 +30,8 @@ def init(directory: Path, base_model: str, force: bool) -> None:
               type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Use this run directory.")
 @click.option("--skip-train", is_flag=True, help="Start from an existing trained run.")
+@click.option("--train-anyway", is_flag=True,
+              help="Train although the prompted base reaches eval.gate.max_prompting_score.")
 @click.option("--registry", help="Push OCI artifacts under this prefix, e.g. 127.0.0.1:5000/models "
               "(default: publish.oci_ref's).")
 @click.option("--insecure", is_flag=True, help="The registry speaks plain HTTP (a local one).")
@@ -38,8 +40,9 @@ def init(directory: Path, base_model: str, force: bool) -> None:
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Sign with this private key.")
 @click.option("--engine", type=click.Choice(["docker", "podman"]), help="Container engine to build with.")
 @click.option("--no-build", is_flag=True, help="Render build contexts only.")
-def deploy(config_path: Path, run_dir: Path | None, skip_train: bool, registry: str | None, insecure: bool,
-           hub_repo: str | None, hub_push: bool, key: Path | None, engine: str | None, no_build: bool) -> None:
+def deploy(config_path: Path, run_dir: Path | None, skip_train: bool, train_anyway: bool, registry: str | None,
+           insecure: bool, hub_repo: str | None, hub_push: bool, key: Path | None, engine: str | None,
+           no_build: bool) -> None:
     """Run every configured stage in order, refusing to push what failed a gate.
 
     Each stage is skipped when what it recorded still holds, so a second
@@ -51,7 +54,8 @@ def deploy(config_path: Path, run_dir: Path | None, skip_train: bool, registry: 
     """
     from packager.pipeline.deploy import DeployOptions, deploy as run_deploy
 
-    options = DeployOptions(run_dir=run_dir, skip_train=skip_train, registry=registry, insecure=insecure,
+    options = DeployOptions(run_dir=run_dir, skip_train=skip_train, train_anyway=train_anyway, registry=registry,
+                            insecure=insecure,
                             hub_repo=hub_repo, hub_dry_run=not hub_push, key=key, engine=engine,
                             build=False if no_build else None)
     click.echo(run_deploy(config_path, options).summary())

@@ -1,4 +1,4 @@
-"""``packager train`` and ``packager eval``."""
+"""``packager eval-base``, ``packager train`` and ``packager eval``."""
 
 from __future__ import annotations
 
@@ -48,3 +48,32 @@ def eval_(run_dir: Path, against_base: bool, limit: int | None) -> None:
     result = evaluate_run(run_dir, against_base=against_base, limit=limit)
     click.echo(result.summary())
     result.raise_for_gate()
+
+
+@click.command("eval-base")
+@click.option("-c", "--config", "config_path", default="packager.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="The packager.yaml to use.")
+@click.option("--train-anyway", is_flag=True, help="Exit 0 although prompting reaches eval.gate.max_prompting_score.")
+def eval_base(config_path: Path, train_anyway: bool) -> None:
+    """Would prompting do? The base model on the held-out split before any training: bare, and prompted with
+    the task's system prompt and eval.prompting.shots examples from the training split.
+
+    Checks and splits the data into the run first, as train does; recorded as stage eval-base and reused by
+    eval. Exit status 1 when the prompted base already reaches eval.gate.max_prompting_score.
+
+    \b
+    Example:
+      packager eval-base -c packager.yaml
+    """
+    from packager.config import load_config
+    from packager.errors import StageError
+    from packager.stages.evaluate.base import evaluate_base_run
+    from packager.stages.evaluate.metrics import prompting_verdict
+
+    cfg = load_config(config_path)
+    baselines = evaluate_base_run(cfg.run_dir, cfg)
+    click.echo(baselines.summary(cfg.eval))
+    verdict = prompting_verdict(cfg.eval, baselines.prompted)
+    if verdict and not train_anyway:
+        raise StageError("eval-base", verdict, hint="improve the prompt and ship the base, or train anyway "
+                                                    "(packager deploy --train-anyway)")

@@ -20,6 +20,7 @@ from packager.names import HUB_ID
 from packager.yaml_lines import YamlDocument, YamlFileError, read_yaml, schema_problems, shape_of
 
 from packager.config.fields import ConfigPath, ModelfileText, OneLine, PinnedImage, SafeName, Section  # noqa: F401
+from packager.config.evaluation import EvalConfig, GateConfig, PromptingConfig  # noqa: F401
 from packager.config.serving import (ContainersConfig, OllamaConfig, PublishConfig, SmokeConfig,  # noqa: F401
                                      TokenAgreement, VllmConfig)
 
@@ -155,34 +156,6 @@ class TrainConfig(Section):
         if self.learning_rate is not None:
             return self.learning_rate
         return 1e-5 if self.method == "full" else 2e-4
-
-
-class GateConfig(Section):
-    min_format_adherence: float | None = Field(None, ge=0, le=1)
-    """Refuse to deploy when format adherence on the eval split is below this."""
-    must_beat_base: bool = False
-    """Refuse to deploy unless the fine-tune beats the base model on the task metric."""
-
-
-class EvalConfig(Section):
-    max_new_tokens: int = Field(128, ge=1)
-    limit: int | None = Field(None, ge=1)
-    """Evaluate at most this many held-out rows."""
-    format_regex: str | None = None
-    """An answer adheres to the format when this regex matches it fully."""
-    json_schema: ConfigPath | None = None
-    """An answer adheres to the format when it is JSON valid against this schema."""
-    gate: GateConfig = {}
-
-    @field_validator("format_regex")
-    @classmethod
-    def _regex_compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
 
 
 class MergeConfig(Section):

@@ -1,6 +1,7 @@
 """``packager deploy``: every configured stage in order, each skipped when what it recorded still holds.
 
-data check + train -> eval -> eval gate -> merge -> export -> containerize (+ build) -> smoke -> sign -> push.
+(prompting gate) -> data check + train -> eval -> eval gate -> merge -> export -> containerize (+ build) -> smoke
+-> sign -> push.
 
 The pipeline is a table (:func:`pipeline_stages`). A stage with a manifest record is skipped by one rule:
 its record holds the same settings, its files verify (by the hash cache: size and mtime, the full re-hash
@@ -31,6 +32,8 @@ from packager.serve.containerize import containerize_run
 from packager.serve.engine import Engine, find_engine, image_exists, qualified
 from packager.serve.images import build_run_image, image_file
 from packager.serve.smoke import smoke_run
+from packager.stages.evaluate.base import evaluate_base_run
+from packager.stages.evaluate.metrics import prompting_verdict, task_metric_name
 from packager.stages.evaluate.stage import evaluate_run
 from packager.stages.export.formats import export_run
 from packager.stages.merge.stage import merge_run
@@ -41,6 +44,7 @@ from packager.stages.train.stage import train_model
 class DeployOptions:
     run_dir: Path | None = None
     skip_train: bool = False
+    train_anyway: bool = False  # train although eval.gate.max_prompting_score says prompting already does
     registry: str | None = None  # OCI ref prefix, e.g. 127.0.0.1:5000/models; default publish.oci_ref
     insecure: bool = False
     hub_repo: str | None = None  # default publish.hub_repo
@@ -165,6 +169,7 @@ def pipeline_stages(plan: Plan) -> list[PipelineStage]:
     """The release pipeline for this config, in order."""
     cfg = plan.cfg
     stages = [
+        PipelineStage("prompting gate", _prompting_gate, skip=_skip_prompting_gate),
         PipelineStage("train", _train, record="train", settings=_training_settings, skip=_skip_train),
         PipelineStage("eval", _evaluate, record="eval",
                       settings=lambda p: {"eval_config": p.cfg.eval.model_dump(mode="json")}),
@@ -208,6 +213,28 @@ def _skip_train(plan: Plan) -> str | None:
     return "--skip-train"
 
 
+def _skip_prompting_gate(plan: Plan) -> str | None:
+    if plan.cfg.eval.gate.max_prompting_score is None:
+        return "eval.gate.max_prompting_score is not set"
+    if plan.options.skip_train:
+        return "--skip-train"
+    return None if plan.cfg.eval.prompting.enabled else "eval.prompting.enabled is false"
+
+
+def _prompting_gate(plan: Plan) -> tuple[str, str]:
+    """Before any training: the base, prompted with examples, must not already do the task."""
+    baselines = evaluate_base_run(plan.run_dir, plan.cfg)
+    verdict = prompting_verdict(plan.cfg.eval, baselines.prompted)
+    metric = task_metric_name(baselines.prompted)
+    reached = f"prompted base {baselines.prompted[metric]:.3f}, base {baselines.bare[metric]:.3f} on {metric}"
+    if verdict is None:
+        return "passed", reached
+    if plan.options.train_anyway:
+        return "passed", f"{reached}; over eval.gate.max_prompting_score, overridden by --train-anyway"
+    raise Refusal(reached, verdict, hint="nothing was trained; improve the prompt and ship the base, or train anyway "
+                                         "(packager deploy --train-anyway)")
+
+
 def _train(plan: Plan) -> tuple[str, str]:
     metrics = train_model(plan.cfg).metrics
     return "done", f"{metrics['global_step']} steps, best eval loss {metrics['eval_loss_best']}"
@@ -215,7 +242,11 @@ def _train(plan: Plan) -> tuple[str, str]:
 
 def _evaluate(plan: Plan) -> tuple[str, str]:
     evaluated = evaluate_run(plan.run_dir, against_base=plan.cfg.eval.gate.must_beat_base, eval_config=plan.cfg.eval)
-    return "done", f"{len(evaluated.finetuned)} metrics on the held-out split"
+    general = evaluated.general
+    forgot = "" if general is None else (f"; general text perplexity {general['perplexity_increase']:+.1%}, "
+                                         f"questions {general['base']['question_accuracy']:.2f} -> "
+                                         f"{general['finetuned']['question_accuracy']:.2f}")
+    return "done", f"{evaluated.finetuned['rows']} held-out rows{forgot}"
 
 
 def _eval_gate(plan: Plan) -> tuple[str, str]:
@@ -226,10 +257,13 @@ def _eval_gate(plan: Plan) -> tuple[str, str]:
         raise Refusal(failures, f"the eval gate failed: {failures}", hint=f"nothing was merged, built or pushed; "
                                                                         f"the report is {plan.run_dir / 'eval' / 'report.html'}")
     metric = metrics.get("task_metric")
-    ft, base = (metrics.get("finetuned") or {}).get(metric), (metrics.get("base") or {}).get(metric)
+    ft = (metrics.get("finetuned") or {}).get(metric)
     if not isinstance(ft, (int, float)):
         return "passed", ""
-    return "passed", f"{metric} {ft:.3f}" + (f" vs base {base:.3f}" if base is not None else "")
+    baselines = [f"{name} {m[metric]:.3f}" for name, m in (("base", metrics.get("base")),
+                                                          ("prompted base", metrics.get("prompted")))
+                 if m and m.get(metric) is not None]
+    return "passed", f"{metric} {ft:.3f}" + (f" vs {', '.join(baselines)}" if baselines else "")
 
 
 def _skip_merge(plan: Plan) -> str | None:

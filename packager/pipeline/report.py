@@ -9,15 +9,10 @@ from pathlib import Path
 from packager.run.atomic import atomic_write_text
 from packager.run.directory import Run
 from packager.run.hashing import sha256_file
+from packager.run.jsonl import read_jsonl
 from packager.run.lineage import lineage_digest
-from packager.stages.evaluate.metrics import METRICS
+from packager.stages.evaluate.metrics import metric_names
 from packager.templates import render
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def run_report_context(run_dir: Path, *, timings: dict[str, float] | None = None, samples: int = 6) -> dict:
@@ -41,7 +36,7 @@ def run_report_context(run_dir: Path, *, timings: dict[str, float] | None = None
         "stages": {name: {"finished_at": s.finished_at, "outputs": len(s.outputs)} for name, s in stages.items()},
         "base": base, "train": train,
         "loss_png": base64.b64encode(loss_png.read_bytes()).decode() if loss_png.is_file() else None,
-        "eval": metrics("eval"), "predictions": _jsonl(run.path / "eval" / "predictions.jsonl")[:samples],
+        "eval": metrics("eval"), "predictions": read_jsonl(run.path / "eval" / "predictions.jsonl")[:samples],
         "merge": metrics("merge").get("verification"), "gguf": metrics("export-gguf"),
         "safetensors": metrics("export-safetensors"), "containers": containers, "images": images,
         "smoke": smoke, "signed": "sign" in stages, "timings": timings or {},
@@ -55,5 +50,6 @@ def write_run_report(run_dir: Path, out: Path, *, timings: dict[str, float] | No
     context = run_report_context(Path(run_dir), timings=timings)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, render("run_report.html.j2", metrics=METRICS, **context))
+    shown = metric_names(*(context["eval"].get(k) for k in ("finetuned", "base", "prompted")))
+    atomic_write_text(out, render("run_report.html.j2", metrics=shown, **context))
     return out

@@ -70,10 +70,12 @@ def commented_yaml(model: type[BaseModel], values: dict[str, Any], *, indent: in
         annotation = section_type(info.annotation)
         value = values.get(name, None if info.is_required() else info.get_default(call_default_factory=True))
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            out.append(f"{pad}{name}:")
             sub_values = values.get(name) or {}
-            out.append(commented_yaml(annotation, sub_values if isinstance(sub_values, dict) else {},
-                                      indent=indent + 1))
+            section = f"{pad}{name}:\n" + commented_yaml(annotation, sub_values if isinstance(sub_values, dict)
+                                                          else {}, indent=indent + 1)
+            if value is None and not info.is_required():  # an optional section, off by default: shown commented
+                section = "\n".join(f"{pad}# {line[len(pad):]}" for line in section.splitlines())
+            out.append(section)
             continue
         if isinstance(value, Path):
             value = str(value)

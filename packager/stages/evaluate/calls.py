@@ -13,14 +13,18 @@ functions, in order), ``calls_parsed`` (outputs that parse as calls at all), ove
 
 from __future__ import annotations
 
+from typing import Callable
+
 from packager.errors import StageError
 from packager.models.inference import greedy_generate
 from packager.models.tool_calls import argument_score, call_cases, same_calls, tool_call_format
 
 
 def evaluate_calls(model, tokenizer, conversations: list[list[dict]], tools: list[list[dict] | None], *,
-                   max_new_tokens: int, label: str) -> tuple[dict, list[dict]]:
-    """Call metrics and each case's prediction; ({}, []) when no eval row calls tools.
+                   max_new_tokens: int, label: str,
+                   reprompt: Callable[[list[dict]], list[dict]] | None = None) -> tuple[dict, list[dict]]:
+    """Call metrics and each case's prediction; ({}, []) when no eval row calls tools. ``reprompt`` rewrites
+    each case's prompt (the prompted base's examples); the cases are still the held-out turns only.
 
     Raises:
         StageError: rows call tools, and the chat template writes calls in no format packager can read back.
@@ -33,7 +37,8 @@ def evaluate_calls(model, tokenizer, conversations: list[list[dict]], tools: lis
         raise StageError("eval", "the eval rows call tools, and the chat template writes its calls in a format "
                                  "packager cannot read back (known: <tool_call> JSON, Llama 3 JSON, [TOOL_CALLS])",
                          hint="use a chat template that writes one of them (base.chat_template)")
-    generations = greedy_generate(model, tokenizer, [c.prompt for c in cases], tools=[c.tools for c in cases],
+    prompts = [reprompt(c.prompt) if reprompt else c.prompt for c in cases]
+    generations = greedy_generate(model, tokenizer, prompts, tools=[c.tools for c in cases],
                                   max_new_tokens=max_new_tokens, batch_size=8, progress=f"{label}: calls")
     outputs = [tokenizer.decode(g.tokens, skip_special_tokens=False) for g in generations]
     parsed = [fmt.parse(output) for output in outputs]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 from packager.config import EvalConfig, PackagerConfig
 from packager.models.inference import greedy_answers, load_causal_lm, teacher_forced_logits
@@ -31,13 +32,15 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]],
 
 
 def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalConfig, *,
-                   tools: list[list[dict] | None] | None = None,
-                   label: str = "answering") -> tuple[dict, list[str], list[dict]]:
+                   tools: list[list[dict] | None] | None = None, label: str = "answering",
+                   prompting: Callable[[list[dict]], list[dict]] | None = None) -> tuple[dict, list[str], list[dict]]:
     """Greedy answers scored on what the user sees (a reasoning model's thinking left out, see
     :mod:`packager.models.reasoning`), the loss on assistant tokens, and, for rows that call tools, call
     accuracy (:mod:`packager.stages.evaluate.calls`). ``tools``: each row's tools, in its prompt as in
-    training. Returns (metrics, the answers, the call predictions)."""
-    prompts = [c[:-1] for c in conversations]
+    training. ``prompting`` rewrites each prompt (the prompted base, :mod:`packager.stages.evaluate.prompting`);
+    the loss, a measure of the model on the data as written, is then left out.
+    Returns (metrics, the answers, the call predictions)."""
+    prompts = [prompting(c[:-1]) if prompting else c[:-1] for c in conversations]
     references = [c[-1]["content"] for c in conversations]
     answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, progress=label,
                              tools=tools)
@@ -49,8 +52,10 @@ def evaluate_model(model, tokenizer, conversations: list[list[dict]], cfg: EvalC
     if reasoning is not None:
         metrics["reasoning"] = reasoning.describe()
     call_metrics, calls = evaluate_calls(model, tokenizer, conversations, tools or [None] * len(conversations),
-                                         max_new_tokens=cfg.max_new_tokens, label=label)
+                                         max_new_tokens=cfg.max_new_tokens, label=label, reprompt=prompting)
     metrics.update(call_metrics)
+    if prompting:
+        return metrics, answers, calls
     metrics["eval_loss"] = assistant_loss(model, tokenizer, conversations, tools)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
     return metrics, answers, calls

@@ -9,13 +9,16 @@ from pathlib import Path
 from packager.config import EvalConfig
 from packager.errors import StageError
 from packager.models.checkpoint import resolve_base
+from packager.models.inference import load_causal_lm
 from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
 from packager.run.manifest import read_manifest
 from packager.run.settings import recorded_config
 from packager.stages.data.split import read_split, read_split_tools
-from packager.stages.evaluate.base import BASE_STAGE, evaluate_base
+from packager.stages.evaluate.base import BASE_STAGE, Baselines, evaluate_base
 from packager.stages.evaluate.calls import calls_jsonl
+from packager.stages.evaluate.general import describe as describe_general, general_check
+from packager.stages.evaluate.judge import describe as describe_judge, judge_answers
 from packager.stages.evaluate.measure import evaluate_model, load_finetuned
 from packager.stages.evaluate.metrics import check_gate, format_table, task_metric_name
 from packager.stages.evaluate.report import write_eval_report
@@ -28,11 +31,17 @@ class EvalResult:
     base: dict | None
     gate: dict
     task_metric: str
+    prompted: dict | None = None
+    general: dict | None = None
+    judge: dict | None = None
 
     def summary(self) -> str:
         report = self.run_dir / "eval" / "report.html"
-        verdict = "release gate: passed" if self.gate["passed"] else "release gate: FAILED"
-        return f"{format_table(self.finetuned, self.base, self.task_metric)}\nreport: {report}\n{verdict}"
+        verdict = "release gate: passed" if self.gate["passed"] else "release gate: FAILED: " + \
+            "; ".join(self.gate["failures"])
+        lines = [format_table(self.finetuned, self.base, self.task_metric, prompted=self.prompted),
+                 describe_general(self.general), describe_judge(self.judge), f"report: {report}", verdict]
+        return "\n".join(line for line in lines if line)
 
     def raise_for_gate(self) -> None:
         """A failed release gate fails the command, after the metrics were recorded."""
@@ -43,7 +52,8 @@ class EvalResult:
 
 def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int | None = None,
                  eval_config: EvalConfig | None = None) -> EvalResult:
-    """Evaluate the run's fine-tune (and the base) on its held-out split; record stage ``eval``.
+    """Evaluate the run's fine-tune (and the base, bare and prompted) on its held-out split, with the general
+    check and the judge where configured; record stage ``eval``.
 
     ``eval_config`` replaces the eval section the run was trained with (a release's gate may be stricter).
     """
@@ -62,40 +72,59 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
     model = load_finetuned(run, cfg, base_path=ckpt.path)
     finetuned, ft_answers, ft_calls = evaluate_model(model, tokenizer, conversations, ecfg, tools=tools,
                                                      label="the fine-tune answers")
+    general = general_check(model, tokenizer, ecfg.general, load_base=lambda: load_causal_lm(
+        ckpt.path, trust_remote_code=cfg.base.trust_remote_code)) if ecfg.general.enabled else None
     del model
-    base, base_answers, base_calls = None, None, None
+    baselines = None
     if against_base:
-        base, base_answers, base_calls, _ = evaluate_base(run, ckpt, ecfg, tokenizer=tokenizer,
-                                                          conversations=conversations, tools=tools,
-                                                          trust_remote_code=cfg.base.trust_remote_code)
+        baselines = evaluate_base(run, ckpt, ecfg, tokenizer=tokenizer, conversations=conversations, tools=tools,
+                                  trust_remote_code=cfg.base.trust_remote_code)
         run = Run.open(run.path)
-    gate = check_gate(ecfg, finetuned, base)
+    rows = _prediction_rows(conversations, ft_answers, baselines)
+    judged, judged_rows = judge_answers(ecfg.judge, rows, columns=("finetuned", "base")[: 2 if baselines else 1]
+                                        ) if ecfg.judge is not None else (None, [])
+    base = baselines.bare if baselines else None
+    prompted = baselines.prompted if baselines else None
     metric = task_metric_name(finetuned)
-
-    with run.stage("eval", parameters={"against_base": against_base, "limit": limit or ecfg.limit,
-                                       "max_new_tokens": ecfg.max_new_tokens, "format_regex": ecfg.format_regex,
-                                       "task_metric": metric, "decoding": "greedy",
-                                       "eval_config": ecfg.model_dump(mode="json")}) as st:
+    summary = {"finetuned": finetuned, "base": base, "prompted": prompted, "general": general, "judge": judged,
+               "prompting": baselines.prompting if baselines else None,
+               "gate": check_gate(ecfg, finetuned, base, prompted, general), "task_metric": metric,
+               "eval_split_sha256": run.digest(run.path / "data" / "eval.jsonl").sha256}
+    parameters = {"against_base": against_base, "limit": limit or ecfg.limit, "max_new_tokens": ecfg.max_new_tokens,
+                  "format_regex": ecfg.format_regex, "task_metric": metric, "decoding": "greedy",
+                  "eval_config": ecfg.model_dump(mode="json")}
+    with run.stage("eval", parameters=parameters) as st:
         st.add_input(run.path / "data" / "eval.jsonl")
         for file in sorted((run.path / "train" / weights).iterdir()):
             st.add_input(file)
         if against_base:
             st.add_input(run.path / BASE_STAGE / "predictions.jsonl")
         out = st.output_dir("eval")
-        rows = []
-        for i, conv in enumerate(conversations):
-            row = {"prompt": conv[-2]["content"], "reference": conv[-1]["content"], "finetuned": ft_answers[i]}
-            if base_answers is not None:
-                row["base"] = base_answers[i]
-            rows.append(row)
-        (out / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        _write_jsonl(out / "predictions.jsonl", rows)
         if ft_calls:
-            (out / "calls.jsonl").write_text(calls_jsonl(ft_calls, base_calls))
-        summary = {"finetuned": finetuned, "base": base, "gate": gate, "task_metric": metric}
+            (out / "calls.jsonl").write_text(calls_jsonl(ft_calls, baselines.calls if baselines else None))
+        if judged_rows:
+            _write_jsonl(out / "judge.jsonl", judged_rows)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         write_eval_report(out, run_name=cfg.run.name, summary=summary, rows=rows)
         st.metrics.update(summary)
-    return EvalResult(run.path, finetuned, base, gate, metric)
+    return EvalResult(run.path, finetuned, base, summary["gate"], metric, prompted, general, judged)
+
+
+def _prediction_rows(conversations: list[list[dict]], answers: list[str], baselines: Baselines | None) -> list[dict]:
+    rows = []
+    for i, conv in enumerate(conversations):
+        row = {"prompt": conv[-2]["content"], "reference": conv[-1]["content"], "finetuned": answers[i]}
+        if baselines is not None:
+            row["base"] = baselines.answers[i]
+            if baselines.prompted_answers is not None:
+                row["prompted"] = baselines.prompted_answers[i]
+        rows.append(row)
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def gate_status(run_dir: Path) -> dict | None:
