@@ -82,8 +82,11 @@ TOPICS = [
 ]
 HIGH = ["This is urgent, our whole team is blocked.", "We can't work at all right now!",
         "Production is affected, please help asap.", "This is critical for us today."]
-MEDIUM = ["Please look into it this week.", "It's annoying but we have a workaround.",
-          "Would appreciate a fix soon.", ""]
+# Each priority is stated by the ticket. Medium had "" (no cue: the label was a convention the text did not
+# carry) and "It's annoying but we have a workaround." (read as low as often as medium): the fine-tune confused
+# medium with low on exactly those, and the bare base had no way to know.
+MEDIUM = ["Please look into it this week.", "Somewhat urgent, it slows a few of us down.",
+          "Would appreciate a fix soon.", "Medium priority, please handle it in the next few days."]
 LOW = ["No rush, whenever you get a chance.", "Just curious, not urgent at all.",
        "Low priority, only a small thing.", "Not a big deal, just wanted to mention it."]
 OPENERS = ["", "Hi, ", "Hello team, ", "Hey there. ", "Good morning, ", "Dear support, "]

@@ -27,8 +27,8 @@ class GeneralConfig(Section):
     max_tokens: int = Field(2048, ge=16)
     """Tokens of the text scored, in windows of `window` tokens."""
     window: int = Field(512, ge=16)
-    max_new_tokens: int = Field(24, ge=1)
-    """Longest answer generated per general question."""
+    max_new_tokens: int = Field(16, ge=1)
+    """Longest answer generated per general question (they ask for a few words)."""
     lm_eval_tasks: list[str] = []
     """lm-evaluation-harness tasks run on base and fine-tune (needs `pip install lm-eval` and the tasks' data
     available locally; `lm_eval_include` names a folder of task YAMLs of your own)."""

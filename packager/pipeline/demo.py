@@ -36,13 +36,14 @@ from packager.run.manifest import read_manifest
 from packager.run.verify import verify_run
 from packager.stages.data.split import prepare_data
 from packager.stages.evaluate.base import evaluate_base_run
+from packager.stages.evaluate.general import describe as describe_general
 from packager.stages.evaluate.metrics import format_table
 
 
 RUN_NAME = "smollm2-tickets"
 TICKETS = "tickets.jsonl"
 
-# The demo's packager.yaml. Training is sized to take about two minutes on two CPU cores.
+# The demo's packager.yaml. Training is sized to take about two and a half minutes on two CPU cores.
 DEMO_CONFIG = """\
 # Written by `packager demo`: the whole job on the embedded default model, on a CPU.
 version: 1
@@ -61,13 +62,13 @@ train:
   method: lora
   lora:
     r: 16
-  learning_rate: 0.0005
+  learning_rate: 0.004         # measured: 36 steps at 4e-3 get category and priority >= 0.9 (see the README)
   max_steps: {steps}
   batch_size: 8
   eval_steps: {eval_steps}
   sample_every: {eval_steps}
 eval:
-  max_new_tokens: 48
+  max_new_tokens: 40           # the longest answer is 30 tokens
   limit: {eval_rows}
   format_regex: '\\{{"category": "(billing|account|bug|feature_request)", "priority": "(low|medium|high)", "summary": "[^"]+"\\}}'
   fields:                      # each field scored on its own; their mean is the task metric
@@ -76,7 +77,10 @@ eval:
     summary: similarity        # ROUGE-L F1 on words: a reworded summary is not a wrong one
   gate:
     min_format_adherence: 0.8
-    must_beat_base: true       # the demo fails loudly if the fine-tune does not beat the base
+    must_beat_base: true       # the demo fails loudly unless the fine-tune beats the base, bare and prompted
+    min_fields:                # and unless the fields a ticket is routed by are right on 4 tickets in 5
+      category: 0.8
+      priority: 0.8
 merge:
   dtype: bfloat16
 export:
@@ -90,8 +94,8 @@ smoke:
   ready_timeout_s: 300
   concurrency: 4
 """
-DEMO_STEPS = 28
-DEMO_EVAL_STEPS = 28  # one evaluation, at the end: it picks the checkpoint and costs a pass over the split
+DEMO_STEPS = 36
+DEMO_EVAL_STEPS = 36  # one evaluation, at the end: it picks the checkpoint and costs a pass over the split
 DEMO_EVAL_ROWS = 30
 
 
@@ -217,7 +221,7 @@ def _side_by_side(run_dir: Path) -> str:
                          title=f"held-out tickets: {m['finetuned']['rows']}")
     first = json.loads((run_dir / "eval" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()[0])
     base_answer = " ".join(first.get("base", "-").split())
-    lines = [f"  {line}" for line in table.splitlines()]
+    lines = [f"  {line}" for line in table.splitlines()] + [f"  {describe_general(m.get('general'))}"]
     lines += [f"  ticket:    {first['prompt']}", f"  base:      {base_answer[:110]}{'…' if len(base_answer) > 110 else ''}",
               f"  fine-tune: {first['finetuned']}", f"  reference: {first['reference']}"]
     return "\n".join(lines)
