@@ -38,10 +38,13 @@ def test_gemma3_270m_imports_trains_merges_exports_and_containerizes(gemma_gguf,
         "data": {"train": "data.jsonl", "max_seq_length": 256},
         "train": {"max_steps": 4, "batch_size": 4, "eval_steps": 4, "sample_every": 4},
         "eval": {"max_new_tokens": 32},
-        "containers": {"ollama": {"template": str(TEMPLATES / "gemma3.ollama.gotmpl")}}}))
+        # f16: this 270M model's q8_0 sits at the parity line (teacher-forced top-1 0.944 against 0.95 on a fine-tune
+        # of these 48 tickets; 0.95+ on the tickets before their priority cues were reworded), so q8_0 passing or
+        # being rejected says nothing about the path tested here; the demo and the SmolLM2 tests cover q8_0
+        "containers": {"ollama": {"template": str(TEMPLATES / "gemma3.ollama.gotmpl"), "quant": "f16"}}}))
     run_dir = tmp_path / "runs" / "gemma"
     for step in (["train", "-c", str(config)], ["eval", str(run_dir), "--against-base", "--limit", "2"],
-                 ["merge", str(run_dir)], ["export", str(run_dir), "--format", "gguf", "--quant", "q8_0"],
+                 ["merge", str(run_dir)], ["export", str(run_dir), "--format", "gguf", "--quant", "f16"],
                  ["containerize", str(run_dir), "--target", "vllm"],
                  ["containerize", str(run_dir), "--target", "ollama", "-c", str(config)]):
         result = runner.invoke(cli, step)
@@ -53,8 +56,8 @@ def test_gemma3_270m_imports_trains_merges_exports_and_containerizes(gemma_gguf,
     evaluated = stages["eval"].metrics
     assert evaluated["finetuned"]["eval_loss"] < evaluated["base"]["eval_loss"], "the LoRA learned the task"
     assert stages["merge"].metrics["verification"]["greedy_agreement"] >= 0.9
-    parity = stages["export-gguf"].metrics["parity"]["q8_0"]
-    assert parity["passed"] and parity["top1_agreement"] >= 0.95
+    parity = stages["export-gguf"].metrics["parity"]["f16"]
+    assert parity["passed"] and parity["top1_agreement"] >= 0.99
     modelfile = (run_dir / "containers" / "ollama" / "Modelfile").read_text()
     assert 'PARAMETER stop "<end_of_turn>"' in modelfile
     assert stages["containerize-ollama"].metrics["template_parity"]["checked_with"].startswith("go text/template")
