@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from packager.errors import StageError
@@ -220,17 +221,22 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
                        user_gen=user_gen, empty_system_skipped=empty_system == user_only)
     # BOS text at the start of every conversation is either part of the first turn (ChatML whose BOS is
     # <|im_start|>) or written once before it (Llama 3); try both, the likelier first.
+    # Else a constant preamble (GLM-4's "[gMASK]<sop>"): the longest start shared by every render that works.
     bos = template.bos_token
     candidates = [""]
     if bos and all(r.startswith(bos) for r in (bare, full, with_system, user_only)):
         candidates = [bos, ""] if template.adds_bos else ["", bos]
-    for n, start in enumerate(candidates):
+    shared = os.path.commonprefix([bare, full, with_system, user_only])
+    preambles = [shared[:k] for k in range(len(shared), 0, -1) if shared[:k] not in candidates]
+    refusal = None
+    for start in candidates + preambles:
         try:
-            fmt = _structure(renders, start=start, adds_bos=template.adds_bos)
+            fmt = _structure(renders, start=start, adds_bos=template.adds_bos and start == bos)
             break
-        except StageError:
-            if n == len(candidates) - 1:
-                raise
+        except StageError as exc:
+            refusal = exc if start in candidates else refusal  # the reason given is the one without a preamble
+    else:
+        raise refusal
     if fmt.system != "first_user":
         return _with_tools(template, fmt)
     # A system message before an assistant turn: held for the user turn after it, or a user turn of its own?

@@ -250,3 +250,26 @@ def test_a_truncated_history_renders_as_jinja_or_is_named_where_jinja_refuses_it
     assert result["refused_by_jinja"] == [TRUNCATED]
     assert f"refuses conversation {TRUNCATED} (a long history as Ollama truncates it" in result["caveat"]
     assert "roles must alternate" in result["caveat"]
+
+
+# A constant preamble before every conversation, as GLM-4's templates write "[gMASK]<sop>" (the construct only;
+# GLM-4.6's and GLM-4.7-Flash's published templates, in llama.cpp's models/templates, convert the same way)
+PREAMBLE_TEMPLATE = ("[gMASK]<sop>{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{% endfor %}"
+                     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def test_a_constant_preamble_is_written_once_before_every_conversation():
+    """The preamble is not a BOS token and not part of any turn: the TEMPLATE writes it once at the start, and
+    Go renders the parity set as Jinja does. Without it, the same set catches the difference."""
+    import dataclasses
+
+    from packager.models.chat_template import ChatTemplate
+    from packager.serve.chat_format import infer_chat_format
+    from packager.serve.ollama_parity import check_parity
+
+    glm = ChatTemplate(PREAMBLE_TEMPLATE, "", "<|endoftext|>", {})
+    fmt = infer_chat_format(glm)
+    assert fmt.start == "[gMASK]<sop>" and fmt.prefix["user"] == "<|user|>\n" and fmt.prefix["system"] == "<|system|>\n"
+    assert check_parity(glm, fmt, use_go=True)["conversations"] == len(PARITY_CONVERSATIONS)
+    with pytest.raises(StageError, match="conversation 1 renders differently"):
+        check_parity(glm, dataclasses.replace(fmt, start=""), use_go=True)
