@@ -219,24 +219,7 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
                        with_system=_split(with_system, [s, u1], "a system and a user turn") if s in with_system else
                        None, user_only=_split(user_only, [u1], "a single user turn"), user_only_text=user_only,
                        user_gen=user_gen, empty_system_skipped=empty_system == user_only)
-    # BOS text at the start of every conversation is either part of the first turn (ChatML whose BOS is
-    # <|im_start|>) or written once before it (Llama 3); try both, the likelier first.
-    # Else a constant preamble (GLM-4's "[gMASK]<sop>"): the longest start shared by every render that works.
-    bos = template.bos_token
-    candidates = [""]
-    if bos and all(r.startswith(bos) for r in (bare, full, with_system, user_only)):
-        candidates = [bos, ""] if template.adds_bos else ["", bos]
-    shared = os.path.commonprefix([bare, full, with_system, user_only])
-    preambles = [shared[:k] for k in range(len(shared), 0, -1) if shared[:k] not in candidates]
-    refusal = None
-    for start in candidates + preambles:
-        try:
-            fmt = _structure(renders, start=start, adds_bos=template.adds_bos and start == bos)
-            break
-        except StageError as exc:
-            refusal = exc if start in candidates else refusal  # the reason given is the one without a preamble
-    else:
-        raise refusal
+    fmt = _structure_from_its_start(renders, template, [bare, full, with_system, user_only])
     if fmt.system != "first_user":
         return _with_tools(template, fmt)
     # A system message before an assistant turn: held for the user turn after it, or a user turn of its own?
@@ -248,6 +231,25 @@ def infer_chat_format(template: ChatTemplate) -> ChatFormat:
     alone = dataclasses.replace(fmt, lone_system_as_user=True)
     return _with_tools(template, alone if fmt.leading_bos + _dates_marked(alone.render(lone), PARITY_DATE) == rendered
                        else fmt)
+
+
+def _structure_from_its_start(renders: _Renders, template: ChatTemplate, texts: list[str]) -> ChatFormat:
+    """The turn structure after what starts every conversation. BOS text there is either part of the first turn
+    (ChatML whose BOS is <|im_start|>) or written once before it (Llama 3); try both, the likelier first. Else a
+    constant preamble (GLM-4's "[gMASK]<sop>"): the longest start shared by every render that works."""
+    bos = template.bos_token
+    candidates = [""]
+    if bos and all(text.startswith(bos) for text in texts):
+        candidates = [bos, ""] if template.adds_bos else ["", bos]
+    shared = os.path.commonprefix(texts)
+    preambles = [shared[:k] for k in range(len(shared), 0, -1) if shared[:k] not in candidates]
+    refusal = None
+    for start in candidates + preambles:
+        try:
+            return _structure(renders, start=start, adds_bos=template.adds_bos and start == bos)
+        except StageError as exc:
+            refusal = exc if start in candidates else refusal  # the reason given is the one without a preamble
+    raise refusal
 
 
 def _with_tools(template: ChatTemplate, fmt: ChatFormat) -> ChatFormat:
