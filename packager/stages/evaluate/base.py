@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from packager.models.checkpoint import read_context_limit, resolve_base
 from packager.models.inference import load_causal_lm
 from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
-from packager.run.jsonl import read_jsonl
+from packager.run.jsonl import read_jsonl, write_jsonl
 from packager.stages.data.split import prepare_data, read_split, read_split_tools
 from packager.stages.evaluate.measure import evaluate_model
 from packager.stages.evaluate.metrics import METRICS, format_table, prompting_verdict, task_metric_name
@@ -116,11 +115,9 @@ def _record_base_eval(run: Run, ckpt, parameters: dict, conversations: list[list
             if result.prompted_answers is not None:
                 row["prompted"] = result.prompted_answers[i]
             rows.append(row)
-        (out / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                               encoding="utf-8")
+        write_jsonl(out / "predictions.jsonl", rows)
         if result.calls:
-            (out / "calls.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in result.calls),
-                                             encoding="utf-8")
+            write_jsonl(out / "calls.jsonl", result.calls)
         st.metrics.update({"base": result.bare, "prompted": result.prompted, "prompting": result.prompting,
                            "task_metric": task_metric_name(result.bare)})
 

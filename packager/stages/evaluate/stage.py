@@ -12,6 +12,7 @@ from packager.models.checkpoint import resolve_base
 from packager.models.inference import load_causal_lm
 from packager.models.tokenizer import load_tokenizer
 from packager.run.directory import Run
+from packager.run.jsonl import write_jsonl
 from packager.run.manifest import read_manifest
 from packager.run.settings import recorded_config
 from packager.stages.data.split import read_split, read_split_tools
@@ -100,11 +101,11 @@ def evaluate_run(run_dir: Path | str, *, against_base: bool = False, limit: int 
         if against_base:
             st.add_input(run.path / BASE_STAGE / "predictions.jsonl")
         out = st.output_dir("eval")
-        _write_jsonl(out / "predictions.jsonl", rows)
+        write_jsonl(out / "predictions.jsonl", rows)
         if ft_calls:
             (out / "calls.jsonl").write_text(calls_jsonl(ft_calls, baselines.calls if baselines else None))
         if judged_rows:
-            _write_jsonl(out / "judge.jsonl", judged_rows)
+            write_jsonl(out / "judge.jsonl", judged_rows)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         write_eval_report(out, run_name=cfg.run.name, summary=summary, rows=rows)
         st.metrics.update(summary)
@@ -123,8 +124,6 @@ def _prediction_rows(conversations: list[list[dict]], answers: list[str], baseli
     return rows
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def gate_status(run_dir: Path) -> dict | None:
