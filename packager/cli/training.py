@@ -66,14 +66,10 @@ def eval_base(config_path: Path, train_anyway: bool) -> None:
       packager eval-base -c packager.yaml
     """
     from packager.config import load_config
-    from packager.errors import StageError
     from packager.stages.evaluate.base import evaluate_base_run
-    from packager.stages.evaluate.metrics import prompting_verdict
 
     cfg = load_config(config_path)
     baselines = evaluate_base_run(cfg.run_dir, cfg)
     click.echo(baselines.summary(cfg.eval))
-    verdict = prompting_verdict(cfg.eval, baselines.prompted)
-    if verdict and not train_anyway:
-        raise StageError("eval-base", verdict, hint="improve the prompt and ship the base, or train anyway "
-                                                    "(packager deploy --train-anyway)")
+    if not train_anyway:
+        baselines.raise_for_prompting_gate(cfg.eval)

@@ -33,7 +33,7 @@ from packager.serve.engine import Engine, find_engine, image_exists, qualified
 from packager.serve.images import build_run_image, image_file
 from packager.serve.smoke import smoke_run
 from packager.stages.evaluate.base import evaluate_base_run
-from packager.stages.evaluate.metrics import prompting_verdict, task_metric_name
+from packager.stages.evaluate.metrics import PROMPTING_HINT, prompting_verdict, task_metric_name
 from packager.stages.evaluate.stage import evaluate_run
 from packager.stages.export.formats import export_run
 from packager.stages.merge.stage import merge_run
@@ -231,8 +231,7 @@ def _prompting_gate(plan: Plan) -> tuple[str, str]:
         return "passed", reached
     if plan.options.train_anyway:
         return "passed", f"{reached}; over eval.gate.max_prompting_score, overridden by --train-anyway"
-    raise Refusal(reached, verdict, hint="nothing was trained; improve the prompt and ship the base, or train anyway "
-                                         "(packager deploy --train-anyway)")
+    raise Refusal(reached, verdict, hint=PROMPTING_HINT)
 
 
 def _train(plan: Plan) -> tuple[str, str]:

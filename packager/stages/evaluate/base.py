@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.config import EvalConfig, PackagerConfig
+from packager.errors import StageError
 from packager.models.checkpoint import read_context_limit, resolve_base
 from packager.models.inference import load_causal_lm
 from packager.models.tokenizer import load_tokenizer
@@ -14,7 +15,8 @@ from packager.run.directory import Run
 from packager.run.jsonl import read_jsonl, write_jsonl
 from packager.stages.data.split import prepare_data, read_split, read_split_tools
 from packager.stages.evaluate.measure import evaluate_model
-from packager.stages.evaluate.metrics import METRICS, format_table, prompting_verdict, task_metric_name
+from packager.stages.evaluate.metrics import (METRICS, PROMPTING_HINT, format_table, prompting_verdict,
+                                               task_metric_name)
 from packager.stages.evaluate.prompting import choose_prompting
 
 
@@ -44,6 +46,12 @@ class Baselines:
                          f"prompting gate: passed (prompted base {self.prompted[metric]:.3f} < "
                          f"eval.gate.max_prompting_score {cfg.gate.max_prompting_score}): fine-tuning may pay off")
         return "\n".join(lines)
+
+    def raise_for_prompting_gate(self, cfg: EvalConfig) -> None:
+        """Prompting already reaches ``eval.gate.max_prompting_score``: fail, after the baselines were recorded."""
+        verdict = prompting_verdict(cfg, self.prompted)
+        if verdict:
+            raise StageError("eval-base", verdict, hint=PROMPTING_HINT)
 
 
 def _base_eval_parameters(run: Run, ckpt, ecfg: EvalConfig, *, chat_template: str, rows: int) -> dict:

@@ -89,6 +89,10 @@ def best_baseline(metric: str, baselines: dict[str, dict | None]) -> tuple[str, 
     return max(scored, key=lambda item: item[1]) if scored else None
 
 
+PROMPTING_HINT = ("nothing was trained; improve the prompt and ship the base, or train anyway "
+                  "(packager deploy --train-anyway)")
+
+
 def prompting_verdict(cfg: EvalConfig, prompted: dict | None) -> str | None:
     """Why training is not justified (``eval.gate.max_prompting_score``), or None."""
     limit = cfg.gate.max_prompting_score
